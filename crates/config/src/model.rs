@@ -1,0 +1,331 @@
+//! The configuration model: the raw TOML shape (with spans for error
+//! reporting) and the validated types the rest of pgwarden uses.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::hba::{HbaRule, HbaRules};
+use crate::{parse_duration, Invalid};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerTls {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// A PostgreSQL server the proxy may route to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Backend {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// A user the proxy knows. `secret` is a cleartext password, an md5 hash
+/// (`md5...`) or a SCRAM verifier (`SCRAM-SHA-256$...`); absent for users
+/// authenticated by `trust` only or looked up with the auth query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub secret: Option<String>,
+    pub pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// PgBouncer-style lookup of unknown users' password hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthQuery {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub query: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub pool_mode: PoolMode,
+    pub max_client_conn: usize,
+    pub admin_reserved_conn: usize,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub server_idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub query_wait_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    pub health_check_period: Duration,
+    pub health_check_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub server_reset_query: String,
+    pub max_message_size: usize,
+    pub workers: usize,
+    pub admin_users: Vec<String>,
+    pub admin_database: String,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub server_tls: ServerTls,
+    pub hba: HbaRules,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub backends: Vec<Backend>,
+    pub users: Vec<User>,
+    pub auth_query: Option<AuthQuery>,
+}
+
+impl Config {
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+// ---- raw TOML shape ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    backends: Vec<Spanned<RawBackend>>,
+    #[serde(default)]
+    users: Vec<Spanned<RawUser>>,
+    auth_query: Option<RawAuthQuery>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<Spanned<String>>,
+    pool_mode: Option<PoolMode>,
+    max_client_conn: Option<usize>,
+    admin_reserved_conn: Option<usize>,
+    default_pool_size: Option<Spanned<usize>>,
+    min_pool_size: Option<usize>,
+    server_idle_timeout: Option<Spanned<String>>,
+    server_lifetime: Option<Spanned<String>>,
+    query_wait_timeout: Option<Spanned<String>>,
+    server_connect_timeout: Option<Spanned<String>>,
+    health_check_period: Option<Spanned<String>>,
+    health_check_timeout: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+    server_reset_query: Option<String>,
+    max_message_size: Option<Spanned<usize>>,
+    workers: Option<Spanned<usize>>,
+    admin_users: Option<Vec<String>>,
+    admin_database: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    server_tls: Option<ServerTls>,
+    hba: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Option<String>,
+    host: String,
+    port: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    password: Option<String>,
+    pool_size: Option<usize>,
+    pool_mode: Option<PoolMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthQuery {
+    user: String,
+    password: Option<String>,
+    database: Option<String>,
+    query: Option<String>,
+}
+
+fn duration(v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, Invalid> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s.get_ref()).map_err(|m| Invalid::at(s.span(), m)),
+    }
+}
+
+impl RawConfig {
+    pub(crate) fn validate(self) -> Result<Config, Invalid> {
+        let p = self.proxy;
+        let listen = match &p.listen {
+            None => "127.0.0.1:6432".parse().expect("valid literal"),
+            Some(s) => s.get_ref().parse().map_err(|_| {
+                Invalid::at(
+                    s.span(),
+                    format!("listen address {:?} must be IP:port", s.get_ref()),
+                )
+            })?,
+        };
+        let default_pool_size = match &p.default_pool_size {
+            Some(s) if *s.get_ref() == 0 => {
+                return Err(Invalid::at(
+                    s.span(),
+                    "default_pool_size must be at least 1",
+                ))
+            }
+            Some(s) => *s.get_ref(),
+            None => 20,
+        };
+        let workers = match &p.workers {
+            Some(s) if *s.get_ref() == 0 || *s.get_ref() > 64 => {
+                return Err(Invalid::at(s.span(), "workers must be between 1 and 64"))
+            }
+            Some(s) => *s.get_ref(),
+            None => 1,
+        };
+        let max_message_size = match &p.max_message_size {
+            Some(s) if *s.get_ref() < 1024 || *s.get_ref() > (1 << 30) => {
+                return Err(Invalid::at(
+                    s.span(),
+                    "max_message_size must be between 1024 and 1073741824 bytes",
+                ))
+            }
+            Some(s) => *s.get_ref(),
+            None => 64 << 20,
+        };
+        let hba = match &p.hba {
+            None => HbaRules(vec![
+                HbaRule::parse("host all all all scram-sha-256").expect("valid literal")
+            ]),
+            Some(lines) => HbaRules(
+                lines
+                    .iter()
+                    .map(|l| HbaRule::parse(l.get_ref()).map_err(|m| Invalid::at(l.span(), m)))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        if p.tls_cert_file.is_some() != p.tls_key_file.is_some() {
+            return Err(Invalid::general(
+                "[proxy] tls_cert_file and tls_key_file must be given together",
+            ));
+        }
+        let min_pool_size = p.min_pool_size.unwrap_or(0);
+        if min_pool_size > default_pool_size {
+            return Err(Invalid::general(format!(
+                "[proxy] min_pool_size ({min_pool_size}) must not exceed default_pool_size ({default_pool_size})"
+            )));
+        }
+        let proxy = ProxyConfig {
+            listen,
+            pool_mode: p.pool_mode.unwrap_or(PoolMode::Transaction),
+            max_client_conn: p.max_client_conn.unwrap_or(10_000),
+            admin_reserved_conn: p.admin_reserved_conn.unwrap_or(5),
+            default_pool_size,
+            min_pool_size,
+            server_idle_timeout: duration(&p.server_idle_timeout, Duration::from_secs(600))?,
+            server_lifetime: duration(&p.server_lifetime, Duration::from_secs(3600))?,
+            query_wait_timeout: duration(&p.query_wait_timeout, Duration::from_secs(30))?,
+            server_connect_timeout: duration(&p.server_connect_timeout, Duration::from_secs(3))?,
+            health_check_period: duration(&p.health_check_period, Duration::from_millis(500))?,
+            health_check_timeout: duration(&p.health_check_timeout, Duration::from_secs(1))?,
+            shutdown_timeout: duration(&p.shutdown_timeout, Duration::from_secs(30))?,
+            server_reset_query: p
+                .server_reset_query
+                .unwrap_or_else(|| "DISCARD ALL".to_owned()),
+            max_message_size,
+            workers,
+            admin_users: p.admin_users.unwrap_or_default(),
+            admin_database: p.admin_database.unwrap_or_else(|| "pgwarden".to_owned()),
+            tls_cert_file: p.tls_cert_file,
+            tls_key_file: p.tls_key_file,
+            server_tls: p.server_tls.unwrap_or(ServerTls::Disable),
+            hba,
+        };
+
+        let mut backends = Vec::new();
+        for (i, b) in self.backends.into_iter().enumerate() {
+            let span = b.span();
+            let b = b.into_inner();
+            let port = u16::try_from(*b.port.get_ref())
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| {
+                    Invalid::at(
+                        b.port.span(),
+                        format!("port {} is not a valid TCP port", b.port.get_ref()),
+                    )
+                })?;
+            if b.host.is_empty() {
+                return Err(Invalid::at(span, "backend host must not be empty"));
+            }
+            backends.push(Backend {
+                name: b.name.unwrap_or_else(|| format!("node{i}")),
+                host: b.host,
+                port,
+            });
+        }
+
+        let mut users: Vec<User> = Vec::new();
+        for u in self.users {
+            let u = u.into_inner();
+            if u.name.get_ref().is_empty() {
+                return Err(Invalid::at(u.name.span(), "user name must not be empty"));
+            }
+            if users.iter().any(|x| &x.name == u.name.get_ref()) {
+                return Err(Invalid::at(
+                    u.name.span(),
+                    format!("user {:?} is defined twice", u.name.get_ref()),
+                ));
+            }
+            users.push(User {
+                name: u.name.into_inner(),
+                secret: u.password,
+                pool_size: u.pool_size,
+                pool_mode: u.pool_mode,
+            });
+        }
+
+        let auth_query = self.auth_query.map(|a| AuthQuery {
+            user: a.user,
+            password: a.password,
+            database: a.database.unwrap_or_else(|| "postgres".to_owned()),
+            query: a.query.unwrap_or_else(|| {
+                "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1".to_owned()
+            }),
+        });
+
+        Ok(Config {
+            proxy,
+            backends,
+            users,
+            auth_query,
+        })
+    }
+}

@@ -1,0 +1,85 @@
+use super::*;
+use std::path::Path;
+
+fn err(text: &str) -> String {
+    parse(text, Path::new("pgwarden.toml"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn minimal_config_has_defaults() {
+    let c = parse(
+        "[[backends]]\nhost = \"127.0.0.1\"\nport = 5432\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.proxy.listen.port(), 6432);
+    assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.backends[0].addr(), "127.0.0.1:5432");
+    assert_eq!(c.backends[0].name, "node0");
+}
+
+#[test]
+fn full_config() {
+    let text = r#"
+[proxy]
+listen = "0.0.0.0:7000"
+pool_mode = "session"
+default_pool_size = 5
+min_pool_size = 1
+query_wait_timeout = "2s"
+admin_users = ["admin"]
+hba = ["host all all 127.0.0.1/32 md5", "host all all all reject"]
+
+[[backends]]
+name = "a"
+host = "db1"
+port = 5433
+
+[[users]]
+name = "app"
+password = "secret"
+pool_size = 3
+
+[auth_query]
+user = "pgwarden_auth"
+"#;
+    let c = parse(text, Path::new("x.toml")).unwrap();
+    assert_eq!(c.proxy.pool_mode, PoolMode::Session);
+    assert_eq!(
+        c.proxy.query_wait_timeout,
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(c.proxy.hba.0.len(), 2);
+    assert_eq!(c.user("app").unwrap().pool_size, Some(3));
+    assert_eq!(c.auth_query.unwrap().database, "postgres");
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    assert_eq!(
+        err("[proxy]\nlisten = \"nope\"\n"),
+        "pgwarden.toml:2:10: listen address \"nope\" must be IP:port"
+    );
+    assert!(err("[proxy]\npool_mode = \"statement\"\n").starts_with("pgwarden.toml:2:"));
+    assert!(err("[proxy]\nlisen = \"x\"\n").starts_with("pgwarden.toml:2:1: unknown field `lisen`"));
+    assert!(err("[[backends]]\nhost = \"h\"\nport = 70000\n")
+        .starts_with("pgwarden.toml:3:8: port 70000"));
+    assert!(
+        err("[proxy]\nhba = [\"host all all\"]\n").starts_with("pgwarden.toml:2:8: access rule")
+    );
+    assert!(err("[proxy]\nquery_wait_timeout = \"soon\"\n")
+        .starts_with("pgwarden.toml:2:22: invalid duration"));
+    assert!(err("[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"\n")
+        .starts_with("pgwarden.toml:4:8: user \"a\" is defined twice"));
+    assert!(err("this is not toml").starts_with("pgwarden.toml:1:"));
+    assert!(err("[proxy]\ntls_cert_file = \"x\"\n").contains("together"));
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("ab", 99), (1, 3));
+}
