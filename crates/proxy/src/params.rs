@@ -1,0 +1,500 @@
+//! Session state a client sets with SQL, tracked so that in transaction
+//! mode it can be re-applied on whichever server connection the client gets:
+//! parameters (SET / RESET / startup parameters) and LISTEN channels.
+//! Pure functions over query text; no I/O.
+
+/// Session parameters as `(lower-case name, value as SQL text)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamSet(Vec<(String, String)>);
+
+impl ParamSet {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    pub fn apply(&mut self, change: &ParamChange) {
+        match change {
+            ParamChange::Set { name, value } => match self.0.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value.clone(),
+                None => self.0.push((name.clone(), value.clone())),
+            },
+            ParamChange::Reset { name } => self.0.retain(|(n, _)| n != name),
+            ParamChange::ResetAll => self.0.clear(),
+        }
+    }
+
+    /// SQL that turns a connection whose session has `server` into one
+    /// with `self`; `None` when they already agree.
+    pub fn diff_sql(&self, server: &ParamSet) -> Option<String> {
+        let mut sql = String::new();
+        for (n, v) in &self.0 {
+            if server.get(n) != Some(v.as_str()) {
+                sql.push_str(&format!("SET {} = {};", quote_ident(n), v));
+            }
+        }
+        for (n, _) in &server.0 {
+            if self.get(n).is_none() {
+                sql.push_str(&format!("RESET {};", quote_ident(n)));
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+    {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamChange {
+    Set { name: String, value: String },
+    Reset { name: String },
+    ResetAll,
+}
+
+/// What one statement does to session state, for statements whose command
+/// tag the relay watches for (SET, RESET, LISTEN, UNLISTEN, DISCARD,
+/// DEALLOCATE). `Untracked` keeps statement order aligned with command tags
+/// for statements such as SET LOCAL that change nothing beyond the
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Param(ParamChange),
+    Listen(String),
+    Unlisten(Option<String>),
+    DiscardAll,
+    DeallocateAll,
+    Untracked(Verb),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Set,
+    Reset,
+    Listen,
+    Unlisten,
+    Discard,
+    Deallocate,
+}
+
+impl Verb {
+    /// The verb of a command tag ("SET", "DISCARD ALL", ...).
+    pub fn of_tag(tag: &str) -> Option<Verb> {
+        match tag.split(' ').next()? {
+            "SET" => Some(Verb::Set),
+            "RESET" => Some(Verb::Reset),
+            "LISTEN" => Some(Verb::Listen),
+            "UNLISTEN" => Some(Verb::Unlisten),
+            "DISCARD" => Some(Verb::Discard),
+            "DEALLOCATE" => Some(Verb::Deallocate),
+            _ => None,
+        }
+    }
+}
+
+impl Effect {
+    pub fn verb(&self) -> Verb {
+        match self {
+            Effect::Param(ParamChange::Set { .. }) => Verb::Set,
+            Effect::Param(_) => Verb::Reset,
+            Effect::Listen(_) => Verb::Listen,
+            Effect::Unlisten(_) => Verb::Unlisten,
+            Effect::DiscardAll => Verb::Discard,
+            Effect::DeallocateAll => Verb::Deallocate,
+            Effect::Untracked(v) => *v,
+        }
+    }
+}
+
+/// Cheap test run on every query: can it contain a statement we track?
+pub fn may_have_effects(sql: &str) -> bool {
+    const VERBS: [&[u8]; 6] = [
+        b"SET",
+        b"RESET",
+        b"LISTEN",
+        b"UNLISTEN",
+        b"DISCARD",
+        b"DEALLOCATE",
+    ];
+    let t = sql.trim_start().as_bytes();
+    VERBS
+        .iter()
+        .any(|v| t.len() >= v.len() && t[..v.len()].eq_ignore_ascii_case(v))
+        || t.contains(&b';')
+}
+
+/// The effects of each tracked statement of a query, in order.
+pub fn parse_effects(sql: &str) -> Vec<Effect> {
+    split_statements(sql)
+        .iter()
+        .filter_map(|s| statement_effect(s))
+        .collect()
+}
+
+/// Splits on ';' outside quotes, dropping comments.
+fn split_statements(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let (mut out, mut cur, mut i) = (Vec::new(), Vec::new(), 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                cur.extend_from_slice(&b[start..(i + 1).min(b.len())]);
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                cur.push(b' ');
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+                cur.push(b' ');
+            }
+            b';' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+        i += 1;
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Splits off the first whitespace-separated word.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(|c: char| c.is_whitespace() || c == '=') {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+fn normalize_name(name: &str) -> String {
+    if name.len() >= 2 && name.starts_with('"') && name.ends_with('"') {
+        name[1..name.len() - 1].replace("\"\"", "\"")
+    } else {
+        name.to_ascii_lowercase()
+    }
+}
+
+fn statement_effect(stmt: &str) -> Option<Effect> {
+    let (verb, rest) = word(stmt);
+    match verb.to_ascii_uppercase().as_str() {
+        "SET" => Some(
+            parse_set(rest)
+                .map(Effect::Param)
+                .unwrap_or(Effect::Untracked(Verb::Set)),
+        ),
+        "RESET" => {
+            let (name, tail) = word(rest);
+            if name.is_empty() || !tail.is_empty() {
+                return Some(Effect::Untracked(Verb::Reset));
+            }
+            Some(Effect::Param(match name.to_ascii_uppercase().as_str() {
+                "ALL" => ParamChange::ResetAll,
+                "SESSION" => return Some(Effect::Untracked(Verb::Reset)),
+                _ => ParamChange::Reset {
+                    name: normalize_name(name),
+                },
+            }))
+        }
+        "LISTEN" => Some(Effect::Listen(normalize_name(rest.trim()))),
+        "UNLISTEN" => {
+            let ch = rest.trim();
+            Some(Effect::Unlisten(if ch == "*" {
+                None
+            } else {
+                Some(normalize_name(ch))
+            }))
+        }
+        "DISCARD" => Some(match rest.trim().to_ascii_uppercase().as_str() {
+            "ALL" => Effect::DiscardAll,
+            _ => Effect::Untracked(Verb::Discard),
+        }),
+        "DEALLOCATE" => {
+            let r = rest.trim().to_ascii_uppercase();
+            let r = r
+                .strip_prefix("PREPARE")
+                .map(str::trim)
+                .unwrap_or(&r)
+                .to_owned();
+            Some(if r == "ALL" {
+                Effect::DeallocateAll
+            } else {
+                Effect::Untracked(Verb::Deallocate)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `SET [SESSION] name {TO|=} value`, `SET TIME ZONE v`, `SET ROLE r`,
+/// `SET SCHEMA s`, `SET NAMES e`. `None` for SET LOCAL, SET TRANSACTION,
+/// SET CONSTRAINTS and anything unrecognised.
+fn parse_set(rest: &str) -> Option<ParamChange> {
+    let (mut first, mut rest) = word(rest);
+    if first.eq_ignore_ascii_case("SESSION") {
+        let (w, r) = word(rest);
+        if w.eq_ignore_ascii_case("AUTHORIZATION") || w.eq_ignore_ascii_case("CHARACTERISTICS") {
+            return None;
+        }
+        (first, rest) = (w, r);
+    }
+    let upper = first.to_ascii_uppercase();
+    let (name, value) = match upper.as_str() {
+        "LOCAL" | "TRANSACTION" | "CONSTRAINTS" | "" => return None,
+        "TIME" => {
+            let (zone, v) = word(rest);
+            if !zone.eq_ignore_ascii_case("ZONE") {
+                return None;
+            }
+            let v = v.trim();
+            if v.eq_ignore_ascii_case("LOCAL") || v.eq_ignore_ascii_case("DEFAULT") {
+                return Some(ParamChange::Reset {
+                    name: "timezone".into(),
+                });
+            }
+            ("timezone".to_owned(), v)
+        }
+        "ROLE" => ("role".to_owned(), rest.trim()),
+        "SCHEMA" => ("search_path".to_owned(), rest.trim()),
+        "NAMES" => ("client_encoding".to_owned(), rest.trim()),
+        _ => {
+            let rest = rest.trim_start();
+            let v = if let Some(v) = rest.strip_prefix('=') {
+                v
+            } else {
+                let (to, v) = word(rest);
+                if !to.eq_ignore_ascii_case("TO") {
+                    return None;
+                }
+                v
+            };
+            (normalize_name(first), v.trim())
+        }
+    };
+    if value.is_empty() {
+        return None;
+    }
+    if value.eq_ignore_ascii_case("DEFAULT")
+        || (name == "role" && value.eq_ignore_ascii_case("NONE"))
+    {
+        return Some(ParamChange::Reset { name });
+    }
+    Some(ParamChange::Set {
+        name,
+        value: value.to_owned(),
+    })
+}
+
+/// Startup parameters (and `-c name=value` in `options`) as changes to
+/// apply on server connections. Connection-level keys are left out.
+pub fn startup_params(params: &[(String, String)]) -> ParamSet {
+    let mut set = ParamSet::default();
+    for (k, v) in params {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                for (n, v) in parse_options(v) {
+                    set.apply(&ParamChange::Set {
+                        name: n.to_ascii_lowercase(),
+                        value: crate::server::quote_literal(&v),
+                    });
+                }
+            }
+            k if k.starts_with("_pq_.") => {}
+            k => set.apply(&ParamChange::Set {
+                name: k.to_ascii_lowercase(),
+                value: crate::server::quote_literal(v),
+            }),
+        }
+    }
+    set
+}
+
+/// `-c a=b --c=d`, with backslash-escaped spaces as libpq writes them.
+fn parse_options(s: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let kv = if w == "-c" {
+            it.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest.to_owned())
+        } else {
+            w.strip_prefix("-c").map(str::to_owned)
+        };
+        if let Some((k, v)) = kv.as_deref().and_then(|kv| kv.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &str, v: &str) -> Effect {
+        Effect::Param(ParamChange::Set {
+            name: n.into(),
+            value: v.into(),
+        })
+    }
+
+    #[test]
+    fn set_forms() {
+        assert_eq!(
+            parse_effects("SET search_path TO public, app"),
+            vec![set("search_path", "public, app")]
+        );
+        assert_eq!(
+            parse_effects("set statement_timeout = '5s';"),
+            vec![set("statement_timeout", "'5s'")]
+        );
+        assert_eq!(
+            parse_effects("SET SESSION TimeZone='UTC'"),
+            vec![set("timezone", "'UTC'")]
+        );
+        assert_eq!(
+            parse_effects("SET TIME ZONE 'Europe/Paris'"),
+            vec![set("timezone", "'Europe/Paris'")]
+        );
+        assert_eq!(
+            parse_effects("SET application_name TO DEFAULT"),
+            vec![Effect::Param(ParamChange::Reset {
+                name: "application_name".into()
+            })]
+        );
+        assert_eq!(
+            parse_effects("SET LOCAL work_mem = '1MB'"),
+            vec![Effect::Untracked(Verb::Set)]
+        );
+        assert_eq!(
+            parse_effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            vec![Effect::Untracked(Verb::Set)]
+        );
+        assert_eq!(
+            parse_effects("SET \"my.Var\" = 1"),
+            vec![set("my.Var", "1")]
+        );
+        assert_eq!(parse_effects("SET ROLE app"), vec![set("role", "app")]);
+        assert_eq!(
+            parse_effects("RESET ALL"),
+            vec![Effect::Param(ParamChange::ResetAll)]
+        );
+        assert_eq!(
+            parse_effects("reset work_mem"),
+            vec![Effect::Param(ParamChange::Reset {
+                name: "work_mem".into()
+            })]
+        );
+    }
+
+    #[test]
+    fn multi_statement_and_others() {
+        assert_eq!(
+            parse_effects(
+                "SELECT ';'; SET a.b = 'x;y'; LISTEN Chan; UNLISTEN *; DISCARD ALL -- ; SET x=1\n"
+            ),
+            vec![
+                set("a.b", "'x;y'"),
+                Effect::Listen("chan".into()),
+                Effect::Unlisten(None),
+                Effect::DiscardAll
+            ]
+        );
+        assert!(parse_effects("select 1").is_empty());
+        assert!(!may_have_effects("  select 1"));
+        assert!(may_have_effects("select 1; set x = 1"));
+        assert!(may_have_effects("SET x = 1"));
+        assert_eq!(parse_effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
+        assert_eq!(Verb::of_tag("DISCARD ALL"), Some(Verb::Discard));
+    }
+
+    #[test]
+    fn diff_and_apply() {
+        let mut client = ParamSet::default();
+        client.apply(&ParamChange::Set {
+            name: "a".into(),
+            value: "1".into(),
+        });
+        client.apply(&ParamChange::Set {
+            name: "b".into(),
+            value: "'x'".into(),
+        });
+        let mut server = ParamSet::default();
+        server.apply(&ParamChange::Set {
+            name: "b".into(),
+            value: "'x'".into(),
+        });
+        server.apply(&ParamChange::Set {
+            name: "c".into(),
+            value: "2".into(),
+        });
+        assert_eq!(client.diff_sql(&server).unwrap(), "SET a = 1;RESET c;");
+        assert_eq!(client.diff_sql(&client.clone()), None);
+        client.apply(&ParamChange::ResetAll);
+        assert_eq!(client, ParamSet::default());
+    }
+
+    #[test]
+    fn startup_and_options() {
+        let s = startup_params(&[
+            ("user".into(), "u".into()),
+            ("application_name".into(), "it's".into()),
+            (
+                "options".into(),
+                "-c search_path=a\\,b --statement-timeout=5s -cwork_mem=1MB".into(),
+            ),
+        ]);
+        assert_eq!(s.get("application_name"), Some("'it''s'"));
+        assert_eq!(s.get("search_path"), Some("'a,b'"));
+        assert_eq!(s.get("statement_timeout"), Some("'5s'"));
+        assert_eq!(s.get("work_mem"), Some("'1MB'"));
+        assert_eq!(s.get("user"), None);
+    }
+}

@@ -1,0 +1,561 @@
+//! The data path between one client and the server connection it holds,
+//! without I/O: client bytes in, bytes for the server (and direct answers
+//! for the client) out; server bytes in, bytes for the client out.
+//!
+//! It keeps a queue of the responses the server owes, one entry per request
+//! message, so that it can
+//! - tell when the server is idle and may go back to the pool,
+//! - answer a Parse or Close itself and swallow the answer to a Parse it
+//!   injected, at the right place in the stream (named prepared statements
+//!   in transaction mode live under proxy-wide names on every server),
+//! - see which SET / LISTEN / DISCARD statements took effect.
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use wire::frame::{peek_header, split_message};
+use wire::frontend::{self, Target};
+use wire::ProtocolError;
+
+use crate::params::{self, Effect, ParamChange, ParamSet, Verb};
+use crate::server::ServerSession;
+
+/// A statement prepared under a proxy-wide name.
+#[derive(Debug)]
+pub struct Stmt {
+    pub server_name: Arc<str>,
+    /// The whole Parse message under the server name, ready to send.
+    pub parse_msg: Bytes,
+    pub effects: Vec<Effect>,
+}
+
+/// Proxy-wide statement names: the same query text and parameter types get
+/// the same name, so a statement prepared on a server serves every client.
+#[derive(Default)]
+pub struct Registry {
+    by_body: Mutex<HashMap<Box<[u8]>, Arc<Stmt>>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    /// `rest` is the Parse body after the statement name.
+    fn get(&self, rest: &[u8], query: &str) -> Arc<Stmt> {
+        let mut map = self.by_body.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(rest) {
+            return s.clone();
+        }
+        let server_name: Arc<str> =
+            format!("pgw_{}", self.next.fetch_add(1, Ordering::Relaxed)).into();
+        let mut msg = BytesMut::with_capacity(rest.len() + server_name.len() + 6);
+        wire::frame::write_message(&mut msg, b'P', |b| {
+            b.put_slice(server_name.as_bytes());
+            b.put_u8(0);
+            b.put_slice(rest);
+        });
+        let effects = if params::may_have_effects(query) {
+            params::parse_effects(query)
+        } else {
+            Vec::new()
+        };
+        let stmt = Arc::new(Stmt {
+            server_name,
+            parse_msg: msg.freeze(),
+            effects,
+        });
+        map.insert(rest.into(), stmt.clone());
+        stmt
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_body.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    Query,
+    Function,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Forward,
+    /// The proxy injected the request: its answer is not the client's.
+    Swallow,
+    /// The proxy answers the client itself with this message tag.
+    Synthetic(u8),
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: Kind,
+    action: Action,
+    /// A statement marked prepared when this Parse was sent; unmarked if
+    /// the Parse fails.
+    prepared: Option<Arc<str>>,
+    effects: Vec<Effect>,
+}
+
+impl Pending {
+    fn new(kind: Kind) -> Self {
+        Pending {
+            kind,
+            action: Action::Forward,
+            prepared: None,
+            effects: Vec::new(),
+        }
+    }
+}
+
+/// The client's own session parameters.
+#[derive(Debug, Default)]
+pub struct ClientParams {
+    pub id: u64,
+    pub set: ParamSet,
+    pub gen: u64,
+}
+
+/// What the session should do after the client's bytes were handled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Terminate,
+}
+
+pub struct Relay {
+    /// Rewrite named statements to proxy-wide names (transaction mode).
+    rewrite: bool,
+    max_message: usize,
+    queue: VecDeque<Pending>,
+    stmts: HashMap<String, Arc<Stmt>>,
+    unnamed_effects: Vec<Effect>,
+    portal_effects: Vec<Effect>,
+    unsynced: bool,
+    tx_status: u8,
+    pending_changes: Vec<ParamChange>,
+    rollback_seen: bool,
+    listening: Vec<String>,
+}
+
+impl Relay {
+    pub fn new(rewrite: bool, max_message: usize) -> Self {
+        Relay {
+            rewrite,
+            max_message,
+            queue: VecDeque::new(),
+            stmts: HashMap::new(),
+            unnamed_effects: Vec::new(),
+            portal_effects: Vec::new(),
+            unsynced: false,
+            tx_status: b'I',
+            pending_changes: Vec::new(),
+            rollback_seen: false,
+            listening: Vec::new(),
+        }
+    }
+
+    /// No response owed, no transaction open, nothing that pins the client
+    /// to this server: the server may go back to the pool.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+            && !self.unsynced
+            && self.tx_status == b'I'
+            && self.listening.is_empty()
+    }
+
+    /// In a transaction (or a pipeline not yet synced).
+    pub fn in_transaction(&self) -> bool {
+        !self.queue.is_empty() || self.unsynced || self.tx_status != b'I'
+    }
+
+    pub fn tx_status(&self) -> u8 {
+        self.tx_status
+    }
+
+    pub fn prepared_count(&self) -> usize {
+        self.stmts.len()
+    }
+
+    /// Whether the first complete message in `input` is Terminate, or
+    /// `None` when no complete message is buffered.
+    pub fn first_tag(&self, input: &[u8]) -> Result<Option<u8>, ProtocolError> {
+        Ok(match peek_header(input, self.max_message)? {
+            Some(h) if input.len() >= h.total_len() => Some(h.tag),
+            _ => None,
+        })
+    }
+
+    /// Consumes every complete client message in `input`.
+    pub fn client_messages(
+        &mut self,
+        input: &mut BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+        srv: &mut ServerSession,
+        registry: &Registry,
+    ) -> Result<Flow, ProtocolError> {
+        let mut pos = 0;
+        let mut run = 0; // start of bytes to forward unchanged
+        let mut flow = Flow::Continue;
+        while let Some((h, body)) = split_message(&input[pos..], self.max_message)? {
+            let total = h.total_len();
+            let mut forward = true;
+            match h.tag {
+                b'Q' => {
+                    let sql = frontend::query_text(body)?;
+                    let effects = if params::may_have_effects(sql) {
+                        params::parse_effects(sql)
+                    } else {
+                        Vec::new()
+                    };
+                    self.queue.push_back(Pending {
+                        effects,
+                        ..Pending::new(Kind::Query)
+                    });
+                }
+                b'P' => {
+                    let (name, query, _) = frontend::parse_name_and_query(body)?;
+                    if self.rewrite && !name.is_empty() {
+                        frontend::FrontendMessage::decode(b'P', body)?;
+                        let stmt = registry.get(&body[name.len() + 1..], query);
+                        self.stmts.insert(name.to_owned(), stmt.clone());
+                        forward = false;
+                        to_server.extend_from_slice(&input[run..pos]);
+                        self.ensure_prepared(&stmt, srv, to_server, false);
+                    } else {
+                        if name.is_empty() {
+                            self.unnamed_effects = if params::may_have_effects(query) {
+                                params::parse_effects(query)
+                            } else {
+                                Vec::new()
+                            };
+                        }
+                        self.queue.push_back(Pending::new(Kind::Parse));
+                    }
+                    self.unsynced = true;
+                }
+                b'B' => {
+                    let (portal, name, used) = frontend::bind_statement_name(body)?;
+                    let stmt = if self.rewrite && !name.is_empty() {
+                        self.stmts.get(name).cloned()
+                    } else {
+                        None
+                    };
+                    if let Some(stmt) = stmt {
+                        forward = false;
+                        to_server.extend_from_slice(&input[run..pos]);
+                        self.ensure_prepared(&stmt, srv, to_server, true);
+                        let rest = &body[used..];
+                        wire::frame::write_message(to_server, b'B', |b| {
+                            b.put_slice(portal.as_bytes());
+                            b.put_u8(0);
+                            b.put_slice(stmt.server_name.as_bytes());
+                            b.put_u8(0);
+                            b.put_slice(rest);
+                        });
+                        if portal.is_empty() {
+                            self.portal_effects.clone_from(&stmt.effects);
+                        }
+                    } else if portal.is_empty() {
+                        if name.is_empty() {
+                            self.portal_effects.clone_from(&self.unnamed_effects);
+                        } else {
+                            self.portal_effects.clear();
+                        }
+                    }
+                    self.queue.push_back(Pending::new(Kind::Bind));
+                    self.unsynced = true;
+                }
+                b'D' => {
+                    let (target, name) = frontend::target_and_name(b'D', body)?;
+                    let stmt = if self.rewrite && target == Target::Statement && !name.is_empty() {
+                        self.stmts.get(name).cloned()
+                    } else {
+                        None
+                    };
+                    if let Some(stmt) = stmt {
+                        forward = false;
+                        to_server.extend_from_slice(&input[run..pos]);
+                        self.ensure_prepared(&stmt, srv, to_server, true);
+                        frontend::FrontendMessage::Describe {
+                            target,
+                            name: stmt.server_name.to_string(),
+                        }
+                        .encode(to_server);
+                    }
+                    self.queue.push_back(Pending::new(Kind::Describe));
+                    self.unsynced = true;
+                }
+                b'C' => {
+                    let (target, name) = frontend::target_and_name(b'C', body)?;
+                    if self.rewrite && target == Target::Statement && !name.is_empty() {
+                        // The statement stays prepared on the servers for
+                        // other clients; only this client's name goes.
+                        self.stmts.remove(name);
+                        forward = false;
+                        to_server.extend_from_slice(&input[run..pos]);
+                        self.queue.push_back(Pending {
+                            action: Action::Synthetic(b'3'),
+                            ..Pending::new(Kind::Close)
+                        });
+                    } else {
+                        self.queue.push_back(Pending::new(Kind::Close));
+                    }
+                    self.unsynced = true;
+                }
+                b'E' => {
+                    let effects = std::mem::take(&mut self.portal_effects);
+                    self.queue.push_back(Pending {
+                        effects,
+                        ..Pending::new(Kind::Execute)
+                    });
+                    self.unsynced = true;
+                }
+                b'S' => {
+                    self.queue.push_back(Pending::new(Kind::Sync));
+                    self.unsynced = false;
+                }
+                b'F' => self.queue.push_back(Pending::new(Kind::Function)),
+                b'H' | b'd' | b'c' | b'f' => {}
+                b'X' => {
+                    forward = false;
+                    to_server.extend_from_slice(&input[run..pos]);
+                    flow = Flow::Terminate;
+                }
+                b'p' => {
+                    return Err(ProtocolError::BadValue {
+                        tag: 'p',
+                        what: "password message after authentication",
+                    })
+                }
+                other => return Err(ProtocolError::UnknownTag(other)),
+            }
+            pos += total;
+            if !forward {
+                run = pos;
+            }
+            if flow == Flow::Terminate {
+                break;
+            }
+        }
+        to_server.extend_from_slice(&input[run..pos]);
+        input.advance(pos);
+        self.emit_synthetic(to_client);
+        Ok(flow)
+    }
+
+    /// Sends a Parse for `stmt` unless the server has it. `inject`: the
+    /// client did not ask for this Parse, so its answer is swallowed;
+    /// otherwise the client's own Parse is answered by the proxy when the
+    /// server has the statement already.
+    fn ensure_prepared(
+        &mut self,
+        stmt: &Arc<Stmt>,
+        srv: &mut ServerSession,
+        to_server: &mut BytesMut,
+        inject: bool,
+    ) {
+        if srv.prepared.contains(&stmt.server_name) {
+            if !inject {
+                self.queue.push_back(Pending {
+                    action: Action::Synthetic(b'1'),
+                    ..Pending::new(Kind::Parse)
+                });
+            }
+            return;
+        }
+        to_server.extend_from_slice(&stmt.parse_msg);
+        srv.prepared.insert(stmt.server_name.clone());
+        self.queue.push_back(Pending {
+            action: if inject {
+                Action::Swallow
+            } else {
+                Action::Forward
+            },
+            prepared: Some(stmt.server_name.clone()),
+            ..Pending::new(Kind::Parse)
+        });
+    }
+
+    fn emit_synthetic(&mut self, to_client: &mut BytesMut) {
+        while let Some(Pending {
+            action: Action::Synthetic(tag),
+            ..
+        }) = self.queue.front()
+        {
+            to_client.extend_from_slice(&[*tag, 0, 0, 0, 4]);
+            self.queue.pop_front();
+        }
+    }
+
+    /// Consumes every complete server message in `input`.
+    pub fn server_messages(
+        &mut self,
+        input: &mut BytesMut,
+        to_client: &mut BytesMut,
+        srv: &mut ServerSession,
+        params: &mut ClientParams,
+    ) -> Result<(), ProtocolError> {
+        let mut pos = 0;
+        let mut run = 0;
+        loop {
+            if matches!(
+                self.queue.front(),
+                Some(Pending {
+                    action: Action::Synthetic(_),
+                    ..
+                })
+            ) {
+                to_client.extend_from_slice(&input[run..pos]);
+                run = pos;
+                self.emit_synthetic(to_client);
+            }
+            let Some((h, body)) = split_message(&input[pos..], usize::MAX >> 1)? else {
+                break;
+            };
+            let total = h.total_len();
+            let mut forward = true;
+            match h.tag {
+                b'Z' => {
+                    let status = *body.first().ok_or(ProtocolError::Truncated {
+                        tag: 'Z',
+                        what: "status",
+                    })?;
+                    self.tx_status = status;
+                    if matches!(
+                        self.queue.front().map(|p| p.kind),
+                        Some(Kind::Sync | Kind::Query | Kind::Function)
+                    ) {
+                        self.queue.pop_front();
+                    }
+                    if status == b'I' {
+                        self.commit_changes(srv, params);
+                    }
+                }
+                b'E' => match self.queue.front().map(|p| p.kind) {
+                    Some(Kind::Query | Kind::Function | Kind::Sync) | None => {}
+                    Some(_) => {
+                        // The server skips everything up to the next Sync.
+                        while let Some(p) = self.queue.front() {
+                            if p.kind == Kind::Sync {
+                                break;
+                            }
+                            if let Some(name) = &p.prepared {
+                                srv.prepared.remove(name);
+                            }
+                            self.queue.pop_front();
+                        }
+                    }
+                },
+                b'1' | b'2' | b'3' => {
+                    if let Some(p) = self.queue.pop_front() {
+                        forward = p.action != Action::Swallow;
+                    }
+                }
+                b'T' | b'n' => {
+                    if self.queue.front().map(|p| p.kind) == Some(Kind::Describe) {
+                        self.queue.pop_front();
+                    }
+                }
+                b'C' => {
+                    let tag = wire::backend::command_tag(body)?;
+                    if tag == "ROLLBACK" {
+                        self.rollback_seen = true;
+                    } else if let Some(verb) = Verb::of_tag(tag) {
+                        self.on_tag(verb, srv);
+                    }
+                    if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) {
+                        self.queue.pop_front();
+                    }
+                }
+                b'I' | b's' => {
+                    if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) {
+                        self.queue.pop_front();
+                    }
+                }
+                _ => {}
+            }
+            pos += total;
+            if !forward {
+                to_client.extend_from_slice(&input[run..pos - total]);
+                run = pos;
+            }
+        }
+        to_client.extend_from_slice(&input[run..pos]);
+        input.advance(pos);
+        Ok(())
+    }
+
+    fn on_tag(&mut self, verb: Verb, srv: &mut ServerSession) {
+        let Some(head) = self.queue.front_mut() else {
+            return;
+        };
+        let Some(i) = head.effects.iter().position(|e| e.verb() == verb) else {
+            return;
+        };
+        match head.effects.remove(i) {
+            Effect::Param(c) => self.pending_changes.push(c),
+            Effect::Listen(ch) => {
+                if !self.listening.contains(&ch) {
+                    self.listening.push(ch);
+                }
+            }
+            Effect::Unlisten(None) => self.listening.clear(),
+            Effect::Unlisten(Some(ch)) => self.listening.retain(|c| *c != ch),
+            Effect::DiscardAll => {
+                self.pending_changes.push(ParamChange::ResetAll);
+                self.listening.clear();
+                srv.prepared.clear();
+                self.stmts.clear();
+            }
+            Effect::DeallocateAll => {
+                srv.prepared.clear();
+                self.stmts.clear();
+            }
+            Effect::Untracked(_) => {}
+        }
+    }
+
+    /// At the end of a transaction, the SETs it ran are now the client's
+    /// and the server's (unless it rolled back).
+    fn commit_changes(&mut self, srv: &mut ServerSession, params: &mut ClientParams) {
+        if self.rollback_seen {
+            self.pending_changes.clear();
+            self.rollback_seen = false;
+        }
+        if self.pending_changes.is_empty() {
+            return;
+        }
+        let in_sync = srv.synced_with == (params.id, params.gen);
+        for c in self.pending_changes.drain(..) {
+            params.set.apply(&c);
+            srv.applied.apply(&c);
+        }
+        params.gen += 1;
+        if in_sync {
+            srv.synced_with = (params.id, params.gen);
+        }
+    }
+
+    /// Statement names a server must know before `prepared` is dropped:
+    /// used when a connection comes back with a reset.
+    pub fn forget_server_state(srv: &mut ServerSession) {
+        srv.prepared = HashSet::new();
+        srv.applied = ParamSet::default();
+        srv.synced_with = (0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+use super::*;
+use wire::backend::{BackendMessage as B, TxStatus};
+use wire::frontend::{Bind, FrontendMessage as F, Parse};
+
+fn enc_f(msgs: &[F]) -> BytesMut {
+    let mut b = BytesMut::new();
+    for m in msgs {
+        m.encode(&mut b);
+    }
+    b
+}
+
+fn enc_b(msgs: &[B]) -> BytesMut {
+    let mut b = BytesMut::new();
+    for m in msgs {
+        m.encode(&mut b);
+    }
+    b
+}
+
+fn tags(buf: &[u8]) -> String {
+    let mut out = String::new();
+    let mut pos = 0;
+    while let Some((h, _)) = split_message(&buf[pos..], 1 << 20).unwrap() {
+        out.push(char::from(h.tag));
+        pos += h.total_len();
+    }
+    assert_eq!(pos, buf.len(), "trailing partial message");
+    out
+}
+
+fn decode_f(buf: &[u8]) -> Vec<F> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some((h, body)) = split_message(&buf[pos..], 1 << 20).unwrap() {
+        out.push(F::decode(h.tag, body).unwrap());
+        pos += h.total_len();
+    }
+    out
+}
+
+struct Harness {
+    relay: Relay,
+    srv: ServerSession,
+    params: ClientParams,
+}
+
+impl Harness {
+    fn new(rewrite: bool) -> Self {
+        Harness {
+            relay: Relay::new(rewrite, 1 << 20),
+            srv: ServerSession::default(),
+            params: ClientParams::default(),
+        }
+    }
+    /// Returns (bytes to server, direct bytes to client).
+    fn client(&mut self, reg: &Registry, msgs: &[F]) -> (BytesMut, BytesMut) {
+        let mut input = enc_f(msgs);
+        let (mut s, mut c) = (BytesMut::new(), BytesMut::new());
+        self.relay
+            .client_messages(&mut input, &mut s, &mut c, &mut self.srv, reg)
+            .unwrap();
+        assert!(input.is_empty());
+        (s, c)
+    }
+    fn server(&mut self, msgs: &[B]) -> BytesMut {
+        let mut input = enc_b(msgs);
+        let mut c = BytesMut::new();
+        self.relay
+            .server_messages(&mut input, &mut c, &mut self.srv, &mut self.params)
+            .unwrap();
+        c
+    }
+}
+
+fn parse(name: &str, q: &str) -> F {
+    F::Parse(Parse {
+        name: name.into(),
+        query: q.into(),
+        param_types: vec![],
+    })
+}
+fn bind(stmt: &str) -> F {
+    F::Bind(Bind {
+        portal: "".into(),
+        statement: stmt.into(),
+        param_formats: vec![],
+        params: vec![],
+        result_formats: vec![],
+    })
+}
+fn exec() -> F {
+    F::Execute {
+        portal: "".into(),
+        max_rows: 0,
+    }
+}
+fn cc(tag: &str) -> B {
+    B::CommandComplete(tag.into())
+}
+fn rfq(s: TxStatus) -> B {
+    B::ReadyForQuery(s)
+}
+
+#[test]
+fn simple_query_round_trip_releases_server() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    let (s, c) = h.client(&reg, &[F::Query("select 1".into())]);
+    assert_eq!(tags(&s), "Q");
+    assert!(c.is_empty());
+    assert!(!h.relay.is_idle());
+    let out = h.server(&[
+        B::RowDescription(vec![]),
+        B::DataRow(vec![]),
+        cc("SELECT 1"),
+        rfq(TxStatus::Idle),
+    ]);
+    assert_eq!(tags(&out), "TDCZ");
+    assert!(h.relay.is_idle());
+}
+
+#[test]
+fn transaction_keeps_server_until_idle() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[F::Query("begin".into())]);
+    h.server(&[cc("BEGIN"), rfq(TxStatus::InTransaction)]);
+    assert!(!h.relay.is_idle());
+    h.client(&reg, &[F::Query("commit".into())]);
+    h.server(&[cc("COMMIT"), rfq(TxStatus::Idle)]);
+    assert!(h.relay.is_idle());
+}
+
+#[test]
+fn named_statements_are_shared_and_injected() {
+    let reg = Registry::default();
+    // client A prepares s1 on server 1
+    let mut a = Harness::new(true);
+    let (s, _) = a.client(&reg, &[parse("s1", "select $1"), F::Sync]);
+    let sent = decode_f(&s);
+    let F::Parse(p) = &sent[0] else {
+        panic!("expected Parse, got {sent:?}")
+    };
+    assert!(p.name.starts_with("pgw_"));
+    let server_name = p.name.clone();
+    assert_eq!(
+        tags(&a.server(&[B::ParseComplete, rfq(TxStatus::Idle)])),
+        "1Z"
+    );
+
+    // client B on the same server prepares the same text: answered by the proxy
+    let mut b = Harness {
+        srv: std::mem::take(&mut a.srv),
+        ..Harness::new(true)
+    };
+    let (s, c) = b.client(
+        &reg,
+        &[parse("other", "select $1"), bind("other"), exec(), F::Sync],
+    );
+    assert_eq!(tags(&c), "1", "ParseComplete synthesised at once");
+    let sent = decode_f(&s);
+    assert_eq!(sent.len(), 3, "no Parse sent: {sent:?}");
+    let F::Bind(bd) = &sent[0] else { panic!() };
+    assert_eq!(bd.statement, server_name);
+    assert_eq!(
+        tags(&b.server(&[B::BindComplete, cc("SELECT 1"), rfq(TxStatus::Idle)])),
+        "2CZ"
+    );
+    assert!(b.relay.is_idle());
+
+    // client A later runs on a fresh server 2: the Parse is injected and its answer swallowed
+    a.srv = ServerSession::default();
+    let (s, _) = a.client(&reg, &[bind("s1"), exec(), F::Sync]);
+    assert_eq!(tags(&s), "PBES");
+    let out = a.server(&[
+        B::ParseComplete,
+        B::BindComplete,
+        B::DataRow(vec![]),
+        cc("SELECT 1"),
+        rfq(TxStatus::Idle),
+    ]);
+    assert_eq!(tags(&out), "2DCZ");
+    assert!(a.srv.prepared.contains(server_name.as_str()));
+
+    // Close is answered by the proxy in order, and the statement stays on the server
+    let (s, c) = a.client(
+        &reg,
+        &[
+            F::Close {
+                target: Target::Statement,
+                name: "s1".into(),
+            },
+            F::Sync,
+        ],
+    );
+    assert_eq!(tags(&s), "S");
+    assert_eq!(tags(&c), "3");
+    assert_eq!(tags(&a.server(&[rfq(TxStatus::Idle)])), "Z");
+    assert_eq!(a.relay.prepared_count(), 0);
+}
+
+#[test]
+fn synthetic_answers_wait_for_earlier_responses() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[parse("s", "select 1"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    // Execute of an unnamed statement, then a re-Parse of "s" (already on the server)
+    let (_, c) = h.client(
+        &reg,
+        &[
+            parse("", "select 2"),
+            bind(""),
+            exec(),
+            parse("s", "select 1"),
+            F::Sync,
+        ],
+    );
+    assert!(
+        c.is_empty(),
+        "ParseComplete must come after the Execute's results"
+    );
+    let out = h.server(&[
+        B::ParseComplete,
+        B::BindComplete,
+        cc("SELECT 1"),
+        rfq(TxStatus::Idle),
+    ]);
+    assert_eq!(tags(&out), "12C1Z");
+}
+
+#[test]
+fn error_skips_to_sync_and_unmarks_failed_parse() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    let (s, _) = h.client(
+        &reg,
+        &[parse("bad", "selec 1"), bind("bad"), exec(), F::Sync],
+    );
+    assert_eq!(tags(&s), "PBES");
+    let err = wire::ErrorFields::new(wire::Severity::Error, "42601", "syntax error");
+    let out = h.server(&[B::ErrorResponse(err), rfq(TxStatus::Idle)]);
+    assert_eq!(tags(&out), "EZ");
+    assert!(h.relay.is_idle());
+    assert!(
+        h.srv.prepared.is_empty(),
+        "failed Parse must not count as prepared"
+    );
+}
+
+#[test]
+fn set_is_tracked_and_rolled_back() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[F::Query("SET search_path TO app".into())]);
+    h.server(&[cc("SET"), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set.get("search_path"), Some("app"));
+    assert_eq!(h.srv.applied.get("search_path"), Some("app"));
+
+    h.client(&reg, &[F::Query("BEGIN; SET statement_timeout = 5".into())]);
+    h.server(&[cc("BEGIN"), cc("SET"), rfq(TxStatus::InTransaction)]);
+    h.client(&reg, &[F::Query("ROLLBACK".into())]);
+    h.server(&[cc("ROLLBACK"), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set.get("statement_timeout"), None);
+
+    // extended protocol SET (as psycopg sends it)
+    h.client(
+        &reg,
+        &[parse("", "SET TimeZone = 'UTC'"), bind(""), exec(), F::Sync],
+    );
+    h.server(&[
+        B::ParseComplete,
+        B::BindComplete,
+        cc("SET"),
+        rfq(TxStatus::Idle),
+    ]);
+    assert_eq!(h.params.set.get("timezone"), Some("'UTC'"));
+
+    // a failed SET changes nothing
+    h.client(&reg, &[F::Query("SET nonsense.x TO".into())]);
+    let err = wire::ErrorFields::new(wire::Severity::Error, "42601", "syntax error");
+    h.server(&[B::ErrorResponse(err), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set.iter().count(), 2);
+}
+
+#[test]
+fn listen_pins_until_unlisten() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[F::Query("LISTEN jobs".into())]);
+    h.server(&[cc("LISTEN"), rfq(TxStatus::Idle)]);
+    assert!(!h.relay.is_idle());
+    let out = h.server(&[B::NotificationResponse {
+        pid: 1,
+        channel: "jobs".into(),
+        payload: "x".into(),
+    }]);
+    assert_eq!(tags(&out), "A");
+    h.client(&reg, &[F::Query("UNLISTEN *".into())]);
+    h.server(&[cc("UNLISTEN"), rfq(TxStatus::Idle)]);
+    assert!(h.relay.is_idle());
+}
+
+#[test]
+fn session_mode_passes_names_through() {
+    let reg = Registry::default();
+    let mut h = Harness::new(false);
+    let (s, _) = h.client(
+        &reg,
+        &[parse("s1", "select 1"), bind("s1"), exec(), F::Sync],
+    );
+    let sent = decode_f(&s);
+    assert!(matches!(&sent[0], F::Parse(p) if p.name == "s1"));
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn partial_messages_wait_and_bad_ones_fail() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    let full = enc_f(&[F::Query("select 1".into())]);
+    let mut input = BytesMut::from(&full[..full.len() - 1]);
+    let (mut s, mut c) = (BytesMut::new(), BytesMut::new());
+    h.relay
+        .client_messages(&mut input, &mut s, &mut c, &mut h.srv, &reg)
+        .unwrap();
+    assert!(s.is_empty());
+    assert_eq!(input.len(), full.len() - 1);
+    let mut bad = BytesMut::from(&b"Q\0\0\0\x05\xff"[..]);
+    assert!(h
+        .relay
+        .client_messages(&mut bad, &mut s, &mut c, &mut h.srv, &reg)
+        .is_err());
+    let mut huge = BytesMut::from(&b"Q\x7f\0\0\0"[..]);
+    assert!(matches!(
+        h.relay
+            .client_messages(&mut huge, &mut s, &mut c, &mut h.srv, &reg),
+        Err(ProtocolError::BadLength { .. })
+    ));
+    let mut term = enc_f(&[F::Terminate]);
+    assert_eq!(
+        h.relay
+            .client_messages(&mut term, &mut s, &mut c, &mut h.srv, &reg)
+            .unwrap(),
+        Flow::Terminate
+    );
+}
