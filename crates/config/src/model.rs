@@ -91,6 +91,9 @@ pub struct ProxyConfig {
     pub tls_key_file: Option<String>,
     pub server_tls: ServerTls,
     pub hba: HbaRules,
+    pub health_check_user: String,
+    pub health_check_password: Option<String>,
+    pub health_check_database: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +149,9 @@ struct RawProxy {
     tls_key_file: Option<String>,
     server_tls: Option<ServerTls>,
     hba: Option<Vec<Spanned<String>>>,
+    health_check_user: Option<String>,
+    health_check_password: Option<String>,
+    health_check_database: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +273,11 @@ impl RawConfig {
             tls_key_file: p.tls_key_file,
             server_tls: p.server_tls.unwrap_or(ServerTls::Disable),
             hba,
+            health_check_user: p.health_check_user.unwrap_or_else(|| "postgres".to_owned()),
+            health_check_password: p.health_check_password,
+            health_check_database: p
+                .health_check_database
+                .unwrap_or_else(|| "postgres".to_owned()),
         };
 
         let mut backends = Vec::new();

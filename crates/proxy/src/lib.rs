@@ -1,8 +1,110 @@
-//! pgwarden's PostgreSQL wire-protocol proxy.
+//! pgwarden's PostgreSQL wire-protocol proxy: clients connect here instead
+//! of to PostgreSQL; the proxy authenticates them, pools server
+//! connections per (database, user), sends work to the current primary and
+//! follows it when it changes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod auth;
+mod client;
+pub mod health;
+mod io;
 pub mod params;
+pub mod pool;
 pub mod relay;
 pub mod server;
+pub mod state;
 pub mod stream;
 pub mod tls;
+pub mod topology;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use state::State;
+
+/// A running proxy.
+pub struct Proxy {
+    pub state: Arc<State>,
+    listener: TcpListener,
+}
+
+impl Proxy {
+    /// Binds the listen address and prepares the shared state.
+    pub async fn bind(cfg: config::Config, config_path: Option<PathBuf>) -> Result<Proxy, String> {
+        let addr = cfg.proxy.listen;
+        let state = State::new(cfg, config_path)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        Ok(Proxy { state, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until [`State::shutdown`] is set, then stops accepting, lets
+    /// transactions in flight finish up to `shutdown_timeout`, and returns.
+    /// `external_primary`: the primary comes from elsewhere (the DCS), so
+    /// health checks only report.
+    pub async fn run(self) {
+        let Proxy { state, listener } = self;
+        tokio::spawn(health::run(state.clone()));
+        tokio::spawn(maintain(state.clone()));
+        let mut shutdown = state.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(client::handle(state.clone(), tcp, peer));
+                    }
+                    Err(e) => {
+                        // e.g. out of file descriptors: back off, keep serving
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            }
+        }
+        drop(listener);
+        let deadline = state.config().proxy.shutdown_timeout;
+        tracing::info!(
+            clients = state.client_count.load(Ordering::Relaxed),
+            ?deadline,
+            "shutting down: draining clients"
+        );
+        let _ = tokio::time::timeout(deadline, async {
+            while state.client_count.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        tracing::info!(
+            remaining = state.client_count.load(Ordering::Relaxed),
+            "proxy stopped"
+        );
+    }
+}
+
+/// Pool upkeep every second: idle timeouts, lifetimes, min_pool_size.
+async fn maintain(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if state.is_shutting_down() {
+            return;
+        }
+        for pool in state.pools.all() {
+            pool.maintain().await;
+        }
+    }
+}

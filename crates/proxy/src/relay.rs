@@ -146,6 +146,8 @@ pub struct Relay {
     pending_changes: Vec<ParamChange>,
     rollback_seen: bool,
     listening: Vec<String>,
+    /// The server is in COPY IN mode: it ignores the client's Syncs.
+    copy_in: bool,
 }
 
 impl Relay {
@@ -162,6 +164,7 @@ impl Relay {
             pending_changes: Vec::new(),
             rollback_seen: false,
             listening: Vec::new(),
+            copy_in: false,
         }
     }
 
@@ -322,12 +325,14 @@ impl Relay {
                     });
                     self.unsynced = true;
                 }
+                b'S' if self.copy_in => {}
                 b'S' => {
                     self.queue.push_back(Pending::new(Kind::Sync));
                     self.unsynced = false;
                 }
                 b'F' => self.queue.push_back(Pending::new(Kind::Function)),
-                b'H' | b'd' | b'c' | b'f' => {}
+                b'c' | b'f' => self.copy_in = false,
+                b'H' | b'd' => {}
                 b'X' => {
                     forward = false;
                     to_server.extend_from_slice(&input[run..pos]);
@@ -458,6 +463,17 @@ impl Relay {
                         }
                     }
                 },
+                b'G' => {
+                    // PostgreSQL ignores Syncs that reach it during COPY IN,
+                    // including those a client pipelined behind the Execute
+                    // before it knew the statement was a COPY.
+                    self.copy_in = true;
+                    let head = self.queue.pop_front();
+                    self.queue.retain(|p| p.kind != Kind::Sync);
+                    if let Some(h) = head {
+                        self.queue.push_front(h);
+                    }
+                }
                 b'1' | b'2' | b'3' => {
                     if let Some(p) = self.queue.pop_front() {
                         forward = p.action != Action::Swallow;

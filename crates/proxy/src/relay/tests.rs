@@ -346,3 +346,45 @@ fn partial_messages_wait_and_bad_ones_fail() {
         Flow::Terminate
     );
 }
+
+#[test]
+fn syncs_sent_during_copy_in_are_not_answered() {
+    // tokio-postgres: Bind, Execute, Sync before it knows it is a COPY,
+    // then CopyData, CopyDone, Sync, then Close + Sync.
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[parse("s0", "COPY c FROM STDIN"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    h.client(&reg, &[bind("s0"), exec(), F::Sync]);
+    let out = h.server(&[
+        B::BindComplete,
+        B::CopyInResponse {
+            format: 0,
+            column_formats: vec![],
+        },
+    ]);
+    assert_eq!(tags(&out), "2G");
+    h.client(
+        &reg,
+        &[
+            F::CopyData(Bytes::from_static(b"1\n")),
+            F::CopyDone,
+            F::Sync,
+        ],
+    );
+    let (_, c) = h.client(
+        &reg,
+        &[
+            F::Close {
+                target: Target::Statement,
+                name: "s0".into(),
+            },
+            F::Sync,
+        ],
+    );
+    assert!(c.is_empty());
+    // the server answers the CopyDone's Sync and the Close's Sync only
+    let out = h.server(&[cc("COPY 1"), rfq(TxStatus::Idle), rfq(TxStatus::Idle)]);
+    assert_eq!(tags(&out), "CZ3Z");
+    assert!(h.relay.is_idle());
+}

@@ -1,0 +1,496 @@
+//! The admin console: a virtual database on the proxy port
+//! (`psql -p 6432 -U admin pgwarden`) answering SHOW POOLS, CLIENTS,
+//! SERVERS, STATS, CONFIG, POOL_NODES, and RELOAD, PAUSE, RESUME.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use wire::backend::{BackendMessage, Column, TxStatus};
+use wire::fields::sqlstate;
+use wire::{ErrorFields, Severity};
+
+use crate::io::read_message;
+use crate::state::{ClientInfo, ClientState, State};
+use crate::stream::Stream;
+use crate::topology::{NodeStatus, Role};
+
+/// A result set or a command tag, or an error.
+pub enum Reply {
+    Rows {
+        columns: Vec<Column>,
+        rows: Vec<Vec<Option<String>>>,
+        tag: String,
+    },
+    Command(String),
+    Error(ErrorFields),
+}
+
+fn text_rows(names: &[&str], rows: Vec<Vec<Option<String>>>, what: &str) -> Reply {
+    let tag = format!("{what} {}", rows.len());
+    Reply::Rows {
+        columns: names.iter().map(|n| Column::text(n)).collect(),
+        rows,
+        tag,
+    }
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn ts(t: SystemTime) -> Option<String> {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    // UTC timestamp without a date library
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    Some(format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Runs one admin command.
+pub async fn command(state: &Arc<State>, sql: &str) -> Reply {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["SHOW", "POOLS"] => show_pools(state),
+        ["SHOW", "CLIENTS"] => show_clients(state),
+        ["SHOW", "SERVERS"] => show_servers(state),
+        ["SHOW", "STATS"] => show_stats(state),
+        ["SHOW", "CONFIG"] => show_config(state),
+        ["SHOW", "POOL_NODES"] => show_pool_nodes(state),
+        ["SHOW", "VERSION"] => text_rows(
+            &["version"],
+            vec![vec![s(concat!("pgwarden ", env!("CARGO_PKG_VERSION")))]],
+            "SHOW",
+        ),
+        ["SHOW", "HELP"] | ["HELP"] => text_rows(
+            &["command"],
+            [
+                "SHOW POOLS",
+                "SHOW CLIENTS",
+                "SHOW SERVERS",
+                "SHOW STATS",
+                "SHOW CONFIG",
+                "SHOW POOL_NODES",
+                "SHOW VERSION",
+                "RELOAD",
+                "PAUSE",
+                "RESUME",
+            ]
+            .iter()
+            .map(|c| vec![s(c)])
+            .collect(),
+            "SHOW",
+        ),
+        ["RELOAD"] => match state.reload() {
+            Ok(()) => Reply::Command("RELOAD".into()),
+            Err(e) => Reply::Error(ErrorFields::new(
+                Severity::Error,
+                "F0000",
+                format!("configuration not reloaded: {e}"),
+            )),
+        },
+        ["PAUSE"] => {
+            state.paused.send_replace(true);
+            // Wait until every server connection is back in its pool.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while state
+                .pools
+                .all()
+                .iter()
+                .any(|p| p.active.load(Ordering::Relaxed) > 0)
+            {
+                if tokio::time::Instant::now() > deadline {
+                    return Reply::Error(ErrorFields::new(
+                        Severity::Error,
+                        sqlstate::QUERY_CANCELED,
+                        "PAUSE timed out waiting for active transactions; pool is paused",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Reply::Command("PAUSE".into())
+        }
+        ["RESUME"] => {
+            state.paused.send_replace(false);
+            Reply::Command("RESUME".into())
+        }
+        _ => Reply::Error(
+            ErrorFields::new(
+                Severity::Error,
+                sqlstate::SYNTAX_ERROR,
+                format!("unknown admin command: {}", sql.trim()),
+            )
+            .with(b'H', "try SHOW HELP"),
+        ),
+    }
+}
+
+fn show_pools(state: &Arc<State>) -> Reply {
+    let clients = state.clients();
+    let rows = state
+        .pools
+        .all()
+        .iter()
+        .map(|p| {
+            let mine = |st: ClientState| {
+                clients
+                    .iter()
+                    .filter(|c| {
+                        c.database == p.key.database && c.user == p.key.user && c.state() == st
+                    })
+                    .count()
+            };
+            let st = p.settings();
+            vec![
+                s(&p.key.database),
+                s(&p.key.user),
+                s(mine(ClientState::Active)),
+                s(p.waiting.load(Ordering::Relaxed)),
+                s(mine(ClientState::Idle)),
+                s(p.active.load(Ordering::Relaxed)),
+                s(p.idle_count()),
+                s(p.open.load(Ordering::Relaxed)),
+                s(st.size),
+                s(st.mode),
+            ]
+        })
+        .collect();
+    text_rows(
+        &[
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_idle",
+            "sv_active",
+            "sv_idle",
+            "sv_open",
+            "pool_size",
+            "pool_mode",
+        ],
+        rows,
+        "SHOW",
+    )
+}
+
+fn show_clients(state: &Arc<State>) -> Reply {
+    let rows = state
+        .clients()
+        .iter()
+        .map(|c: &Arc<ClientInfo>| {
+            let server = c.server.lock().ok().and_then(|s| s.clone());
+            vec![
+                s(c.id),
+                s(&c.user),
+                s(&c.database),
+                s(format!("{:?}", c.state()).to_lowercase()),
+                s(c.addr.ip()),
+                s(c.addr.port()),
+                s(c.tls),
+                ts(c.connected_at),
+                server.map(|(a, pid, _, _)| format!("{a} pid {pid}")),
+            ]
+        })
+        .collect();
+    text_rows(
+        &[
+            "id",
+            "user",
+            "database",
+            "state",
+            "addr",
+            "port",
+            "tls",
+            "connect_time",
+            "server",
+        ],
+        rows,
+        "SHOW",
+    )
+}
+
+fn show_servers(state: &Arc<State>) -> Reply {
+    let mut rows = Vec::new();
+    for c in state.clients() {
+        if let Some((addr, pid, _, id)) = c.server.lock().ok().and_then(|s| s.clone()) {
+            rows.push(vec![
+                s(id),
+                s(&c.user),
+                s(&c.database),
+                s("active"),
+                s(addr),
+                s(pid),
+                None,
+                s(c.id),
+            ]);
+        }
+    }
+    for p in state.pools.all() {
+        for (id, addr, age, pid) in p.idle_servers() {
+            rows.push(vec![
+                s(id),
+                s(&p.key.user),
+                s(&p.key.database),
+                s("idle"),
+                s(addr),
+                s(pid),
+                s(age.as_secs()),
+                None,
+            ]);
+        }
+    }
+    text_rows(
+        &[
+            "id",
+            "user",
+            "database",
+            "state",
+            "addr",
+            "pid",
+            "age_s",
+            "client_id",
+        ],
+        rows,
+        "SHOW",
+    )
+}
+
+fn show_stats(state: &Arc<State>) -> Reply {
+    let st = &state.stats;
+    let rows = vec![
+        vec![s("total_xact_count"), s(st.xacts.load(Ordering::Relaxed))],
+        vec![
+            s("total_wait_time_us"),
+            s(st.wait_us.load(Ordering::Relaxed)),
+        ],
+        vec![s("total_logins"), s(st.logins.load(Ordering::Relaxed))],
+        vec![
+            s("total_login_failures"),
+            s(st.login_failures.load(Ordering::Relaxed)),
+        ],
+        vec![s("clients"), s(state.client_count.load(Ordering::Relaxed))],
+        vec![s("prepared_statements"), s(state.registry.len())],
+        vec![s("uptime_s"), s(state.started.elapsed().as_secs())],
+    ];
+    text_rows(&["stat", "value"], rows, "SHOW")
+}
+
+fn show_config(state: &Arc<State>) -> Reply {
+    let c = state.config();
+    let p = &c.proxy;
+    let mut rows: Vec<Vec<Option<String>>> = [
+        ("listen", p.listen.to_string()),
+        ("pool_mode", p.pool_mode.to_string()),
+        ("max_client_conn", p.max_client_conn.to_string()),
+        ("admin_reserved_conn", p.admin_reserved_conn.to_string()),
+        ("default_pool_size", p.default_pool_size.to_string()),
+        ("min_pool_size", p.min_pool_size.to_string()),
+        (
+            "server_idle_timeout",
+            format!("{:?}", p.server_idle_timeout),
+        ),
+        ("server_lifetime", format!("{:?}", p.server_lifetime)),
+        ("query_wait_timeout", format!("{:?}", p.query_wait_timeout)),
+        (
+            "server_connect_timeout",
+            format!("{:?}", p.server_connect_timeout),
+        ),
+        (
+            "health_check_period",
+            format!("{:?}", p.health_check_period),
+        ),
+        (
+            "health_check_timeout",
+            format!("{:?}", p.health_check_timeout),
+        ),
+        ("shutdown_timeout", format!("{:?}", p.shutdown_timeout)),
+        ("server_reset_query", p.server_reset_query.clone()),
+        ("max_message_size", p.max_message_size.to_string()),
+        ("workers", p.workers.to_string()),
+        ("admin_users", p.admin_users.join(",")),
+        ("tls", p.tls_cert_file.is_some().to_string()),
+        ("server_tls", format!("{:?}", p.server_tls).to_lowercase()),
+    ]
+    .into_iter()
+    .map(|(k, v)| vec![s(k), Some(v)])
+    .collect();
+    for r in &p.hba.0 {
+        rows.push(vec![s("hba"), s(&r.text)]);
+    }
+    text_rows(&["key", "value"], rows, "SHOW")
+}
+
+fn show_pool_nodes(state: &Arc<State>) -> Reply {
+    let primary = state.topology.primary();
+    let rows = state
+        .topology
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            vec![
+                s(i),
+                s(&n.host),
+                s(n.port),
+                s(match n.status {
+                    NodeStatus::Up => "up",
+                    NodeStatus::Down => "down",
+                    NodeStatus::Unknown => "unknown",
+                }),
+                s(match n.role {
+                    Role::Primary => "primary",
+                    Role::Standby => "standby",
+                    Role::Unknown => "unknown",
+                }),
+                s(n.select_cnt),
+                // all queries go to the primary until read balancing exists
+                s(primary.as_ref().is_some_and(|p| p.node == i)),
+                s(n.replication_delay),
+                ts(n.last_status_change),
+            ]
+        })
+        .collect();
+    text_rows(
+        &[
+            "node_id",
+            "hostname",
+            "port",
+            "status",
+            "role",
+            "select_cnt",
+            "load_balance_node",
+            "replication_delay",
+            "last_status_change",
+        ],
+        rows,
+        "SHOW",
+    )
+}
+
+fn encode_reply(reply: Reply, out: &mut BytesMut) {
+    match reply {
+        Reply::Rows { columns, rows, tag } => {
+            BackendMessage::RowDescription(columns).encode(out);
+            for r in rows {
+                BackendMessage::DataRow(r.into_iter().map(|v| v.map(Bytes::from)).collect())
+                    .encode(out);
+            }
+            BackendMessage::CommandComplete(tag).encode(out);
+        }
+        Reply::Command(tag) => BackendMessage::CommandComplete(tag).encode(out),
+        Reply::Error(f) => BackendMessage::ErrorResponse(f).encode(out),
+    }
+}
+
+/// Serves one admin client until it leaves.
+pub async fn serve(
+    state: Arc<State>,
+    mut stream: Stream,
+    mut buf: BytesMut,
+    info: Arc<ClientInfo>,
+) {
+    let mut out = BytesMut::new();
+    for (k, v) in [
+        ("server_version", "15.0 (pgwarden)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("standard_conforming_strings", "on"),
+        ("integer_datetimes", "on"),
+    ] {
+        BackendMessage::ParameterStatus {
+            name: k.into(),
+            value: v.into(),
+        }
+        .encode(&mut out);
+    }
+    BackendMessage::BackendKeyData {
+        pid: info.key.0,
+        secret: info.key.1,
+    }
+    .encode(&mut out);
+    BackendMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
+    let max = state.config().proxy.max_message_size;
+    let mut skip_to_sync = false;
+    loop {
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        let (tag, body) =
+            match read_message(&mut stream, &mut buf, max, Duration::from_secs(86_400)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    if !matches!(e, crate::io::ClientError::Closed) {
+                        crate::io::send_fatal(
+                            &mut stream,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            e.to_string(),
+                        )
+                        .await;
+                    }
+                    return;
+                }
+            };
+        match tag {
+            b'Q' => {
+                let reply = match wire::frontend::query_text(&body) {
+                    Ok(q) if q.trim().is_empty() => {
+                        BackendMessage::EmptyQueryResponse.encode(&mut out);
+                        None
+                    }
+                    Ok(q) => Some(command(&state, q).await),
+                    Err(e) => Some(Reply::Error(ErrorFields::new(
+                        Severity::Error,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    ))),
+                };
+                if let Some(r) = reply {
+                    encode_reply(r, &mut out);
+                }
+                BackendMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
+            }
+            b'X' => return,
+            b'S' => {
+                skip_to_sync = false;
+                BackendMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
+            }
+            b'H' => {}
+            _ if skip_to_sync => {}
+            _ => {
+                skip_to_sync = true;
+                ErrorFields::new(
+                    Severity::Error,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the admin console accepts only simple queries (e.g. psql)",
+                )
+                .encode_error(&mut out);
+            }
+        }
+    }
+}

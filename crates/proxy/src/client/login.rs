@@ -1,0 +1,374 @@
+//! From accept to ReadyForQuery: SSL/GSS negotiation, cancel requests,
+//! the startup packet, access rules, authentication, the client limit, and
+//! the parameters a client expects to see.
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use config::HbaMethod;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wire::backend::{BackendMessage, TxStatus};
+use wire::fields::sqlstate;
+use wire::startup::StartupPacket;
+
+use crate::auth::{self, Secret};
+use crate::io::{send_fatal, send_fields};
+use crate::params;
+use crate::pool::{CheckoutError, PoolKey};
+use crate::server::{ServerCredential, ServerError};
+use crate::state::State;
+use crate::stream::Stream;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Decrements the client count when the connection ends, however it ends.
+struct Counted(Arc<State>);
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.client_count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    state.client_count.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(state.clone());
+    let mut stream = Stream::Plain(tcp);
+    let mut buf = BytesMut::new();
+    let (minor, params) =
+        match tokio::time::timeout(STARTUP_TIMEOUT, startup(&state, &mut stream, &mut buf)).await {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "rejected startup");
+                send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e).await;
+                return;
+            }
+            Err(_) => {
+                send_fatal(
+                    &mut stream,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "no startup packet within 30s",
+                )
+                .await;
+                return;
+            }
+        };
+    if let Err((code, msg)) = login(&state, stream, buf, peer, minor, params).await {
+        tracing::info!(%peer, code, error = %msg, "login failed");
+    }
+}
+
+/// Reads startup packets until a StartupMessage; handles SSL and GSS
+/// negotiation and cancel requests. `None`: nothing more to do.
+async fn startup(
+    state: &Arc<State>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<Option<(u16, Vec<(String, String)>)>, String> {
+    let mut tls_done = false;
+    loop {
+        let pkt = loop {
+            match StartupPacket::decode(buf).map_err(|e| e.to_string())? {
+                Some((p, n)) => {
+                    buf.advance(n);
+                    break p;
+                }
+                None => {
+                    if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        match pkt {
+            StartupPacket::SslRequest if !tls_done => {
+                if !buf.is_empty() {
+                    // Bytes sent before the handshake could be injected.
+                    return Err("received unencrypted data after SSL request".into());
+                }
+                match state.tls() {
+                    Some(cfg) => {
+                        stream.write_all(b"S").await.map_err(|e| e.to_string())?;
+                        let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Taken) else {
+                            return Err("TLS negotiated twice".into());
+                        };
+                        let tls = tokio_rustls::TlsAcceptor::from(cfg)
+                            .accept(tcp)
+                            .await
+                            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                        *stream = Stream::ServerTls(Box::new(tls));
+                        tls_done = true;
+                    }
+                    None => stream.write_all(b"N").await.map_err(|e| e.to_string())?,
+                }
+            }
+            // GSSAPI encryption is not offered; libpq then goes on in plain text or TLS.
+            StartupPacket::GssEncRequest if !tls_done => {
+                stream.write_all(b"N").await.map_err(|e| e.to_string())?
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                return Err("encryption requested twice".into());
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                cancel(state, pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { minor, params } => return Ok(Some((minor, params))),
+        }
+    }
+}
+
+/// Forwards a cancel request to the server running the client's query.
+async fn cancel(state: &Arc<State>, pid: i32, secret: i32) {
+    let target = {
+        let clients = state.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(&pid) {
+            Some(c) if c.key.1 == secret => c.server.lock().ok().and_then(|s| s.clone()),
+            _ => None,
+        }
+    };
+    let Some((addr, spid, ssecret, _)) = target else {
+        tracing::debug!(pid, "cancel request for no running query");
+        return;
+    };
+    let mut out = BytesMut::new();
+    StartupPacket::Cancel {
+        pid: spid,
+        secret: ssecret,
+    }
+    .encode(&mut out);
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = TcpStream::connect(&*addr).await?;
+        s.write_all(&out).await?;
+        // The server closes the connection when done.
+        let mut sink = [0u8; 16];
+        let _ = s.read(&mut sink).await;
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    tracing::info!(pid, server = %addr, ok = matches!(r, Ok(Ok(()))), "forwarded cancel request");
+}
+
+type LoginError = (&'static str, String);
+
+async fn fail(stream: &mut Stream, code: &'static str, msg: String) -> LoginError {
+    send_fatal(stream, code, msg.clone()).await;
+    (code, msg)
+}
+
+async fn login(
+    state: &Arc<State>,
+    mut stream: Stream,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    minor: u16,
+    params: Vec<(String, String)>,
+) -> Result<(), LoginError> {
+    let cfg = state.config();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+        return Err(fail(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+        .await);
+    };
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(fail(&mut stream, sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported by the proxy; connect to PostgreSQL directly".into()).await);
+    }
+    let unknown: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unknown.is_empty() {
+        let mut out = BytesMut::new();
+        BackendMessage::NegotiateProtocolVersion {
+            newest_minor: 0,
+            unrecognized: unknown,
+        }
+        .encode(&mut out);
+        let _ = stream.write_all(&out).await;
+    }
+    if state.is_shutting_down() {
+        return Err(fail(
+            &mut stream,
+            sqlstate::CANNOT_CONNECT_NOW,
+            "pgwarden is shutting down".into(),
+        )
+        .await);
+    }
+    let is_admin = cfg.proxy.admin_users.iter().any(|a| *a == user);
+    let count = state.client_count.load(Ordering::Relaxed);
+    if count
+        > cfg.proxy.max_client_conn
+            + if is_admin {
+                cfg.proxy.admin_reserved_conn
+            } else {
+                0
+            }
+    {
+        return Err(fail(
+            &mut stream,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already (max_client_conn = {})",
+                cfg.proxy.max_client_conn
+            ),
+        )
+        .await);
+    }
+    let tls = stream.is_tls();
+    let Some(rule) = cfg.proxy.hba.find(&database, &user, peer.ip(), tls) else {
+        return Err(fail(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "no access rule for host \"{}\", user \"{user}\", database \"{database}\", {}",
+                peer.ip(),
+                if tls {
+                    "SSL encryption"
+                } else {
+                    "no encryption"
+                }
+            ),
+        )
+        .await);
+    };
+    let method = rule.method;
+    if method == HbaMethod::Reject {
+        return Err(fail(&mut stream, sqlstate::INVALID_AUTHORIZATION, format!(
+            "access rule rejects connection for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip())).await);
+    }
+    let admin_db = database == cfg.proxy.admin_database;
+    if admin_db && !is_admin {
+        return Err(fail(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("user \"{user}\" is not an admin user (admin_users)"),
+        )
+        .await);
+    }
+
+    // The user's secret: from the config, else from the auth query.
+    let mut secret = cfg
+        .user(&user)
+        .and_then(|u| u.secret.as_deref())
+        .map(Secret::parse);
+    if secret.is_none() && method != HbaMethod::Trust && !admin_db {
+        if let (Some(aq), Some(primary)) = (&cfg.auth_query, state.topology.primary()) {
+            match auth::query_secret(
+                aq,
+                &primary.addr,
+                &user,
+                cfg.proxy.server_tls,
+                cfg.proxy.server_connect_timeout,
+            )
+            .await
+            {
+                Ok(s) => secret = s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "auth_query failed");
+                    return Err(fail(
+                        &mut stream,
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("cannot look up user \"{user}\": {e}"),
+                    )
+                    .await);
+                }
+            }
+        }
+    }
+    let max = cfg.proxy.max_message_size;
+    let cred = match auth::authenticate(&mut stream, &mut buf, method, &user, secret, max).await {
+        Ok(c) => c,
+        Err(f) => {
+            state.stats.login_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(fail(&mut stream, f.code, f.message).await);
+        }
+    };
+    state.stats.logins.fetch_add(1, Ordering::Relaxed);
+    if admin_db {
+        let info = state.register_client(peer, &user, &database, tls);
+        crate::admin::serve(state.clone(), stream, buf, info.clone()).await;
+        state.unregister_client(&info);
+        return Ok(());
+    }
+
+    let pool = state.pool(
+        &PoolKey {
+            database: database.clone(),
+            user: user.clone(),
+        },
+        cred,
+    );
+    // What the servers of this pool report, learnt once per pool; this also
+    // checks that the database exists and the user may log in.
+    let reported = match pool.server_params() {
+        Some(p) => p,
+        None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
+            Ok(co) => co.conn_ref().reported.clone(),
+            Err(CheckoutError::Server(ServerError::Rejected(f))) => {
+                let msg = f.to_string();
+                send_fields(&mut stream, f).await;
+                return Err((sqlstate::CONNECTION_FAILURE, msg));
+            }
+            Err(e) => {
+                return Err(fail(
+                    &mut stream,
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("cannot connect to the database: {e}"),
+                )
+                .await)
+            }
+        },
+    };
+    if matches!(pool.credential(), ServerCredential::None) && method != HbaMethod::Trust {
+        tracing::debug!(%user, "no server credential known yet for this user");
+    }
+    let client_params = params::startup_params(&params);
+    let info = state.register_client(peer, &user, &database, tls);
+    let mut out = BytesMut::new();
+    for (name, value) in &reported {
+        // The client sees the values it asked for at startup.
+        let own = params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone());
+        BackendMessage::ParameterStatus {
+            name: name.clone(),
+            value: own.unwrap_or_else(|| value.clone()),
+        }
+        .encode(&mut out);
+    }
+    BackendMessage::BackendKeyData {
+        pid: info.key.0,
+        secret: info.key.1,
+    }
+    .encode(&mut out);
+    BackendMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
+    if stream.write_all(&out).await.is_err() {
+        state.unregister_client(&info);
+        return Ok(());
+    }
+    super::session::Session::new(
+        state.clone(),
+        info.clone(),
+        stream,
+        buf,
+        pool,
+        client_params,
+    )
+    .run()
+    .await;
+    state.unregister_client(&info);
+    Ok(())
+}

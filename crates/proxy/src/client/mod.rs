@@ -1,0 +1,6 @@
+//! One client connection: the login phase ([`login`]) and then either the
+//! admin console or the pooled session ([`session`]).
+mod login;
+mod session;
+
+pub use login::handle;

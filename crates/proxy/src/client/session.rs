@@ -1,0 +1,370 @@
+//! A logged-in client of a pooled database: waits for the client's next
+//! request, takes a server connection for it, relays both ways, and gives
+//! the connection back when the transaction (transaction mode) or the
+//! session (session mode) ends.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use wire::fields::sqlstate;
+
+use crate::io::{send_fatal, send_fields};
+use crate::params::ParamSet;
+use crate::pool::{Checkout, CheckoutError, Pool};
+use crate::relay::{ClientParams, Flow, Relay};
+use crate::server::ServerError;
+use crate::state::{ClientInfo, ClientState, State};
+use crate::stream::Stream;
+use crate::topology::Target;
+
+const READ_RESERVE: usize = 4096;
+
+/// Why a session ended.
+enum End {
+    /// The client closed or sent Terminate.
+    Done,
+    ClientIo,
+    Protocol(wire::ProtocolError),
+    ServerLost(String),
+    ServerError(wire::ErrorFields),
+    PrimaryChanged,
+    Shutdown,
+    Checkout(CheckoutError),
+}
+
+impl End {
+    fn describe(&self) -> String {
+        match self {
+            End::Done => "client left".into(),
+            End::ClientIo => "client connection error".into(),
+            End::Protocol(e) => format!("protocol violation: {e}"),
+            End::ServerLost(e) => format!("server lost: {e}"),
+            End::ServerError(f) => format!("server error: {f}"),
+            End::PrimaryChanged => "primary changed".into(),
+            End::Shutdown => "shutdown".into(),
+            End::Checkout(e) => format!("no server: {e}"),
+        }
+    }
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    Topology,
+    Shutdown,
+}
+
+pub struct Session {
+    state: Arc<State>,
+    info: Arc<ClientInfo>,
+    client: Stream,
+    cbuf: BytesMut,
+    cout: BytesMut,
+    sout: BytesMut,
+    pool: Arc<Pool>,
+    transaction_mode: bool,
+    relay: Relay,
+    params: ClientParams,
+    server: Option<Checkout>,
+    topo: watch::Receiver<Option<Arc<Target>>>,
+    shutdown: watch::Receiver<bool>,
+    wait: Duration,
+}
+
+impl Session {
+    pub fn new(
+        state: Arc<State>,
+        info: Arc<ClientInfo>,
+        client: Stream,
+        cbuf: BytesMut,
+        pool: Arc<Pool>,
+        params: ParamSet,
+    ) -> Self {
+        let cfg = state.config();
+        let transaction_mode = pool.mode() == config::PoolMode::Transaction;
+        Session {
+            topo: state.topology.subscribe(),
+            shutdown: state.shutdown.subscribe(),
+            wait: cfg.proxy.query_wait_timeout,
+            relay: Relay::new(transaction_mode, cfg.proxy.max_message_size),
+            params: ClientParams {
+                id: info.id,
+                set: params,
+                gen: 1,
+            },
+            state,
+            info,
+            client,
+            cbuf,
+            cout: BytesMut::new(),
+            sout: BytesMut::new(),
+            pool,
+            transaction_mode,
+            server: None,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let end = self.serve().await.err().unwrap_or(End::Done);
+        let clean = matches!(end, End::Done);
+        tracing::debug!(
+            client = self.info.id,
+            reason = end.describe(),
+            "session ended"
+        );
+        match end {
+            End::Done | End::ClientIo => {}
+            End::Protocol(e) => {
+                send_fatal(
+                    &mut self.client,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    e.to_string(),
+                )
+                .await
+            }
+            End::ServerLost(e) => {
+                send_fatal(
+                    &mut self.client,
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("server connection lost: {e}"),
+                )
+                .await
+            }
+            End::ServerError(f) => send_fields(&mut self.client, f).await,
+            End::PrimaryChanged => {
+                send_fatal(
+                    &mut self.client,
+                    sqlstate::CONNECTION_FAILURE,
+                    "the primary changed while this transaction was open; it was not committed",
+                )
+                .await
+            }
+            End::Shutdown => {
+                send_fatal(
+                    &mut self.client,
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "pgwarden is shutting down",
+                )
+                .await
+            }
+            End::Checkout(e) => {
+                let code = match e {
+                    CheckoutError::Timeout(_) => sqlstate::TOO_MANY_CONNECTIONS,
+                    _ => sqlstate::CONNECTION_FAILURE,
+                };
+                match e {
+                    CheckoutError::Server(ServerError::Rejected(f)) => {
+                        send_fields(&mut self.client, f).await
+                    }
+                    e => send_fatal(&mut self.client, code, e.to_string()).await,
+                }
+            }
+        }
+        if let Some(mut co) = self.server.take() {
+            let reset = self.state.config().proxy.server_reset_query.clone();
+            let conn = co.conn();
+            if !clean || self.relay.in_transaction() {
+                conn.broken = true;
+            } else if !self.transaction_mode && !reset.is_empty() {
+                match tokio::time::timeout(Duration::from_secs(5), conn.simple_query(&reset)).await
+                {
+                    Ok(Ok(_)) => Relay::forget_server_state(&mut conn.session),
+                    _ => conn.broken = true,
+                }
+            }
+            self.detach_info();
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), End> {
+        loop {
+            if self.server.is_none() {
+                match self.relay.first_tag(&self.cbuf).map_err(End::Protocol)? {
+                    Some(b'X') => return Err(End::Done),
+                    Some(_) => {
+                        self.attach().await?;
+                        self.pump_client().await?;
+                        continue;
+                    }
+                    None => {}
+                }
+                if *self.shutdown.borrow() {
+                    return Err(End::Shutdown);
+                }
+                if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
+                    // Idle clients hold no buffers: 10,000 of them must fit in a few MB.
+                    self.cbuf = BytesMut::new();
+                    self.cout = BytesMut::new();
+                    self.sout = BytesMut::new();
+                }
+                let ev = tokio::select! {
+                    r = read_idle(&mut self.client, &mut self.cbuf) => Event::Client(r),
+                    _ = self.shutdown.changed() => Event::Shutdown,
+                };
+                match ev {
+                    Event::Client(Ok(0)) => return Err(End::Done),
+                    Event::Client(Err(_)) => return Err(End::ClientIo),
+                    _ => {}
+                }
+                continue;
+            }
+            let ev = {
+                let conn = self.server.as_mut().expect("attached").conn();
+                self.cbuf
+                    .reserve(READ_RESERVE.saturating_sub(self.cbuf.capacity() - self.cbuf.len()));
+                tokio::select! {
+                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::Server(r),
+                    _ = self.topo.changed() => Event::Topology,
+                    _ = self.shutdown.changed() => Event::Shutdown,
+                }
+            };
+            match ev {
+                Event::Client(Ok(0)) => return Err(End::Done),
+                Event::Client(Ok(_)) => self.pump_client().await?,
+                Event::Client(Err(_)) => return Err(End::ClientIo),
+                Event::Server(Ok(0)) => {
+                    return Err(End::ServerLost("server closed the connection".into()))
+                }
+                Event::Server(Err(e)) => return Err(End::ServerLost(e.to_string())),
+                Event::Server(Ok(_)) => self.pump_server().await?,
+                Event::Topology => {
+                    let epoch = self.topo.borrow_and_update().as_ref().map(|t| t.epoch);
+                    let conn_epoch = self.server.as_mut().expect("attached").conn().epoch;
+                    if epoch != Some(conn_epoch) {
+                        return Err(End::PrimaryChanged);
+                    }
+                }
+                Event::Shutdown => {
+                    // finish the transaction; the idle branch closes
+                }
+            }
+        }
+    }
+
+    /// Takes a server connection and brings its session parameters in
+    /// line with the client's.
+    async fn attach(&mut self) -> Result<(), End> {
+        self.info.set_state(ClientState::Waiting);
+        if *self.state.paused.borrow() {
+            let mut p = self.state.paused.subscribe();
+            let _ = async { p.wait_for(|p| !p).await.is_ok() }.await;
+        }
+        let start = Instant::now();
+        let mut co = self.pool.checkout(self.wait).await.map_err(End::Checkout)?;
+        self.state
+            .stats
+            .wait_us
+            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let conn = co.conn();
+        if conn.session.synced_with != (self.params.id, self.params.gen) {
+            if let Some(sql) = self.params.set.diff_sql(&conn.session.applied) {
+                if let Err(e) = conn.simple_query(&sql).await {
+                    conn.broken = true;
+                    return Err(match e {
+                        ServerError::Rejected(f) => End::ServerError(f),
+                        e => End::ServerLost(e.to_string()),
+                    });
+                }
+            }
+            conn.session.applied = self.params.set.clone();
+            conn.session.synced_with = (self.params.id, self.params.gen);
+        }
+        *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((conn.addr.clone(), conn.pid, conn.secret, conn.id));
+        self.info.set_state(ClientState::Active);
+        // A change of primary seen from here on concerns this connection.
+        self.topo.borrow_and_update();
+        self.server = Some(co);
+        Ok(())
+    }
+
+    fn detach_info(&self) {
+        *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.info.set_state(ClientState::Idle);
+    }
+
+    fn maybe_detach(&mut self) {
+        if self.transaction_mode && self.relay.is_idle() {
+            self.server = None;
+            self.detach_info();
+            self.state.stats.xacts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn pump_client(&mut self) -> Result<(), End> {
+        let conn = self.server.as_mut().expect("attached").conn();
+        let flow = self
+            .relay
+            .client_messages(
+                &mut self.cbuf,
+                &mut self.sout,
+                &mut self.cout,
+                &mut conn.session,
+                &self.state.registry,
+            )
+            .map_err(End::Protocol)?;
+        if !self.sout.is_empty() {
+            tracing::trace!(bytes = ?&self.sout[..], "to server");
+            conn.stream
+                .write_all(&self.sout)
+                .await
+                .map_err(|e| End::ServerLost(e.to_string()))?;
+            self.sout.clear();
+        }
+        if !self.cout.is_empty() {
+            self.client
+                .write_all(&self.cout)
+                .await
+                .map_err(|_| End::ClientIo)?;
+            self.cout.clear();
+        }
+        if flow == Flow::Terminate {
+            return Err(End::Done);
+        }
+        self.maybe_detach();
+        Ok(())
+    }
+
+    async fn pump_server(&mut self) -> Result<(), End> {
+        let conn = self.server.as_mut().expect("attached").conn();
+        self.relay
+            .server_messages(
+                &mut conn.rbuf,
+                &mut self.cout,
+                &mut conn.session,
+                &mut self.params,
+            )
+            .map_err(|e| End::ServerLost(e.to_string()))?;
+        if !self.cout.is_empty() {
+            tracing::trace!(bytes = ?&self.cout[..], "to client");
+            self.client
+                .write_all(&self.cout)
+                .await
+                .map_err(|_| End::ClientIo)?;
+            self.cout.clear();
+        }
+        self.maybe_detach();
+        Ok(())
+    }
+}
+
+/// Waits for a client's next request without holding a buffer while idle.
+async fn read_idle(client: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if let Stream::Plain(tcp) = client {
+        loop {
+            tcp.readable().await?;
+            buf.reserve(READ_RESERVE);
+            match tcp.try_read_buf(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    buf.reserve(READ_RESERVE);
+    client.read_buf(buf).await
+}

@@ -1,0 +1,354 @@
+//! Server connection pools, one per (database, user). A pool hands out
+//! server connections to the current primary as RAII [`Checkout`] guards:
+//! dropping one returns the connection, or closes it when it is broken,
+//! too old, or opened to a former primary.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
+use crate::topology::Topology;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub min_idle: usize,
+    pub mode: config::PoolMode,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub connect_timeout: Duration,
+    pub tls: config::ServerTls,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("no server connection available within query_wait_timeout ({0:?})")]
+    Timeout(Duration),
+    #[error("no primary server is available")]
+    NoPrimary,
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    sem: Arc<Semaphore>,
+    size: AtomicUsize,
+    idle: Mutex<Vec<ServerConn>>,
+    settings: Mutex<PoolSettings>,
+    credential: Mutex<ServerCredential>,
+    /// ParameterStatus values of a server of this pool, for client logins.
+    server_params: Mutex<Option<Vec<(String, String)>>>,
+    topology: Arc<Topology>,
+    pub active: AtomicUsize,
+    pub waiting: AtomicUsize,
+    /// Connections open or being opened, idle or not.
+    pub open: AtomicUsize,
+}
+
+/// A server connection lent to one client.
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<Pool>,
+}
+
+impl Checkout {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("a checkout holds its connection until dropped")
+    }
+    pub fn conn_ref(&self) -> &ServerConn {
+        self.conn
+            .as_ref()
+            .expect("a checkout holds its connection until dropped")
+    }
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = self.conn.take() {
+            self.pool.checkin(c);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        credential: ServerCredential,
+        topology: Arc<Topology>,
+    ) -> Arc<Self> {
+        Arc::new(Pool {
+            key,
+            sem: Arc::new(Semaphore::new(settings.size)),
+            size: AtomicUsize::new(settings.size),
+            idle: Mutex::new(Vec::new()),
+            settings: Mutex::new(settings),
+            credential: Mutex::new(credential),
+            server_params: Mutex::new(None),
+            topology,
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn settings(&self) -> PoolSettings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn mode(&self) -> config::PoolMode {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner()).mode
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Applies new settings (config reload); the size changes at once.
+    pub fn update_settings(&self, s: PoolSettings) {
+        let old = self.size.swap(s.size, Ordering::AcqRel);
+        if s.size > old {
+            self.sem.add_permits(s.size - old);
+        } else if s.size < old {
+            // Take the surplus permits as they come back.
+            let sem = self.sem.clone();
+            let n = (old - s.size) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many(n).await {
+                    p.forget();
+                }
+            });
+        }
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    pub fn set_credential(&self, c: ServerCredential) {
+        *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    pub fn credential(&self) -> ServerCredential {
+        self.credential
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn server_params(&self) -> Option<Vec<(String, String)>> {
+        self.server_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes a connection to the current primary, waiting up to `wait` for
+    /// one to become free.
+    pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, CheckoutError> {
+        let permit = match self.sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let r = tokio::time::timeout(wait, self.sem.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(CheckoutError::Timeout(wait)),
+                }
+            }
+        };
+        let target = self.topology.primary().ok_or(CheckoutError::NoPrimary)?;
+        let settings_lifetime = self
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lifetime;
+        loop {
+            let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match conn {
+                Some(c) if c.epoch == target.epoch && c.created.elapsed() < settings_lifetime => {
+                    self.active.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Checkout {
+                        conn: Some(c),
+                        _permit: permit,
+                        pool: self.clone(),
+                    });
+                }
+                Some(c) => {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    tokio::spawn(c.terminate());
+                }
+                None => break,
+            }
+        }
+        let conn = self.connect(&target.addr, target.epoch).await?;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+        })
+    }
+
+    async fn connect(&self, addr: &str, epoch: u64) -> Result<ServerConn, ServerError> {
+        let s = self.settings();
+        let cred = self.credential();
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let r = ServerConn::connect(ConnectOptions {
+            addr,
+            user: &self.key.user,
+            database: &self.key.database,
+            credential: &cred,
+            tls: s.tls,
+            timeout: s.connect_timeout,
+            epoch,
+            extra_params: &[],
+        })
+        .await;
+        match r {
+            Ok(c) => {
+                let mut sp = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
+                if sp.is_none() {
+                    *sp = Some(c.reported.clone());
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn checkin(&self, mut c: ServerConn) {
+        let lifetime = self
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lifetime;
+        if c.broken || c.epoch != self.topology.current_epoch() || c.created.elapsed() >= lifetime {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(c.terminate());
+            }
+            return;
+        }
+        c.last_used = Instant::now();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+    }
+
+    /// Closes idle connections past the idle timeout (keeping `min_idle`)
+    /// or past their lifetime, and opens connections up to `min_idle`.
+    pub async fn maintain(self: &Arc<Self>) {
+        let s = self.settings();
+        let epoch = self.topology.current_epoch();
+        let expired: Vec<ServerConn> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut keep = Vec::with_capacity(idle.len());
+            let mut gone = Vec::new();
+            // newest last: drop the oldest-used first
+            idle.sort_by_key(|c| c.last_used);
+            let n = idle.len();
+            for (i, c) in idle.drain(..).enumerate() {
+                let surplus = n - i > s.min_idle;
+                if c.epoch != epoch
+                    || c.created.elapsed() >= s.lifetime
+                    || (surplus && c.last_used.elapsed() >= s.idle_timeout)
+                {
+                    gone.push(c);
+                } else {
+                    keep.push(c);
+                }
+            }
+            *idle = keep;
+            gone
+        };
+        for c in expired {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            c.terminate().await;
+        }
+        let Some(target) = self.topology.primary() else {
+            return;
+        };
+        while self.idle_count() < s.min_idle && self.open.load(Ordering::Relaxed) < s.size {
+            let Ok(permit) = self.sem.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.connect(&target.addr, target.epoch).await {
+                Ok(c) => {
+                    drop(permit);
+                    self.checkin(c);
+                }
+                Err(e) => {
+                    tracing::warn!(pool = ?self.key, error = %e, "cannot open min_pool_size connection");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Closes every idle connection (e.g. after a failover).
+    pub fn close_idle(&self) {
+        let all: Vec<ServerConn> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in all {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(c.terminate());
+            }
+        }
+    }
+
+    /// Idle connections' (id, addr, age, pid) for SHOW SERVERS.
+    pub fn idle_servers(&self) -> Vec<(u64, String, Duration, i32)> {
+        self.idle
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .map(|c| (c.id, c.addr.to_string(), c.created.elapsed(), c.pid))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// All pools, created on first use.
+#[derive(Default)]
+pub struct Pools {
+    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn get_or_create(&self, key: &PoolKey, make: impl FnOnce() -> Arc<Pool>) -> Arc<Pool> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key.clone()).or_insert_with(make).clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = self
+            .map
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+}

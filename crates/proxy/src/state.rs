@@ -1,0 +1,235 @@
+//! State shared by every task of one proxy: configuration, pools,
+//! topology, connected clients, lifecycle flags. Passed around as
+//! `Arc<State>`; there are no globals.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::pool::{Pool, PoolKey, PoolSettings, Pools};
+use crate::relay::Registry;
+use crate::server::ServerCredential;
+use crate::topology::Topology;
+
+/// What a client is doing, for SHOW CLIENTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    Idle = 0,
+    Waiting = 1,
+    Active = 2,
+}
+
+/// A connected client as other tasks see it (admin console, cancel).
+pub struct ClientInfo {
+    pub id: u64,
+    pub key: (i32, i32),
+    pub addr: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub tls: bool,
+    pub connected_at: SystemTime,
+    state: AtomicU8,
+    /// The server the client's query runs on: (addr, pid, secret, server id).
+    pub server: Mutex<Option<(Arc<str>, i32, i32, u64)>>,
+}
+
+impl ClientInfo {
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub xacts: AtomicU64,
+    pub queries: AtomicU64,
+    pub wait_us: AtomicU64,
+    pub logins: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub server_errors: AtomicU64,
+}
+
+pub struct State {
+    config: RwLock<Arc<config::Config>>,
+    pub config_path: Option<PathBuf>,
+    pub pools: Pools,
+    pub topology: Arc<Topology>,
+    pub registry: Registry,
+    pub clients: Mutex<HashMap<i32, Arc<ClientInfo>>>,
+    pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+    pub shutdown: watch::Sender<bool>,
+    pub paused: watch::Sender<bool>,
+    pub client_count: AtomicUsize,
+    pub stats: Stats,
+    pub started: Instant,
+    next_client: AtomicU64,
+}
+
+impl State {
+    pub fn new(cfg: config::Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, String> {
+        let tls = load_tls(&cfg)?;
+        Ok(Arc::new(State {
+            topology: Topology::new(&cfg.backends),
+            config: RwLock::new(Arc::new(cfg)),
+            config_path,
+            pools: Pools::default(),
+            registry: Registry::default(),
+            clients: Mutex::new(HashMap::new()),
+            tls: RwLock::new(tls),
+            shutdown: watch::channel(false).0,
+            paused: watch::channel(false).0,
+            client_count: AtomicUsize::new(0),
+            stats: Stats::default(),
+            started: Instant::now(),
+            next_client: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<config::Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn pool_settings(cfg: &config::Config, user: &str) -> PoolSettings {
+        let u = cfg.user(user);
+        let p = &cfg.proxy;
+        PoolSettings {
+            size: u
+                .and_then(|u| u.pool_size)
+                .unwrap_or(p.default_pool_size)
+                .max(1),
+            min_idle: p.min_pool_size,
+            mode: u.and_then(|u| u.pool_mode).unwrap_or(p.pool_mode),
+            idle_timeout: p.server_idle_timeout,
+            lifetime: p.server_lifetime,
+            connect_timeout: p.server_connect_timeout,
+            tls: p.server_tls,
+        }
+    }
+
+    pub fn pool(&self, key: &PoolKey, cred: ServerCredential) -> Arc<Pool> {
+        let cfg = self.config();
+        let pool = self.pools.get_or_create(key, || {
+            Pool::new(
+                key.clone(),
+                Self::pool_settings(&cfg, &key.user),
+                cred.clone(),
+                self.topology.clone(),
+            )
+        });
+        // The newest credential from a successful login is the best one.
+        if !matches!(cred, ServerCredential::None) {
+            pool.set_credential(cred);
+        }
+        pool
+    }
+
+    pub fn register_client(
+        &self,
+        addr: SocketAddr,
+        user: &str,
+        database: &str,
+        tls: bool,
+    ) -> Arc<ClientInfo> {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        // The cancel key's pid half is unique among connected clients.
+        let mut pid = (id as i32) & i32::MAX;
+        while pid == 0 || clients.contains_key(&pid) {
+            pid = rand::random::<i32>() & i32::MAX;
+        }
+        let info = Arc::new(ClientInfo {
+            id,
+            key: (pid, rand::random()),
+            addr,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            tls,
+            connected_at: SystemTime::now(),
+            state: AtomicU8::new(0),
+            server: Mutex::new(None),
+        });
+        clients.insert(pid, info.clone());
+        info
+    }
+
+    pub fn unregister_client(&self, info: &ClientInfo) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&info.key.0);
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self
+            .clients
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Re-reads the configuration file and applies it without dropping
+    /// clients. On error nothing changes.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.config_path else {
+            return Err("the proxy was not started from a config file".into());
+        };
+        let new = config::load(path).map_err(|e| e.to_string())?;
+        self.apply(new)
+    }
+
+    pub fn apply(&self, new: config::Config) -> Result<(), String> {
+        let tls = load_tls(&new)?;
+        let old = self.config();
+        if new.proxy.listen != old.proxy.listen {
+            tracing::warn!(old = %old.proxy.listen, new = %new.proxy.listen, "listen address changes need a restart");
+        }
+        if new.backends != old.backends {
+            self.topology.set_backends(&new.backends);
+        }
+        for pool in self.pools.all() {
+            pool.update_settings(Self::pool_settings(&new, &pool.key.user));
+            if let Some(sec) = new.user(&pool.key.user).and_then(|u| u.secret.as_deref()) {
+                let c = crate::auth::Secret::parse(sec).server_credential();
+                if !matches!(c, ServerCredential::None) {
+                    pool.set_credential(c);
+                }
+            }
+        }
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+}
+
+fn load_tls(cfg: &config::Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match (&cfg.proxy.tls_cert_file, &cfg.proxy.tls_key_file) {
+        (Some(c), Some(k)) => crate::tls::server_config(c, k).map(Some),
+        _ => Ok(None),
+    }
+}

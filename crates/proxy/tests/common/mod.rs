@@ -1,0 +1,112 @@
+//! Shared set-up for the proxy's integration tests: a real PostgreSQL and
+//! an in-process proxy in front of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use testkit::PgServer;
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub state: Arc<proxy::State>,
+}
+
+impl TestProxy {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A tokio-postgres connection string through the proxy.
+    pub fn url(&self, user: &str, password: Option<&str>, db: &str) -> String {
+        let pw = password
+            .map(|p| format!(" password={p}"))
+            .unwrap_or_default();
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={db}{pw} connect_timeout=10",
+            self.port()
+        )
+    }
+
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.url(user, password, db), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    pub fn shutdown(&self) {
+        self.state.shutdown.send_replace(true);
+    }
+}
+
+/// `[[backends]]` entries for servers.
+pub fn backends(servers: &[&PgServer]) -> String {
+    servers
+        .iter()
+        .map(|s| format!("[[backends]]\nhost = \"127.0.0.1\"\nport = {}\n", s.port))
+        .collect()
+}
+
+/// Starts a proxy with `[proxy]` settings `proxy_toml` (listen is added)
+/// and the given extra sections, and waits until it knows a primary.
+pub async fn start_proxy(proxy_toml: &str, rest: &str) -> TestProxy {
+    start_proxy_at(proxy_toml, rest, None).await
+}
+
+pub async fn start_proxy_at(proxy_toml: &str, rest: &str, path: Option<&Path>) -> TestProxy {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nhealth_check_period = \"200ms\"\n{proxy_toml}\n{rest}"
+    );
+    if let Some(p) = path {
+        std::fs::write(p, &text).unwrap();
+    }
+    let cfg =
+        config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let p = proxy::Proxy::bind(cfg, path.map(Path::to_owned))
+        .await
+        .expect("bind proxy");
+    let addr = p.local_addr();
+    let state = p.state.clone();
+    tokio::spawn(p.run());
+    let tp = TestProxy { addr, state };
+    wait_for(Duration::from_secs(10), || {
+        tp.state.topology.primary().is_some()
+    })
+    .await;
+    tp
+}
+
+pub async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
+pub fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+pub const TRUST: &str =
+    "hba = [\"host all all 127.0.0.1/32 trust\"]\nadmin_users = [\"postgres\"]\n";

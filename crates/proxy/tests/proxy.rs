@@ -1,0 +1,424 @@
+//! The proxy against real PostgreSQL servers and real clients.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_and_transactions_reach_the_primary() {
+    let pg = PgServer::primary();
+    let p = start_proxy(TRUST, &backends(&[&pg])).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.batch_execute("CREATE TABLE t (id int primary key, v text)")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO t VALUES ($1, $2)", &[&1i32, &"one"])
+        .await
+        .unwrap();
+    let row = c
+        .query_one("SELECT v FROM t WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "one");
+    // the row is really in PostgreSQL
+    assert_eq!(pg.sql("app", "select v from t"), "one");
+    // server-side error keeps the client usable
+    let e = c
+        .batch_execute("SELECT * FROM missing_table")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("42P01"));
+    assert_eq!(
+        c.query_one("SELECT 41 + 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_methods() {
+    let pg = PgServer::primary();
+    let hba = "hba = [\"host all md5user 127.0.0.1/32 md5\", \"host all scramuser 127.0.0.1/32 scram-sha-256\", \
+               \"host all clear 127.0.0.1/32 password\", \"host all nobody 0.0.0.0/0 reject\", \
+               \"host all postgres 127.0.0.1/32 trust\", \"host all all 127.0.0.1/32 scram-sha-256\"]\n";
+    let users = "[[users]]\nname = \"md5user\"\npassword = \"md5pass\"\n\
+                 [[users]]\nname = \"scramuser\"\npassword = \"scrampass\"\n\
+                 [[users]]\nname = \"clear\"\npassword = \"md5pass\"\n";
+    let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
+    // md5 client to proxy, md5 proxy to server
+    let c = p.connect("md5user", Some("md5pass"), "app").await.unwrap();
+    assert_eq!(
+        c.query_one("select current_user::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "md5user"
+    );
+    // SCRAM both ways
+    let c = p
+        .connect("scramuser", Some("scrampass"), "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.query_one("select current_user::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "scramuser"
+    );
+    // trust
+    p.connect("postgres", None, "app").await.unwrap();
+    // wrong passwords
+    for (u, pw) in [
+        ("md5user", "nope"),
+        ("scramuser", "nope"),
+        ("clear", "nope"),
+    ] {
+        let e = p.connect(u, Some(pw), "app").await.unwrap_err();
+        assert_eq!(code(&e).as_deref(), Some("28P01"), "{u}: {e}");
+    }
+    // cleartext password method (server side uses the user's md5 rule? no: 'clear' is unknown to PG)
+    let e = p
+        .connect("clear", Some("md5pass"), "app")
+        .await
+        .unwrap_err();
+    assert_ne!(
+        code(&e).as_deref(),
+        Some("28P01"),
+        "proxy accepted the password; the server does not know the role: {e}"
+    );
+    // reject rule and unknown users
+    let e = p.connect("nobody", Some("x"), "app").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("28000"));
+    let e = p.connect("ghost", Some("x"), "app").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("28P01"));
+    // a database that does not exist: the server's error reaches the client
+    let e = p.connect("postgres", None, "nosuchdb").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("3D000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_looks_up_unknown_users() {
+    let pg = PgServer::primary();
+    let hba = "hba = [\"host all all 127.0.0.1/32 scram-sha-256\"]\n";
+    let aq = "[auth_query]\nuser = \"postgres\"\n";
+    let p = start_proxy(hba, &format!("{}{aq}", backends(&[&pg]))).await;
+    // scramuser's SCRAM secret comes from pg_shadow; the proxy passes the
+    // client's proof through to the server
+    let c = p
+        .connect("scramuser", Some("scrampass"), "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.query_one("select current_user::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "scramuser"
+    );
+    let e = p
+        .connect("scramuser", Some("wrong"), "app")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("28P01"));
+    // md5 secret from pg_shadow, md5 hba at the proxy
+    drop(p);
+    let p = start_proxy(
+        "hba = [\"host all all 127.0.0.1/32 md5\"]\n",
+        &format!("{}{aq}", backends(&[&pg])),
+    )
+    .await;
+    let c = p.connect("md5user", Some("md5pass"), "app").await.unwrap();
+    assert_eq!(
+        c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_in_transaction_mode_across_shared_servers() {
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 2\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let setup = p.connect("postgres", None, "app").await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE kv (k int primary key, v int)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16i32 {
+        let url = p.url("postgres", None, "app");
+        tasks.push(tokio::spawn(async move {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            // tokio-postgres prepares named statements (s0, s1, ...) and reuses them
+            let ins = c.prepare("INSERT INTO kv VALUES ($1, $2)").await.unwrap();
+            let sel = c.prepare("SELECT v FROM kv WHERE k = $1").await.unwrap();
+            for j in 0..25i32 {
+                let k = i * 1000 + j;
+                c.execute(&ins, &[&k, &(k * 2)]).await.unwrap();
+                let v: i32 = c.query_one(&sel, &[&k]).await.unwrap().get(0);
+                assert_eq!(v, k * 2);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(pg.sql("app", "select count(*) from kv"), "400");
+    // 16 clients shared at most 2 server connections
+    let n: i64 = setup
+        .query_one("select count(*) from pg_stat_activity where datname = 'app' and backend_type = 'client backend'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n <= 2, "{n} server connections");
+}
+
+async fn show(c: &tokio_postgres::Client, what: &str) -> String {
+    c.simple_query(&format!("SHOW {what}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_owned()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_is_isolated_between_clients_in_transaction_mode() {
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 1\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let a = p.connect("postgres", None, "app").await.unwrap();
+    let b = p.connect("postgres", None, "app").await.unwrap();
+    a.batch_execute("SET search_path TO a_schema, public; SET statement_timeout = '4s'; SET application_name = 'client_a'")
+        .await
+        .unwrap();
+    // b shares the single server connection but sees defaults
+    assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "application_name").await, "");
+    // a keeps its settings
+    assert_eq!(show(&a, "search_path").await, "a_schema, public");
+    assert_eq!(show(&a, "statement_timeout").await, "4s");
+    assert_eq!(show(&a, "application_name").await, "client_a");
+    b.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "TimeZone").await, show(&a, "TimeZone").await);
+    assert_ne!(show(&a, "TimeZone").await, "Asia/Tokyo");
+    assert_eq!(show(&b, "TimeZone").await, "Asia/Tokyo");
+    // RESET goes back to the default
+    a.batch_execute("RESET statement_timeout").await.unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    // a SET rolled back is not kept
+    a.batch_execute("BEGIN; SET work_mem = '77MB'; ROLLBACK")
+        .await
+        .unwrap();
+    b.batch_execute("SELECT 1").await.unwrap();
+    assert_ne!(show(&a, "work_mem").await, "77MB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_running_query() {
+    let pg = PgServer::primary();
+    let p = start_proxy(TRUST, &backends(&[&pg])).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    let token = c.cancel_token();
+    let start = std::time::Instant::now();
+    let q = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = q.await.unwrap().unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("57014"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out() {
+    let pg = PgServer::primary();
+    let p = start_proxy(TRUST, &backends(&[&pg])).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.batch_execute("CREATE TABLE c (a int, b text)")
+        .await
+        .unwrap();
+    let sink = c.copy_in("COPY c FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..5000 {
+        data.push_str(&format!("{i}\trow {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    assert_eq!(pg.sql("app", "select count(*) from c"), "5000");
+    let stream = c.copy_out("COPY c TO STDOUT").await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(out).unwrap(), data);
+    // a COPY that fails half-way leaves the session usable (psql, simple protocol)
+    let dir = testkit::TempDir::new("copy");
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "1\tok\nnot-a-number\tbad\n").unwrap();
+    let (ok, out, err) = testkit::run_client(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port().to_string(),
+            "-U",
+            "postgres",
+            "app",
+            "-c",
+            &format!("\\copy c from '{}'", bad.display()),
+            "-c",
+            "select count(*) from c",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("invalid input syntax for type integer"),
+        "{err}"
+    );
+    assert_eq!(
+        out.trim(),
+        "5000",
+        "the failed COPY added no row and psql went on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_queue_beyond_the_pool_then_time_out() {
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 1\nquery_wait_timeout = \"1500ms\"\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let a = p.connect("postgres", None, "app").await.unwrap();
+    let b = p.connect("postgres", None, "app").await.unwrap();
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // b waits for a's server connection and gets it when a commits
+    let waiter = tokio::spawn(async move {
+        let r = b
+            .query_one("select 7", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0));
+        (r, b)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "b did not wait for the pool");
+    a.batch_execute("COMMIT").await.unwrap();
+    let (r, _b) = waiter.await.unwrap();
+    assert_eq!(r.unwrap(), 7);
+    // a holds the connection past the wait timeout: a third client gets a clear error
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    let e = c.query_one("select 1", &[]).await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("53300"), "{e}");
+    let msg = e.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("query_wait_timeout"), "{msg}");
+    a.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_promoted_standby() {
+    let primary = PgServer::primary();
+    let standby = PgServer::standby_of(&primary);
+    let p = start_proxy(TRUST, &backends(&[&primary, &standby])).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.batch_execute("CREATE TABLE f (id int)").await.unwrap();
+    c.batch_execute("INSERT INTO f VALUES (1)").await.unwrap();
+    standby.wait_caught_up(&primary);
+    assert_eq!(p.state.topology.primary().unwrap().node, 0);
+
+    // a client in a transaction on the old primary when it goes away
+    let tx = p.connect("postgres", None, "app").await.unwrap();
+    tx.batch_execute("BEGIN; INSERT INTO f VALUES (99)")
+        .await
+        .unwrap();
+
+    primary.stop();
+    let t0 = std::time::Instant::now();
+    standby.promote();
+    wait_for(Duration::from_secs(2), || {
+        p.state.topology.primary().is_some_and(|t| t.node == 1)
+    })
+    .await;
+    let found = t0.elapsed();
+    assert!(
+        found < Duration::from_secs(2),
+        "new primary found after {found:?}"
+    );
+    // the client of the dead server gets an error, not a hang
+    let e = tokio::time::timeout(Duration::from_secs(5), tx.batch_execute("COMMIT"))
+        .await
+        .expect("no hang");
+    assert!(e.is_err());
+    // the same client connection writes to the new primary, no proxy restart
+    c.batch_execute("INSERT INTO f VALUES (2)").await.unwrap();
+    assert_eq!(
+        standby.sql("app", "select string_agg(id::text, ',' order by id) from f"),
+        "1,2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_pins_the_connection() {
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 2\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let (listener, mut conn) =
+        tokio_postgres::connect(&p.url("postgres", None, "app"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut s = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = s.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    let other = p.connect("postgres", None, "app").await.unwrap();
+    for i in 0..3 {
+        other
+            .batch_execute(&format!("NOTIFY jobs, 'n{i}'"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, format!("n{i}"));
+    }
+}
