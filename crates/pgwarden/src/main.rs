@@ -1,1 +1,29 @@
-fn main() {}
+//! The `pgwarden` binary: parse the command line, run the subcommand, map
+//! errors to exit codes.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod cmd_proxy;
+mod cmd_up;
+mod runtime;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    runtime::init_logging(cli.log.as_deref());
+    let r = match cli.command {
+        cli::Command::Proxy(a) => cmd_proxy::run(a),
+        cli::Command::Up(a) => cmd_up::run(a),
+        cli::Command::CheckConfig { config } => config::load(&config)
+            .map(|_| println!("{}: OK", config.display()))
+            .map_err(Into::into),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

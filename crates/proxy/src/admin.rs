@@ -212,7 +212,7 @@ fn show_clients(state: &Arc<State>) -> Reply {
                 s(c.addr.port()),
                 s(c.tls),
                 ts(c.connected_at),
-                server.map(|(a, pid, _, _)| format!("{a} pid {pid}")),
+                server.map(|r| format!("{} pid {}", r.addr, r.pid)),
             ]
         })
         .collect();
@@ -236,14 +236,14 @@ fn show_clients(state: &Arc<State>) -> Reply {
 fn show_servers(state: &Arc<State>) -> Reply {
     let mut rows = Vec::new();
     for c in state.clients() {
-        if let Some((addr, pid, _, id)) = c.server.lock().ok().and_then(|s| s.clone()) {
+        if let Some(r) = c.server.lock().ok().and_then(|s| s.clone()) {
             rows.push(vec![
-                s(id),
+                s(r.id),
                 s(&c.user),
                 s(&c.database),
                 s("active"),
-                s(addr),
-                s(pid),
+                s(r.addr),
+                s(r.pid),
                 None,
                 s(c.id),
             ]);

@@ -479,10 +479,8 @@ impl Relay {
                         forward = p.action != Action::Swallow;
                     }
                 }
-                b'T' | b'n' => {
-                    if self.queue.front().map(|p| p.kind) == Some(Kind::Describe) {
-                        self.queue.pop_front();
-                    }
+                b'T' | b'n' if self.queue.front().map(|p| p.kind) == Some(Kind::Describe) => {
+                    self.queue.pop_front();
                 }
                 b'C' => {
                     let tag = wire::backend::command_tag(body)?;
@@ -495,10 +493,8 @@ impl Relay {
                         self.queue.pop_front();
                     }
                 }
-                b'I' | b's' => {
-                    if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) {
-                        self.queue.pop_front();
-                    }
+                b'I' | b's' if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) => {
+                    self.queue.pop_front();
                 }
                 _ => {}
             }

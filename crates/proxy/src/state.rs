@@ -24,6 +24,16 @@ pub enum ClientState {
     Active = 2,
 }
 
+/// The server connection a client holds: where to send its cancel
+/// requests, and what SHOW SERVERS lists.
+#[derive(Debug, Clone)]
+pub struct ServerRef {
+    pub addr: Arc<str>,
+    pub pid: i32,
+    pub secret: i32,
+    pub id: u64,
+}
+
 /// A connected client as other tasks see it (admin console, cancel).
 pub struct ClientInfo {
     pub id: u64,
@@ -34,8 +44,8 @@ pub struct ClientInfo {
     pub tls: bool,
     pub connected_at: SystemTime,
     state: AtomicU8,
-    /// The server the client's query runs on: (addr, pid, secret, server id).
-    pub server: Mutex<Option<(Arc<str>, i32, i32, u64)>>,
+    /// The server connection the client holds, if any.
+    pub server: Mutex<Option<ServerRef>>,
 }
 
 impl ClientInfo {

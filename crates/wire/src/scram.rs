@@ -118,7 +118,7 @@ pub struct ClientKeys {
     pub iterations: u32,
 }
 
-fn attr<'a>(part: &'a str, name: char) -> Result<&'a str, ProtocolError> {
+fn attr(part: &str, name: char) -> Result<&str, ProtocolError> {
     let mut chars = part.chars();
     if chars.next() == Some(name) && chars.next() == Some('=') {
         Ok(&part[2..])

@@ -131,7 +131,13 @@ async fn cancel(state: &Arc<State>, pid: i32, secret: i32) {
             _ => None,
         }
     };
-    let Some((addr, spid, ssecret, _)) = target else {
+    let Some(crate::state::ServerRef {
+        addr,
+        pid: spid,
+        secret: ssecret,
+        ..
+    }) = target
+    else {
         tracing::debug!(pid, "cancel request for no running query");
         return;
     };
@@ -206,7 +212,7 @@ async fn login(
         )
         .await);
     }
-    let is_admin = cfg.proxy.admin_users.iter().any(|a| *a == user);
+    let is_admin = cfg.proxy.admin_users.contains(&user);
     let count = state.client_count.load(Ordering::Relaxed);
     if count
         > cfg.proxy.max_client_conn

@@ -274,7 +274,12 @@ impl Session {
             conn.session.synced_with = (self.params.id, self.params.gen);
         }
         *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((conn.addr.clone(), conn.pid, conn.secret, conn.id));
+            Some(crate::state::ServerRef {
+                addr: conn.addr.clone(),
+                pid: conn.pid,
+                secret: conn.secret,
+                id: conn.id,
+            });
         self.info.set_state(ClientState::Active);
         // A change of primary seen from here on concerns this connection.
         self.topo.borrow_and_update();

@@ -1,0 +1,42 @@
+"""psycopg 3 clients with server-side prepared statements, through the proxy.
+
+Many clients share few server connections (transaction mode); each client
+prepares its statements (prepare=True) and reuses them across transactions.
+Usage: psycopg_clients.py PROXY_PORT
+"""
+import sys
+import threading
+
+import psycopg
+
+port = int(sys.argv[1])
+errors = []
+used_prepared = []
+
+
+def client(n):
+    try:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=app", autocommit=True) as conn:
+            for j in range(50):
+                k = n * 1000 + j
+                conn.execute("INSERT INTO items (id, name) VALUES (%s, %s)", (k, f"item {k}"), prepare=True)
+                row = conn.execute("SELECT name FROM items WHERE id = %s", (k,), prepare=True).fetchone()
+                assert row[0] == f"item {k}", row
+                with conn.transaction():
+                    cur = conn.execute("SELECT count(*) FROM items WHERE id >= %s", (n * 1000,), prepare=True)
+                    assert cur.fetchone()[0] >= 1
+            # psycopg names its prepared statements _pg3_N on the connection
+            used_prepared.append(bool(conn._prepared._names))
+    except Exception as e:  # noqa: BLE001 - report every failure
+        errors.append(f"client {n}: {e!r}")
+
+
+threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("prepared statements used:", "yes" if used_prepared and all(used_prepared) else "no")
+if errors:
+    print("\n".join(errors), file=sys.stderr)
+    sys.exit(1)
