@@ -1,7 +1,7 @@
 //! `pgwarden up`: a working PostgreSQL with the proxy in front, on this
 //! machine, with no external service. Resumes when run again on the same
 //! directory.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
@@ -90,7 +90,7 @@ fn proxy_config(listen_port: u16, pg_port: u16) -> String {
     )
 }
 
-fn print_banner(dir: &Path, cfg: &PathBuf, proxy_port: u16, pg_port: u16) {
+fn print_banner(dir: &Path, cfg: &Path, proxy_port: u16, pg_port: u16) {
     println!(
         "pgwarden is up (data in {})\n\
          \n  connect:  psql -h 127.0.0.1 -p {proxy_port} -U postgres postgres\n\
