@@ -80,7 +80,7 @@ log_disconnections = 0
 EOC
   echo '"postgres" ""' >"$B/pgbouncer/userlist.txt"
   chown postgres:postgres "$B/pgbouncer"/*
-  as_pg pgbouncer "$B/pgbouncer/pgbouncer.ini" >/dev/null 2>&1 &
+  setpriv --reuid=postgres --regid=postgres --init-groups -- pgbouncer "$B/pgbouncer/pgbouncer.ini" >/dev/null 2>&1 &
   PGB_PID=$!; pids+=("$PGB_PID")
 }
 
@@ -113,7 +113,7 @@ backend_flag0 = 'ALLOW_TO_FAILOVER'
 EOC
   echo "postgres:$(printf bench | md5sum | cut -d' ' -f1)" >"$B/pgpool/pcp.conf"
   chown -R postgres:postgres "$B/pgpool"; chmod 600 "$B/pgpool/pcp.conf"
-  as_pg pgpool -n -f "$B/pgpool/pgpool.conf" -F "$B/pgpool/pcp.conf" >>"$B/pgpool/pgpool.log" 2>&1 &
+  setpriv --reuid=postgres --regid=postgres --init-groups -- pgpool -n -f "$B/pgpool/pgpool.conf" -F "$B/pgpool/pcp.conf" >>"$B/pgpool/pgpool.log" 2>&1 &
   PGP_PID=$!; pids+=("$PGP_PID")
 }
 

@@ -285,7 +285,12 @@ fn show_stats(state: &Arc<State>) -> Reply {
         vec![s("total_xact_count"), s(st.xacts.load(Ordering::Relaxed))],
         vec![
             s("total_wait_time_us"),
-            s(st.wait_us.load(Ordering::Relaxed)),
+            s(state
+                .pools
+                .all()
+                .iter()
+                .map(|p| p.wait_us.load(Ordering::Relaxed))
+                .sum::<u64>()),
         ],
         vec![s("total_logins"), s(st.logins.load(Ordering::Relaxed))],
         vec![

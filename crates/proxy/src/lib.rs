@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+mod bufpool;
 mod client;
 pub mod health;
 mod io;
@@ -59,6 +60,7 @@ impl Proxy {
         let Proxy { state, listener } = self;
         tokio::spawn(health::run(state.clone()));
         tokio::spawn(maintain(state.clone()));
+        tokio::spawn(dispatch_control(state.clone()));
         let mut shutdown = state.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -92,6 +94,26 @@ impl Proxy {
             remaining = state.client_count.load(Ordering::Relaxed),
             "proxy stopped"
         );
+    }
+}
+
+/// Passes changes of primary and the shutdown on to every session.
+async fn dispatch_control(state: Arc<State>) {
+    let mut topo = state.topology.subscribe();
+    let mut shutdown = state.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            r = topo.changed() => {
+                if r.is_err() { return; }
+                state.signal_all(state::Control::PRIMARY_CHANGED);
+            }
+            r = shutdown.changed() => {
+                if r.is_err() { return; }
+                if *shutdown.borrow_and_update() {
+                    state.signal_all(state::Control::SHUTDOWN);
+                }
+            }
+        }
     }
 }
 

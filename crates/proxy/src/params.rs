@@ -121,6 +121,8 @@ impl Effect {
 }
 
 /// Cheap test run on every query: can it contain a statement we track?
+/// True when the query starts with a tracked verb, or when it has more than
+/// one statement (a ';' followed by more text).
 pub fn may_have_effects(sql: &str) -> bool {
     const VERBS: [&[u8]; 6] = [
         b"SET",
@@ -131,10 +133,18 @@ pub fn may_have_effects(sql: &str) -> bool {
         b"DEALLOCATE",
     ];
     let t = sql.trim_start().as_bytes();
-    VERBS
+    if VERBS
         .iter()
         .any(|v| t.len() >= v.len() && t[..v.len()].eq_ignore_ascii_case(v))
-        || t.contains(&b';')
+    {
+        return true;
+    }
+    match t.iter().position(|&b| b == b';') {
+        Some(i) => t[i + 1..]
+            .iter()
+            .any(|b| !b.is_ascii_whitespace() && *b != b';'),
+        None => false,
+    }
 }
 
 /// The effects of each tracked statement of a query, in order.
@@ -451,6 +461,9 @@ mod tests {
         assert!(!may_have_effects("  select 1"));
         assert!(may_have_effects("select 1; set x = 1"));
         assert!(may_have_effects("SET x = 1"));
+        assert!(!may_have_effects(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;\n"
+        ));
         assert_eq!(parse_effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
         assert_eq!(Verb::of_tag("DISCARD ALL"), Some(Verb::Discard));
     }

@@ -3,7 +3,7 @@
 //! dropping one returns the connection, or closes it when it is broken,
 //! too old, or opened to a former primary.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,10 @@ pub struct Pool {
     pub key: PoolKey,
     sem: Arc<Semaphore>,
     size: AtomicUsize,
-    idle: Mutex<Vec<ServerConn>>,
+    // Boxed so a checkout moves a pointer, and a Checkout (held by every
+    // active session) stays small.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     settings: Mutex<PoolSettings>,
     credential: Mutex<ServerCredential>,
     /// ParameterStatus values of a server of this pool, for client logins.
@@ -51,13 +54,15 @@ pub struct Pool {
     topology: Arc<Topology>,
     pub active: AtomicUsize,
     pub waiting: AtomicUsize,
+    /// Total time clients waited for a server connection.
+    pub wait_us: AtomicU64,
     /// Connections open or being opened, idle or not.
     pub open: AtomicUsize,
 }
 
 /// A server connection lent to one client.
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<Pool>,
 }
@@ -105,6 +110,7 @@ impl Pool {
             topology,
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            wait_us: AtomicU64::new(0),
             open: AtomicUsize::new(0),
         })
     }
@@ -167,7 +173,12 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
-                let r = tokio::time::timeout(wait, self.sem.clone().acquire_owned()).await;
+                let start = Instant::now();
+                // Boxed: the timer would otherwise sit in every session's task.
+                let r =
+                    Box::pin(tokio::time::timeout(wait, self.sem.clone().acquire_owned())).await;
+                self.wait_us
+                    .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(Ok(p)) => p,
@@ -176,15 +187,11 @@ impl Pool {
             }
         };
         let target = self.topology.primary().ok_or(CheckoutError::NoPrimary)?;
-        let settings_lifetime = self
-            .settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lifetime;
         loop {
             let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match conn {
-                Some(c) if c.epoch == target.epoch && c.created.elapsed() < settings_lifetime => {
+                // Lifetimes are enforced when connections come back and by maintain().
+                Some(c) if c.epoch == target.epoch => {
                     self.active.fetch_add(1, Ordering::Relaxed);
                     return Ok(Checkout {
                         conn: Some(c),
@@ -194,12 +201,13 @@ impl Pool {
                 }
                 Some(c) => {
                     self.open.fetch_sub(1, Ordering::Relaxed);
-                    tokio::spawn(c.terminate());
+                    tokio::spawn((*c).terminate());
                 }
                 None => break,
             }
         }
-        let conn = self.connect(&target.addr, target.epoch).await?;
+        // Boxed: a rare path whose state would otherwise sit in every session.
+        let conn = Box::new(Box::pin(self.connect(&target.addr, target.epoch)).await?);
         self.active.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             conn: Some(conn),
@@ -238,20 +246,24 @@ impl Pool {
         }
     }
 
-    fn checkin(&self, mut c: ServerConn) {
+    fn checkin(&self, mut c: Box<ServerConn>) {
         let lifetime = self
             .settings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .lifetime;
-        if c.broken || c.epoch != self.topology.current_epoch() || c.created.elapsed() >= lifetime {
+        let now = Instant::now();
+        if c.broken
+            || c.epoch != self.topology.current_epoch()
+            || now.duration_since(c.created) >= lifetime
+        {
             self.open.fetch_sub(1, Ordering::Relaxed);
             if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(c.terminate());
+                h.spawn((*c).terminate());
             }
             return;
         }
-        c.last_used = Instant::now();
+        c.last_used = now;
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
     }
 
@@ -260,7 +272,7 @@ impl Pool {
     pub async fn maintain(self: &Arc<Self>) {
         let s = self.settings();
         let epoch = self.topology.current_epoch();
-        let expired: Vec<ServerConn> = {
+        let expired: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut keep = Vec::with_capacity(idle.len());
             let mut gone = Vec::new();
@@ -283,7 +295,7 @@ impl Pool {
         };
         for c in expired {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            c.terminate().await;
+            (*c).terminate().await;
         }
         let Some(target) = self.topology.primary() else {
             return;
@@ -295,7 +307,7 @@ impl Pool {
             match self.connect(&target.addr, target.epoch).await {
                 Ok(c) => {
                     drop(permit);
-                    self.checkin(c);
+                    self.checkin(Box::new(c));
                 }
                 Err(e) => {
                     tracing::warn!(pool = ?self.key, error = %e, "cannot open min_pool_size connection");
@@ -307,12 +319,12 @@ impl Pool {
 
     /// Closes every idle connection (e.g. after a failover).
     pub fn close_idle(&self) {
-        let all: Vec<ServerConn> =
+        let all: Vec<Box<ServerConn>> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for c in all {
             self.open.fetch_sub(1, Ordering::Relaxed);
             if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(c.terminate());
+                h.spawn((*c).terminate());
             }
         }
     }

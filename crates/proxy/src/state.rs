@@ -34,6 +34,42 @@ pub struct ServerRef {
     pub id: u64,
 }
 
+/// Events for one client session, delivered without locks: the proxy sets
+/// bits and wakes the session's task; the session polls this in the same
+/// `select!` as its sockets.
+#[derive(Default)]
+pub struct Control {
+    flags: AtomicU8,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Control {
+    pub const PRIMARY_CHANGED: u8 = 1;
+    pub const SHUTDOWN: u8 = 2;
+
+    pub fn signal(&self, bits: u8) {
+        self.flags.fetch_or(bits, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready with the pending bits (which stay set until cleared).
+    pub fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<u8> {
+        let f = self.flags.load(Ordering::Acquire);
+        if f != 0 {
+            return std::task::Poll::Ready(f);
+        }
+        self.waker.register(cx.waker());
+        match self.flags.load(Ordering::Acquire) {
+            0 => std::task::Poll::Pending,
+            f => std::task::Poll::Ready(f),
+        }
+    }
+
+    pub fn clear(&self, bits: u8) {
+        self.flags.fetch_and(!bits, Ordering::AcqRel);
+    }
+}
+
 /// A connected client as other tasks see it (admin console, cancel).
 pub struct ClientInfo {
     pub id: u64,
@@ -46,6 +82,7 @@ pub struct ClientInfo {
     state: AtomicU8,
     /// The server connection the client holds, if any.
     pub server: Mutex<Option<ServerRef>>,
+    pub control: Control,
 }
 
 impl ClientInfo {
@@ -64,8 +101,6 @@ impl ClientInfo {
 #[derive(Default)]
 pub struct Stats {
     pub xacts: AtomicU64,
-    pub queries: AtomicU64,
-    pub wait_us: AtomicU64,
     pub logins: AtomicU64,
     pub login_failures: AtomicU64,
     pub server_errors: AtomicU64,
@@ -180,7 +215,11 @@ impl State {
             connected_at: SystemTime::now(),
             state: AtomicU8::new(0),
             server: Mutex::new(None),
+            control: Control::default(),
         });
+        if self.is_shutting_down() {
+            info.control.signal(Control::SHUTDOWN);
+        }
         clients.insert(pid, info.clone());
         info
     }
@@ -190,6 +229,18 @@ impl State {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&info.key.0);
+    }
+
+    /// Tells every session about a change of primary or a shutdown.
+    pub fn signal_all(&self, bits: u8) {
+        for c in self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            c.control.signal(bits);
+        }
     }
 
     pub fn clients(&self) -> Vec<Arc<ClientInfo>> {

@@ -14,6 +14,7 @@ use wire::backend::{BackendMessage, TxStatus};
 use wire::fields::sqlstate;
 use wire::startup::StartupPacket;
 
+use super::session::Session;
 use crate::auth::{self, Secret};
 use crate::io::{send_fatal, send_fields};
 use crate::params;
@@ -36,16 +37,27 @@ pub async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     state.client_count.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(state.clone());
+    // The login is boxed: its state (TLS handshake, auth exchange, a first
+    // server connection) is freed once the client is in, so an idle
+    // client's task stays small.
+    if let Some(session) = Box::pin(login_phase(&state, tcp, peer)).await {
+        let info = session.info();
+        session.run().await;
+        state.unregister_client(&info);
+    }
+}
+
+async fn login_phase(state: &Arc<State>, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Session>> {
     let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::new();
     let (minor, params) =
-        match tokio::time::timeout(STARTUP_TIMEOUT, startup(&state, &mut stream, &mut buf)).await {
+        match tokio::time::timeout(STARTUP_TIMEOUT, startup(state, &mut stream, &mut buf)).await {
             Ok(Ok(Some(p))) => p,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "rejected startup");
                 send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e).await;
-                return;
+                return None;
             }
             Err(_) => {
                 send_fatal(
@@ -54,11 +66,15 @@ pub async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
                     "no startup packet within 30s",
                 )
                 .await;
-                return;
+                return None;
             }
         };
-    if let Err((code, msg)) = login(&state, stream, buf, peer, minor, params).await {
-        tracing::info!(%peer, code, error = %msg, "login failed");
+    match login(state, stream, buf, peer, minor, params).await {
+        Ok(s) => s,
+        Err((code, msg)) => {
+            tracing::info!(%peer, code, error = %msg, "login failed");
+            None
+        }
     }
 }
 
@@ -173,7 +189,7 @@ async fn login(
     peer: SocketAddr,
     minor: u16,
     params: Vec<(String, String)>,
-) -> Result<(), LoginError> {
+) -> Result<Option<Box<Session>>, LoginError> {
     let cfg = state.config();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user").filter(|u| !u.is_empty()) else {
@@ -306,7 +322,7 @@ async fn login(
         let info = state.register_client(peer, &user, &database, tls);
         crate::admin::serve(state.clone(), stream, buf, info.clone()).await;
         state.unregister_client(&info);
-        return Ok(());
+        return Ok(None);
     }
 
     let pool = state.pool(
@@ -363,18 +379,14 @@ async fn login(
     BackendMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
     if stream.write_all(&out).await.is_err() {
         state.unregister_client(&info);
-        return Ok(());
+        return Ok(None);
     }
-    super::session::Session::new(
+    Ok(Some(Box::new(Session::new(
         state.clone(),
-        info.clone(),
+        info,
         stream,
         buf,
         pool,
         client_params,
-    )
-    .run()
-    .await;
-    state.unregister_client(&info);
-    Ok(())
+    ))))
 }

@@ -4,21 +4,20 @@
 //! session (session mode) ends.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use wire::fields::sqlstate;
 
+use crate::bufpool;
 use crate::io::{send_fatal, send_fields};
 use crate::params::ParamSet;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::relay::{ClientParams, Flow, Relay};
 use crate::server::ServerError;
-use crate::state::{ClientInfo, ClientState, State};
+use crate::state::{ClientInfo, ClientState, Control, State};
 use crate::stream::Stream;
-use crate::topology::Target;
 
 const READ_RESERVE: usize = 4096;
 
@@ -53,8 +52,7 @@ impl End {
 enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
-    Topology,
-    Shutdown,
+    Control(u8),
 }
 
 pub struct Session {
@@ -69,8 +67,6 @@ pub struct Session {
     relay: Relay,
     params: ClientParams,
     server: Option<Checkout>,
-    topo: watch::Receiver<Option<Arc<Target>>>,
-    shutdown: watch::Receiver<bool>,
     wait: Duration,
 }
 
@@ -86,8 +82,6 @@ impl Session {
         let cfg = state.config();
         let transaction_mode = pool.mode() == config::PoolMode::Transaction;
         Session {
-            topo: state.topology.subscribe(),
-            shutdown: state.shutdown.subscribe(),
             wait: cfg.proxy.query_wait_timeout,
             relay: Relay::new(transaction_mode, cfg.proxy.max_message_size),
             params: ClientParams {
@@ -107,8 +101,18 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self) {
+    pub fn info(&self) -> Arc<ClientInfo> {
+        self.info.clone()
+    }
+
+    pub async fn run(mut self: Box<Self>) {
         let end = self.serve().await.err().unwrap_or(End::Done);
+        // The ending is boxed: it runs once, and its state would otherwise
+        // take room in every idle client's task.
+        Box::pin(self.finish(end)).await;
+    }
+
+    async fn finish(mut self: Box<Self>, end: End) {
         let clean = matches!(end, End::Done);
         tracing::debug!(
             client = self.info.id,
@@ -191,22 +195,25 @@ impl Session {
                     }
                     None => {}
                 }
-                if *self.shutdown.borrow() {
+                if self.state.is_shutting_down() {
                     return Err(End::Shutdown);
                 }
-                if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
-                    // Idle clients hold no buffers: 10,000 of them must fit in a few MB.
-                    self.cbuf = BytesMut::new();
-                    self.cout = BytesMut::new();
-                    self.sout = BytesMut::new();
-                }
+                // Idle clients hold no buffers: 10,000 of them must fit in a few MB.
+                bufpool::release_if_empty(&mut self.cbuf);
+                bufpool::release_if_empty(&mut self.cout);
+                bufpool::release_if_empty(&mut self.sout);
+                let control = &self.info.control;
                 let ev = tokio::select! {
                     r = read_idle(&mut self.client, &mut self.cbuf) => Event::Client(r),
-                    _ = self.shutdown.changed() => Event::Shutdown,
+                    bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
                 };
                 match ev {
                     Event::Client(Ok(0)) => return Err(End::Done),
                     Event::Client(Err(_)) => return Err(End::ClientIo),
+                    // not holding a server: a new primary concerns the next transaction only
+                    Event::Control(bits) => {
+                        self.info.control.clear(bits & Control::PRIMARY_CHANGED)
+                    }
                     _ => {}
                 }
                 continue;
@@ -215,11 +222,11 @@ impl Session {
                 let conn = self.server.as_mut().expect("attached").conn();
                 self.cbuf
                     .reserve(READ_RESERVE.saturating_sub(self.cbuf.capacity() - self.cbuf.len()));
+                let control = &self.info.control;
                 tokio::select! {
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     r = conn.stream.read_buf(&mut conn.rbuf) => Event::Server(r),
-                    _ = self.topo.changed() => Event::Topology,
-                    _ = self.shutdown.changed() => Event::Shutdown,
+                    bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
                 }
             };
             match ev {
@@ -231,15 +238,15 @@ impl Session {
                 }
                 Event::Server(Err(e)) => return Err(End::ServerLost(e.to_string())),
                 Event::Server(Ok(_)) => self.pump_server().await?,
-                Event::Topology => {
-                    let epoch = self.topo.borrow_and_update().as_ref().map(|t| t.epoch);
-                    let conn_epoch = self.server.as_mut().expect("attached").conn().epoch;
-                    if epoch != Some(conn_epoch) {
-                        return Err(End::PrimaryChanged);
+                Event::Control(bits) => {
+                    // Shutdown: the transaction may finish; the idle branch closes.
+                    self.info.control.clear(bits);
+                    if bits & Control::PRIMARY_CHANGED != 0 {
+                        let epoch = self.state.topology.primary().map(|t| t.epoch);
+                        if epoch != Some(self.server.as_mut().expect("attached").conn().epoch) {
+                            return Err(End::PrimaryChanged);
+                        }
                     }
-                }
-                Event::Shutdown => {
-                    // finish the transaction; the idle branch closes
                 }
             }
         }
@@ -251,18 +258,15 @@ impl Session {
         self.info.set_state(ClientState::Waiting);
         if *self.state.paused.borrow() {
             let mut p = self.state.paused.subscribe();
-            let _ = async { p.wait_for(|p| !p).await.is_ok() }.await;
+            let _ = Box::pin(async move { p.wait_for(|p| !p).await.is_ok() }).await;
         }
-        let start = Instant::now();
+        // A change of primary seen from here on concerns this connection.
+        self.info.control.clear(Control::PRIMARY_CHANGED);
         let mut co = self.pool.checkout(self.wait).await.map_err(End::Checkout)?;
-        self.state
-            .stats
-            .wait_us
-            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         let conn = co.conn();
         if conn.session.synced_with != (self.params.id, self.params.gen) {
             if let Some(sql) = self.params.set.diff_sql(&conn.session.applied) {
-                if let Err(e) = conn.simple_query(&sql).await {
+                if let Err(e) = Box::pin(conn.simple_query(&sql)).await {
                     conn.broken = true;
                     return Err(match e {
                         ServerError::Rejected(f) => End::ServerError(f),
@@ -281,8 +285,6 @@ impl Session {
                 id: conn.id,
             });
         self.info.set_state(ClientState::Active);
-        // A change of primary seen from here on concerns this connection.
-        self.topo.borrow_and_update();
         self.server = Some(co);
         Ok(())
     }
@@ -301,6 +303,8 @@ impl Session {
     }
 
     async fn pump_client(&mut self) -> Result<(), End> {
+        bufpool::ensure(&mut self.sout);
+        bufpool::ensure(&mut self.cout);
         let conn = self.server.as_mut().expect("attached").conn();
         let flow = self
             .relay
@@ -335,6 +339,7 @@ impl Session {
     }
 
     async fn pump_server(&mut self) -> Result<(), End> {
+        bufpool::ensure(&mut self.cout);
         let conn = self.server.as_mut().expect("attached").conn();
         self.relay
             .server_messages(
@@ -360,16 +365,45 @@ impl Session {
 /// Waits for a client's next request without holding a buffer while idle.
 async fn read_idle(client: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
     if let Stream::Plain(tcp) = client {
-        loop {
-            tcp.readable().await?;
-            buf.reserve(READ_RESERVE);
-            match tcp.try_read_buf(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        tcp.readable().await?;
+        bufpool::ensure(buf);
+        buf.reserve(READ_RESERVE);
+        // read_buf, unlike try_read_buf, clears the readiness on a short
+        // read: no extra recv() that returns EAGAIN per request.
+        return tcp.read_buf(buf).await;
     }
+    bufpool::ensure(buf);
     buf.reserve(READ_RESERVE);
     client.read_buf(buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle client keeps its task and its session in memory: both
+    /// must stay small (10,000 idle clients should fit in a few MB).
+    #[tokio::test]
+    async fn idle_client_state_stays_small() {
+        let cfg = config::parse(
+            "[[backends]]\nhost = \"127.0.0.1\"\nport = 1\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let state = State::new(cfg, None).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let task = crate::client::handle(state, tcp, addr);
+        assert!(
+            std::mem::size_of_val(&task) <= 640,
+            "client task future: {} bytes",
+            std::mem::size_of_val(&task)
+        );
+        assert!(
+            std::mem::size_of::<Session>() <= 512,
+            "Session: {} bytes",
+            std::mem::size_of::<Session>()
+        );
+    }
 }
