@@ -214,3 +214,68 @@ pub fn run_client(program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A real etcd server (Debian's etcd-server) on free loopback ports,
+/// killed and deleted on drop.
+pub struct Etcd {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = TempDir::new("etcd");
+        let (port, peer) = (free_port(), free_port());
+        let child = std::process::Command::new("etcd")
+            .args([
+                "--name",
+                "test",
+                "--data-dir",
+                &dir.path().join("data").to_string_lossy(),
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &format!("test=http://127.0.0.1:{peer}"),
+                "--log-level",
+                "error",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start etcd (Debian package etcd-server)");
+        let e = Etcd {
+            port,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("etcd did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
