@@ -138,7 +138,7 @@ pub trait Dcs: Send + Sync + 'static {
 /// A DCS chosen at run time.
 pub enum AnyDcs {
     Local(local::LocalDcs),
-    Etcd(etcd::EtcdDcs),
+    Etcd(Box<etcd::EtcdDcs>),
 }
 
 macro_rules! delegate {
