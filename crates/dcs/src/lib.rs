@@ -200,9 +200,9 @@ pub async fn open(url: &str, cluster: &str) -> Result<AnyDcs, DcsError> {
             .split(',')
             .map(|e| format!("http://{e}"))
             .collect();
-        return Ok(AnyDcs::Etcd(
+        return Ok(AnyDcs::Etcd(Box::new(
             etcd::EtcdDcs::connect(&endpoints, cluster).await?,
-        ));
+        )));
     }
     let path = url.strip_prefix("local://").unwrap_or(url);
     Ok(AnyDcs::Local(local::LocalDcs::open(
