@@ -1,0 +1,300 @@
+//! The decision tree. Ordered like an operator would reason: is there a
+//! cluster at all, do I have data, is my PostgreSQL running, and then what
+//! my role must be given who holds the leader lease.
+use crate::member::{Member, Role};
+
+/// The cluster as read from the DCS this pass.
+#[derive(Debug, Clone)]
+pub struct View<'a> {
+    pub initialized: bool,
+    /// The unexpired leader lease holder.
+    pub leader: Option<&'a str>,
+    /// Members whose keys have not expired (this node's included, if any).
+    pub members: &'a [Member],
+    pub paused: bool,
+    /// The leader's last published WAL position.
+    pub last_leader_lsn: Option<u64>,
+    /// In synchronous mode: the standby that may be promoted.
+    pub sync_standby: Option<&'a str>,
+}
+
+impl View<'_> {
+    fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// This node's PostgreSQL as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pg {
+    /// No initialized data directory.
+    NoData,
+    /// Not running, shut down cleanly.
+    Stopped { was_primary: bool },
+    /// The postmaster died (or the agent found it dead).
+    Crashed { was_primary: bool },
+    Running {
+        primary: bool,
+        lsn: u64,
+        timeline: u32,
+        following: Option<String>,
+        streaming: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub name: String,
+    pub pg: Pg,
+    pub nofailover: bool,
+    pub priority: i32,
+    /// Crash restarts already tried while holding the lease.
+    pub crash_restarts: u32,
+    /// Loops a replica has spent not streaming from its leader.
+    pub not_streaming_loops: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    /// Crash restarts in place before the lease is released instead.
+    pub max_crash_restarts: u32,
+    /// Loops without streaming before a replica is rewound.
+    pub rewind_after_loops: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Take the initialize key; the winner runs initdb and starts as primary.
+    Bootstrap,
+    /// Clone the leader with pg_basebackup.
+    Clone {
+        from: String,
+    },
+    /// Start as a standby of `leader` (or of nobody yet).
+    StartReplica {
+        leader: Option<String>,
+    },
+    /// Take the lease if free, then start as primary; else start as a standby.
+    StartPrimaryIfFree,
+    /// Crashed or stopped while holding the lease: start again as primary.
+    RestartPrimary,
+    /// Give the lease up so the best standby takes over at once.
+    ReleaseLease,
+    /// A former primary joins `leader`: pg_rewind (or re-clone), then follow.
+    Rewind {
+        leader: String,
+    },
+    RenewLease,
+    /// A primary without a lease holder: take the lease back.
+    TakeLease,
+    /// Take the lease and promote this standby.
+    TakeLeaseAndPromote,
+    /// Holding the lease as a standby: finish the promotion.
+    Promote,
+    /// Another node holds the lease: stop being primary, follow it.
+    Demote {
+        leader: String,
+    },
+    /// Stream from `leader` (repoint if needed).
+    Follow {
+        leader: String,
+    },
+    /// Nothing to do.
+    Wait,
+}
+
+/// An action with the sentence the loop reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: String,
+}
+
+fn d(action: Action, reason: impl Into<String>) -> Decision {
+    Decision {
+        action,
+        reason: reason.into(),
+    }
+}
+
+pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
+    let me = local.name.as_str();
+    let leader = view.leader;
+    let i_lead = leader == Some(me);
+    let other_leader = leader.filter(|l| *l != me);
+
+    match &local.pg {
+        Pg::NoData => {
+            if !view.initialized {
+                return d(Action::Bootstrap, "no cluster yet: trying to bootstrap it");
+            }
+            match other_leader {
+                Some(l)
+                    if view
+                        .member(l)
+                        .is_some_and(|m| m.running && m.role == Role::Primary) =>
+                {
+                    d(
+                        Action::Clone { from: l.to_owned() },
+                        format!("no data: cloning leader {l}"),
+                    )
+                }
+                Some(l) => d(
+                    Action::Wait,
+                    format!("no data: waiting for leader {l} to be running"),
+                ),
+                None if i_lead => d(
+                    Action::ReleaseLease,
+                    "holding the lease without data: releasing it",
+                ),
+                None => d(Action::Wait, "no data and no leader to clone from: waiting"),
+            }
+        }
+        Pg::Crashed { was_primary } | Pg::Stopped { was_primary } => {
+            let crashed = matches!(local.pg, Pg::Crashed { .. });
+            if i_lead {
+                if !crashed || local.crash_restarts < s.max_crash_restarts {
+                    return d(
+                        Action::RestartPrimary,
+                        if crashed {
+                            "PostgreSQL crashed while this node holds the lease: restarting it in place"
+                        } else {
+                            "this node holds the lease: starting PostgreSQL as primary"
+                        },
+                    );
+                }
+                return d(
+                    Action::ReleaseLease,
+                    "PostgreSQL keeps crashing: releasing the lease for a failover",
+                );
+            }
+            match (other_leader, was_primary) {
+                (Some(l), true) => d(
+                    Action::Rewind {
+                        leader: l.to_owned(),
+                    },
+                    format!("former primary rejoining: rewinding to follow {l}"),
+                ),
+                (Some(l), false) => d(
+                    Action::StartReplica {
+                        leader: Some(l.to_owned()),
+                    },
+                    format!("starting as a standby of {l}"),
+                ),
+                (None, true) if !view.paused => d(
+                    Action::StartPrimaryIfFree,
+                    "former primary and no leader: taking the lease if free",
+                ),
+                (None, _) => d(
+                    Action::StartReplica { leader: None },
+                    "no leader: starting as a standby and waiting",
+                ),
+            }
+        }
+        Pg::Running { primary: true, .. } => match other_leader {
+            _ if i_lead => d(Action::RenewLease, "primary holding the lease: renewed it"),
+            Some(l) => d(
+                Action::Demote {
+                    leader: l.to_owned(),
+                },
+                format!("{l} holds the lease: demoting to follow it"),
+            ),
+            None => d(
+                Action::TakeLease,
+                "primary and nobody holds the lease: taking it",
+            ),
+        },
+        Pg::Running {
+            primary: false,
+            lsn,
+            following,
+            streaming,
+            ..
+        } => {
+            if i_lead {
+                return d(Action::Promote, "holding the lease as a standby: promoting");
+            }
+            if let Some(l) = other_leader {
+                let target = view.member(l).map(Member::addr);
+                if !streaming
+                    && following.is_some()
+                    && following == &target
+                    && local.not_streaming_loops >= s.rewind_after_loops
+                {
+                    return d(
+                        Action::Rewind {
+                            leader: l.to_owned(),
+                        },
+                        format!("not streaming from {l}: rewinding"),
+                    );
+                }
+                return d(
+                    Action::Follow {
+                        leader: l.to_owned(),
+                    },
+                    format!("following leader {l}"),
+                );
+            }
+            if view.paused {
+                return d(Action::Wait, "no leader, failover paused: waiting");
+            }
+            if local.nofailover {
+                return d(
+                    Action::Wait,
+                    "no leader; tagged nofailover: not a candidate",
+                );
+            }
+            match best_candidate(view, local, *lsn, s) {
+                Ok(()) => d(
+                    Action::TakeLeaseAndPromote,
+                    "no leader and this node is the best candidate: taking over",
+                ),
+                Err(why) => d(Action::Wait, format!("no leader: {why}")),
+            }
+        }
+    }
+}
+
+/// Whether this standby should take over: within the lag limit, and no
+/// healthy eligible member is ahead of it (ties: priority, then name).
+fn best_candidate(view: &View<'_>, local: &Local, my_lsn: u64, s: &Settings) -> Result<(), String> {
+    if s.synchronous_mode {
+        // Only the synchronous standby has every acknowledged commit; an
+        // asynchronous one may have received more WAL, but not promised it.
+        return if view.sync_standby == Some(local.name.as_str()) {
+            Ok(())
+        } else {
+            Err("synchronous mode: only the synchronous standby may be promoted".into())
+        };
+    }
+    if let Some(last) = view.last_leader_lsn {
+        let lag = last.saturating_sub(my_lsn);
+        if lag > s.maximum_lag_on_failover {
+            return Err(format!(
+                "{lag} bytes behind the old leader (maximum_lag_on_failover {})",
+                s.maximum_lag_on_failover
+            ));
+        }
+    }
+    for m in view.members {
+        if m.name == local.name || !m.running || m.role != Role::Replica || m.nofailover {
+            continue;
+        }
+        if let Some(last) = view.last_leader_lsn {
+            if last.saturating_sub(m.lsn) > s.maximum_lag_on_failover {
+                continue;
+            }
+        }
+        let better = (m.lsn, m.priority, std::cmp::Reverse(&m.name))
+            > (my_lsn, local.priority, std::cmp::Reverse(&local.name));
+        if better {
+            return Err(format!("{} is a better candidate", m.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

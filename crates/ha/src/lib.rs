@@ -1,0 +1,11 @@
+//! Pure HA decisions, in the manner of Patroni's `ha.py` but without I/O:
+//! `decide(view, local, settings) -> Decision`. The agent's driver reads
+//! the DCS and PostgreSQL, calls [`decide`], carries the action out and
+//! publishes the member state. Every branch has a unit test.
+#![forbid(unsafe_code)]
+
+mod decide;
+mod member;
+
+pub use decide::{decide, Action, Decision, Local, Pg, Settings, View};
+pub use member::{ClusterConfig, Member, Role};
