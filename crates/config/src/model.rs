@@ -96,8 +96,43 @@ pub struct ProxyConfig {
     pub health_check_database: String,
 }
 
+/// One agent: the node it manages and how it reaches the DCS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub name: String,
+    pub cluster: String,
+    /// `local:///dir` or `etcd://host:port[,host:port]`.
+    pub dcs: String,
+    pub data_dir: std::path::PathBuf,
+    /// Unix socket directory and PostgreSQL's log.
+    pub run_dir: std::path::PathBuf,
+    /// Address PostgreSQL listens on and other nodes reach it by.
+    pub host: String,
+    pub pg_port: u16,
+    /// The agent's REST API.
+    pub api_listen: SocketAddr,
+    pub os_user: String,
+    pub superuser: String,
+    pub replication_user: String,
+    pub loop_wait: Duration,
+    pub ttl: Duration,
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    pub synchronous_mode_strict: bool,
+    pub failsafe_mode: bool,
+    pub nofailover: bool,
+    pub priority: i32,
+    /// pg_hba.conf lines the agent writes.
+    pub pg_hba: Vec<String>,
+    /// PostgreSQL parameters: cluster-wide at bootstrap, then per node.
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub agent: Option<AgentConfig>,
+    /// The proxy follows this DCS's leader instead of health checks.
+    pub proxy_dcs: Option<(String, String)>,
     pub proxy: ProxyConfig,
     pub backends: Vec<Backend>,
     pub users: Vec<User>,
@@ -115,6 +150,7 @@ impl Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
+    agent: Option<RawAgent>,
     #[serde(default)]
     proxy: RawProxy,
     #[serde(default)]
@@ -152,6 +188,35 @@ struct RawProxy {
     health_check_user: Option<String>,
     health_check_password: Option<String>,
     health_check_database: Option<String>,
+    /// Follow this DCS's leader (with `cluster`).
+    dcs: Option<String>,
+    cluster: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    cluster: Option<String>,
+    dcs: Option<String>,
+    data_dir: String,
+    run_dir: Option<String>,
+    host: Option<String>,
+    pg_port: Spanned<u32>,
+    api_listen: Option<Spanned<String>>,
+    os_user: Option<String>,
+    superuser: Option<String>,
+    replication_user: Option<String>,
+    loop_wait: Option<Spanned<String>>,
+    ttl: Option<Spanned<String>>,
+    maximum_lag_on_failover: Option<u64>,
+    synchronous_mode: Option<bool>,
+    synchronous_mode_strict: Option<bool>,
+    failsafe_mode: Option<bool>,
+    nofailover: Option<bool>,
+    priority: Option<i32>,
+    pg_hba: Option<Vec<String>>,
+    parameters: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,7 +254,8 @@ fn duration(v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, 
 
 impl RawConfig {
     pub(crate) fn validate(self) -> Result<Config, Invalid> {
-        let p = self.proxy;
+        let mut p = self.proxy;
+        let (p_dcs, p_cluster) = (p.dcs.take(), p.cluster.take());
         let listen = match &p.listen {
             None => "127.0.0.1:6432".parse().expect("valid literal"),
             Some(s) => s.get_ref().parse().map_err(|_| {
@@ -332,11 +398,102 @@ impl RawConfig {
             }),
         });
 
+        let agent = self.agent.map(validate_agent).transpose()?;
+        let proxy_dcs = p_dcs.map(|d| (d, p_cluster.unwrap_or_else(|| "pgwarden".to_owned())));
         Ok(Config {
+            agent,
+            proxy_dcs,
             proxy,
             backends,
             users,
             auth_query,
         })
     }
+}
+
+fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
+    let name = a.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Invalid::at(
+            a.name.span(),
+            "agent name must be letters, digits, '-' or '_'",
+        ));
+    }
+    let pg_port = u16::try_from(*a.pg_port.get_ref())
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| {
+            Invalid::at(
+                a.pg_port.span(),
+                format!("pg_port {} is not a valid TCP port", a.pg_port.get_ref()),
+            )
+        })?;
+    let api_listen = match &a.api_listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 8008)),
+        Some(s) => s.get_ref().parse().map_err(|_| {
+            Invalid::at(
+                s.span(),
+                format!("api_listen {:?} must be IP:port", s.get_ref()),
+            )
+        })?,
+    };
+    let loop_wait = duration(&a.loop_wait, Duration::from_secs(1))?;
+    let ttl = duration(&a.ttl, Duration::from_secs(5))?;
+    if ttl < loop_wait * 2 {
+        let span = a.ttl.as_ref().map(|t| t.span()).unwrap_or(0..0);
+        return Err(Invalid::at(
+            span,
+            format!("ttl ({ttl:?}) must be at least twice loop_wait ({loop_wait:?})"),
+        ));
+    }
+    let data_dir = std::path::PathBuf::from(&a.data_dir);
+    let mut parameters = std::collections::BTreeMap::new();
+    for (k, v) in a.parameters.unwrap_or_default() {
+        let v = match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        parameters.insert(k, v);
+    }
+    Ok(AgentConfig {
+        run_dir: a
+            .run_dir
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| data_dir.with_extension("run")),
+        data_dir,
+        name,
+        cluster: a.cluster.unwrap_or_else(|| "pgwarden".to_owned()),
+        dcs: a
+            .dcs
+            .unwrap_or_else(|| "local:///var/lib/pgwarden/dcs".to_owned()),
+        host: a.host.unwrap_or_else(|| "127.0.0.1".to_owned()),
+        pg_port,
+        api_listen,
+        os_user: a.os_user.unwrap_or_else(|| "postgres".to_owned()),
+        superuser: a.superuser.unwrap_or_else(|| "postgres".to_owned()),
+        replication_user: a
+            .replication_user
+            .unwrap_or_else(|| "replicator".to_owned()),
+        loop_wait,
+        ttl,
+        maximum_lag_on_failover: a.maximum_lag_on_failover.unwrap_or(1 << 20),
+        synchronous_mode: a.synchronous_mode.unwrap_or(false),
+        synchronous_mode_strict: a.synchronous_mode_strict.unwrap_or(false),
+        failsafe_mode: a.failsafe_mode.unwrap_or(false),
+        nofailover: a.nofailover.unwrap_or(false),
+        priority: a.priority.unwrap_or(0),
+        pg_hba: a.pg_hba.unwrap_or_else(|| {
+            vec![
+                "local all all trust".into(),
+                "host all all 127.0.0.1/32 trust".into(),
+                "local replication all trust".into(),
+                "host replication all 127.0.0.1/32 trust".into(),
+            ]
+        }),
+        parameters,
+    })
 }

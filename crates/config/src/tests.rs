@@ -83,3 +83,27 @@ fn line_col_counts_from_one() {
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("ab", 99), (1, 3));
 }
+
+#[test]
+fn agent_section() {
+    let c = parse(
+        "[agent]\nname = \"n1\"\ndata_dir = \"/d/n1\"\npg_port = 5433\ndcs = \"etcd://127.0.0.1:2379\"\n[agent.parameters]\nshared_buffers = \"64MB\"\nmax_connections = 50\n",
+        Path::new("a.toml"),
+    )
+    .unwrap();
+    let a = c.agent.unwrap();
+    assert_eq!(a.ttl, std::time::Duration::from_secs(5));
+    assert_eq!(
+        a.parameters.get("max_connections").map(String::as_str),
+        Some("50")
+    );
+    assert_eq!(a.run_dir, std::path::PathBuf::from("/d/n1.run"));
+    assert!(
+        err("[agent]\nname = \"bad name\"\ndata_dir = \"/d\"\npg_port = 1\n")
+            .starts_with("pgwarden.toml:2:8:")
+    );
+    assert!(
+        err("[agent]\nname = \"n\"\ndata_dir = \"/d\"\npg_port = 1\nttl = \"1s\"\n")
+            .contains("twice loop_wait")
+    );
+}

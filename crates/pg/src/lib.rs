@@ -7,8 +7,8 @@
 mod instance;
 mod user;
 
-pub use instance::{Instance, InstanceConfig};
-pub use user::OsUser;
+pub use instance::{tail, Instance, InstanceConfig};
+pub use user::{make_dir, OsUser};
 
 use std::path::PathBuf;
 use std::process::Command;

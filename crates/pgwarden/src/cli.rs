@@ -23,6 +23,8 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Start a local cluster on this machine and a proxy in front of it.
     Up(UpArgs),
+    /// Run the agent for one PostgreSQL node.
+    Agent(ProxyArgs),
     /// Check a configuration file and report the first mistake with its line.
     CheckConfig {
         #[arg(long, short)]
@@ -48,10 +50,17 @@ pub struct UpArgs {
     /// First PostgreSQL port (0: pick free ports).
     #[arg(long, default_value_t = 0)]
     pub pg_port: u16,
+    /// Number of PostgreSQL nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// DCS: the embedded local store (default) or etcd://host:port.
+    #[arg(long)]
+    pub dcs: Option<String>,
     /// OS user PostgreSQL runs as when pgwarden runs as root.
     #[arg(long, default_value = "postgres")]
     pub os_user: String,
-    /// Exit after the cluster is up (for scripts); default: run until Ctrl-C.
+    /// Exit once the cluster is up and every node is running (for scripts
+    /// and tests); default: run until Ctrl-C.
     #[arg(long)]
-    pub detach_check: bool,
+    pub until_ready: bool,
 }

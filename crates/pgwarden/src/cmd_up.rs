@@ -1,104 +1,281 @@
-//! `pgwarden up`: a working PostgreSQL with the proxy in front, on this
-//! machine, with no external service. Resumes when run again on the same
-//! directory.
-use std::path::Path;
+//! `pgwarden up`: a highly available cluster on this machine with no
+//! external service: N PostgreSQL nodes, each with its own agent process,
+//! on the embedded local DCS (or etcd with `--dcs`), and the proxy in front
+//! following the leader. Run again on the same directory, it resumes.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use dcs::Dcs;
 
 use crate::cli::UpArgs;
 
-fn free_port(from: u16) -> u16 {
-    (from..from.saturating_add(1000))
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .unwrap_or(from)
+fn free_ports(from: u16, n: usize, taken: &[u16]) -> Vec<u16> {
+    (from..from.saturating_add(2000))
+        .filter(|p| !taken.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .take(n)
+        .collect()
+}
+
+struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    fn node_conf(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{i}.toml"))
+    }
+    fn proxy_conf(&self) -> PathBuf {
+        self.dir.join("proxy.toml")
+    }
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join("logs").join(format!("agent{i}.log"))
+    }
+}
+
+fn write_configs(l: &Layout, args: &UpArgs, dcs_url: &str) -> anyhow::Result<()> {
+    let mut taken = vec![args.port];
+    let pg_ports = if args.pg_port == 0 {
+        free_ports(15432, args.nodes, &taken)
+    } else {
+        (0..args.nodes).map(|i| args.pg_port + i as u16).collect()
+    };
+    taken.extend(&pg_ports);
+    let api_ports = free_ports(18008, args.nodes, &taken);
+    anyhow::ensure!(
+        pg_ports.len() == args.nodes && api_ports.len() == args.nodes,
+        "not enough free ports"
+    );
+    for i in 0..args.nodes {
+        let p = l.node_conf(i);
+        if p.exists() {
+            continue;
+        }
+        let data = l.dir.join(format!("node{i}"));
+        std::fs::write(
+            &p,
+            format!(
+                "# agent for node{i}, written by `pgwarden up`\n[agent]\nname = \"node{i}\"\ncluster = \"pgwarden\"\ndcs = \"{dcs_url}\"\n\
+                 data_dir = \"{}\"\nrun_dir = \"{}\"\nhost = \"127.0.0.1\"\npg_port = {}\napi_listen = \"127.0.0.1:{}\"\nos_user = \"{}\"\n",
+                data.display(),
+                l.dir.join(format!("node{i}.run")).display(),
+                pg_ports[i],
+                api_ports[i],
+                args.os_user
+            ),
+        )?;
+    }
+    if !l.proxy_conf().exists() {
+        std::fs::write(
+            l.proxy_conf(),
+            format!(
+                "# the proxy, written by `pgwarden up`: it follows the DCS leader\n[proxy]\nlisten = \"127.0.0.1:{}\"\n\
+                 pool_mode = \"transaction\"\ndefault_pool_size = 20\nadmin_users = [\"postgres\"]\n\
+                 hba = [\"host all all 127.0.0.1/32 trust\"]\ndcs = \"{dcs_url}\"\ncluster = \"pgwarden\"\n",
+                args.port
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn spawn_agent(l: &Layout, i: usize) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(l.log(i))?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .args(["agent", "--config"])
+        .arg(l.node_conf(i))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start the agent of node{i}"))
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir)
+    anyhow::ensure!(
+        args.nodes >= 1 && args.nodes <= 9,
+        "--nodes must be between 1 and 9"
+    );
+    std::fs::create_dir_all(args.dir.join("logs"))
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     }
-    let user = pg::OsUser::for_postgres(&args.os_user)?;
-    let port_file = dir.join("pg_port");
-    let port = match std::fs::read_to_string(&port_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-    {
-        Some(p) => p,
-        None => {
-            let p = if args.pg_port == 0 {
-                free_port(15432)
-            } else {
-                args.pg_port
-            };
-            std::fs::write(&port_file, p.to_string())?;
-            p
-        }
-    };
-    let inst = pg::Instance::new(pg::InstanceConfig {
-        data_dir: dir.join("node0"),
-        run_dir: dir.join("run0"),
-        port,
-        listen: "127.0.0.1".into(),
-        user,
-        superuser: "postgres".into(),
-    })?;
-    if !inst.is_initialized() {
-        eprintln!("initializing PostgreSQL in {}", inst.cfg.data_dir.display());
-        inst.initdb()?;
-        inst.append_conf(&inst.base_conf())?;
-        inst.write_hba("local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n")?;
-    }
-    if !inst.is_running() {
-        inst.start().context("cannot start PostgreSQL")?;
-    }
-    let cfg_path = dir.join("pgwarden.toml");
-    if !cfg_path.exists() {
-        std::fs::write(&cfg_path, proxy_config(args.port, port))?;
-    }
-    let cfg = config::load(&cfg_path)?;
-    let listen = cfg.proxy.listen;
-    print_banner(&dir, &cfg_path, listen.port(), port);
-    let rt = crate::runtime::build(cfg.proxy.workers)?;
+    let l = Layout { dir: dir.clone() };
+    let dcs_url = args
+        .dcs
+        .clone()
+        .unwrap_or_else(|| format!("local://{}", dir.join("dcs").display()));
+    write_configs(&l, &args, &dcs_url)?;
+    let proxy_cfg = config::load(&l.proxy_conf())?;
+    let (dcs_url, cluster) = proxy_cfg
+        .proxy_dcs
+        .clone()
+        .context("proxy.toml has no dcs")?;
+
+    let mut agents: Vec<Child> = (0..args.nodes)
+        .map(|i| spawn_agent(&l, i))
+        .collect::<anyhow::Result<_>>()?;
+    let rt = crate::runtime::build(proxy_cfg.proxy.workers)?;
+    let port = proxy_cfg.proxy.listen.port();
     let r = rt.block_on(async {
-        let p = proxy::Proxy::bind(cfg, Some(cfg_path.clone()))
+        let p = proxy::Proxy::bind(proxy_cfg, Some(l.proxy_conf()))
             .await
             .map_err(anyhow::Error::msg)?;
-        crate::cmd_proxy::spawn_signal_handlers(p.state.clone())?;
-        if args.detach_check {
-            p.state.shutdown.send_replace(true);
+        let state = p.state.clone();
+        crate::cmd_proxy::spawn_signal_handlers(state.clone())?;
+        let proxy_task = tokio::spawn(p.run());
+        let store = dcs::open(&dcs_url, &cluster).await?;
+        println!(
+            "pgwarden: starting {} nodes in {} (logs in {})",
+            args.nodes,
+            dir.display(),
+            dir.join("logs").display()
+        );
+        let ready = wait_ready(&store, args.nodes, &state, &mut agents).await;
+        match &ready {
+            Ok(()) => print_banner(&dir, port, &store).await,
+            Err(e) => eprintln!("pgwarden: the cluster did not come up: {e:#}"),
         }
-        p.run().await;
-        anyhow::Ok(())
+        if args.until_ready || ready.is_err() {
+            state.shutdown.send_replace(true);
+        } else {
+            status_loop(&store, &state, args.nodes).await;
+        }
+        let _ = proxy_task.await;
+        ready
     });
-    if !args.detach_check {
-        eprintln!("stopping PostgreSQL");
-        inst.stop("fast")?;
-    }
+    stop_agents(&mut agents);
     r
 }
 
-fn proxy_config(listen_port: u16, pg_port: u16) -> String {
-    format!(
-        "# pgwarden configuration written by `pgwarden up`\n\
-         [proxy]\nlisten = \"127.0.0.1:{listen_port}\"\npool_mode = \"transaction\"\ndefault_pool_size = 20\n\
-         admin_users = [\"postgres\"]\nhba = [\"host all all 127.0.0.1/32 trust\"]\n\n\
-         [[backends]]\nname = \"node0\"\nhost = \"127.0.0.1\"\nport = {pg_port}\n"
-    )
+async fn wait_ready(
+    store: &dcs::AnyDcs,
+    n: usize,
+    state: &proxy::State,
+    agents: &mut [Child],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        for (i, a) in agents.iter_mut().enumerate() {
+            if let Some(st) = a.try_wait()? {
+                anyhow::bail!("the agent of node{i} exited ({st}); see its log");
+            }
+        }
+        if let Ok(s) = store.snapshot().await {
+            let members: Vec<ha::Member> = s
+                .members
+                .values()
+                .filter_map(|v| ha::Member::from_json(v))
+                .collect();
+            let running = members
+                .iter()
+                .filter(|m| m.running && (m.role == ha::Role::Primary || m.streaming))
+                .count();
+            if s.leader.is_some() && running >= n && state.topology.primary().is_some() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not all {n} nodes were running after 180 s"
+        );
+        if state.is_shutting_down() {
+            anyhow::bail!("interrupted");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
-fn print_banner(dir: &Path, cfg: &Path, proxy_port: u16, pg_port: u16) {
+async fn print_banner(dir: &Path, port: u16, store: &dcs::AnyDcs) {
+    println!("\npgwarden is up: {}\n", status_line(store).await);
+    println!("  connect:  psql -h 127.0.0.1 -p {port} -U postgres postgres");
+    println!("  admin:    psql -h 127.0.0.1 -p {port} -U postgres pgwarden    (SHOW POOL_NODES; SHOW POOLS;)");
     println!(
-        "pgwarden is up (data in {})\n\
-         \n  connect:  psql -h 127.0.0.1 -p {proxy_port} -U postgres postgres\n\
-         \n  admin:    psql -h 127.0.0.1 -p {proxy_port} -U postgres pgwarden   (SHOW POOL_NODES; SHOW POOLS;)\n\
-         \n  direct:   psql -h 127.0.0.1 -p {pg_port} -U postgres postgres\n\
-         \n  config:   {}   (reload with SIGHUP or RELOAD in the admin console)\n\
-         \nCtrl-C stops the proxy and PostgreSQL.",
+        "  configs:  {}/node*.toml, {}/proxy.toml",
         dir.display(),
-        cfg.display()
+        dir.display()
     );
+    println!("\nCtrl-C stops the proxy, the agents and PostgreSQL; run again to resume.\n");
+}
+
+async fn status_line(store: &dcs::AnyDcs) -> String {
+    match store.snapshot().await {
+        Ok(s) => {
+            let leader = s
+                .leader
+                .as_ref()
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| "none".into());
+            let members: Vec<String> = s
+                .members
+                .values()
+                .filter_map(|v| ha::Member::from_json(v))
+                .map(|m| {
+                    let role = match (m.running, m.role) {
+                        (false, _) => "down".to_owned(),
+                        (true, ha::Role::Primary) => "primary".to_owned(),
+                        (true, _) if m.streaming => "streaming".to_owned(),
+                        (true, _) => "replica".to_owned(),
+                    };
+                    format!("{} {role} tl{}", m.name, m.timeline)
+                })
+                .collect();
+            format!("leader {leader} | {}", members.join(" | "))
+        }
+        Err(e) => format!("DCS unavailable: {e}"),
+    }
+}
+
+async fn status_loop(store: &dcs::AnyDcs, state: &proxy::State, _n: usize) {
+    use std::io::Write;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last = String::new();
+    while !state.is_shutting_down() {
+        let line = format!(
+            "{} | clients {}",
+            status_line(store).await,
+            state
+                .client_count
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        if tty {
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+        } else if line != last {
+            println!("{line}");
+        }
+        last = line;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if tty {
+        println!();
+    }
+}
+
+fn stop_agents(agents: &mut [Child]) {
+    for a in agents.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &a.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in agents.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = a.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    eprintln!("pgwarden: stopped");
 }

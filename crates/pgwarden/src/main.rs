@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod cmd_agent;
 mod cmd_proxy;
 mod cmd_up;
 mod runtime;
@@ -15,6 +16,7 @@ fn main() -> std::process::ExitCode {
     let r = match cli.command {
         cli::Command::Proxy(a) => cmd_proxy::run(a),
         cli::Command::Up(a) => cmd_up::run(a),
+        cli::Command::Agent(a) => cmd_agent::run(a),
         cli::Command::CheckConfig { config } => config::load(&config)
             .map(|_| println!("{}: OK", config.display()))
             .map_err(Into::into),

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 mod bufpool;
 mod client;
+pub mod follow;
 pub mod health;
 mod io;
 pub mod params;
@@ -59,6 +60,9 @@ impl Proxy {
     pub async fn run(self) {
         let Proxy { state, listener } = self;
         tokio::spawn(health::run(state.clone()));
+        if let Some((url, cluster)) = state.config().proxy_dcs.clone() {
+            tokio::spawn(follow::run(state.clone(), url, cluster));
+        }
         tokio::spawn(maintain(state.clone()));
         tokio::spawn(dispatch_control(state.clone()));
         let mut shutdown = state.shutdown.subscribe();

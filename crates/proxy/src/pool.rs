@@ -186,7 +186,11 @@ impl Pool {
                 }
             }
         };
-        let target = self.topology.primary().ok_or(CheckoutError::NoPrimary)?;
+        let target = match self.topology.primary() {
+            Some(t) => t,
+            // During a failover: wait for the new primary rather than fail.
+            None => Box::pin(self.wait_for_primary(wait)).await?,
+        };
         loop {
             let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match conn {
@@ -214,6 +218,25 @@ impl Pool {
             _permit: permit,
             pool: self.clone(),
         })
+    }
+
+    async fn wait_for_primary(
+        &self,
+        wait: Duration,
+    ) -> Result<Arc<crate::topology::Target>, CheckoutError> {
+        let mut rx = self.topology.subscribe();
+        let r = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(t) = rx.borrow_and_update().clone() {
+                    return Some(t);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        r.ok().flatten().ok_or(CheckoutError::NoPrimary)
     }
 
     async fn connect(&self, addr: &str, epoch: u64) -> Result<ServerConn, ServerError> {

@@ -152,7 +152,7 @@ async fn every_bad_input_gets_a_clear_error_and_others_keep_working() {
 async fn unreachable_backend_is_a_clear_error_not_a_hang() {
     let port = testkit::free_port();
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nhealth_check_period = \"200ms\"\nserver_connect_timeout = \"1s\"\n{TRUST}\n\
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nhealth_check_period = \"200ms\"\nserver_connect_timeout = \"1s\"\nquery_wait_timeout = \"1s\"\n{TRUST}\n\
          [[backends]]\nhost = \"127.0.0.1\"\nport = {port}\n"
     );
     let cfg = config::parse(&text, std::path::Path::new("t.toml")).unwrap();

@@ -1,0 +1,11 @@
+//! The agent: one per PostgreSQL node. Every `loop_wait` (or at once when
+//! the postmaster dies or the leader changes) it reads the DCS and its
+//! PostgreSQL, asks [`ha::decide`] what to do, does it, and publishes its
+//! member state with the sentence describing the pass.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod driver;
+pub mod node;
+
+pub use driver::Agent;

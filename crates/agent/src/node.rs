@@ -1,0 +1,514 @@
+//! This node's PostgreSQL: data directory, configuration files the agent
+//! owns, the postmaster as a child process the agent watches, and the
+//! operations the HA loop needs (initdb, clone, start, stop, promote,
+//! rewind, status).
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use config::AgentConfig;
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Pg(#[from] pg::PgError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("PostgreSQL: {0}")]
+    Sql(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a running PostgreSQL reports.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub in_recovery: bool,
+    pub lsn: u64,
+    pub replayed_lsn: u64,
+    pub timeline: u32,
+    pub streaming: bool,
+    /// `host:port` the WAL receiver connects to.
+    pub following: Option<String>,
+    pub pending_restart: bool,
+}
+
+pub struct Node {
+    pub cfg: AgentConfig,
+    inst: pg::Instance,
+    /// The postmaster's PID, when one runs (ours or adopted).
+    pid: Arc<AtomicU32>,
+    /// Set when the postmaster exits without the agent asking.
+    pub crashed: Arc<AtomicBool>,
+    /// Woken when the postmaster exits.
+    pub exited: Arc<Notify>,
+    stopping: Arc<AtomicBool>,
+    client: Option<tokio_postgres::Client>,
+}
+
+const CONF_FILE: &str = "pgwarden.conf";
+
+impl Node {
+    pub fn new(cfg: AgentConfig) -> Result<Node, NodeError> {
+        let user = pg::OsUser::for_postgres(&cfg.os_user)?;
+        let inst = pg::Instance::new(pg::InstanceConfig {
+            data_dir: cfg.data_dir.clone(),
+            run_dir: cfg.run_dir.clone(),
+            port: cfg.pg_port,
+            listen: cfg.host.clone(),
+            user,
+            superuser: cfg.superuser.clone(),
+        })?;
+        let node = Node {
+            cfg,
+            inst,
+            pid: Arc::new(AtomicU32::new(0)),
+            crashed: Arc::new(AtomicBool::new(false)),
+            exited: Arc::new(Notify::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            client: None,
+        };
+        // A postmaster left running by an earlier agent is adopted.
+        if let Some(pid) = node.inst.postmaster_pid().filter(|p| pid_alive(*p)) {
+            node.pid.store(pid, Ordering::Release);
+        }
+        Ok(node)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.cfg.data_dir
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.inst.is_initialized()
+    }
+
+    pub fn is_running(&self) -> bool {
+        let pid = self.pid.load(Ordering::Acquire);
+        pid != 0 && pid_alive(pid)
+    }
+
+    /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
+    pub fn cluster_state(&self) -> Option<String> {
+        let mut c = self.inst.command("pg_controldata");
+        c.arg("-D").arg(self.data_dir()).env("LC_ALL", "C");
+        let out = pg::run(c).ok()?;
+        out.lines().find_map(|l| {
+            l.strip_prefix("Database cluster state:")
+                .map(|v| v.trim().to_owned())
+        })
+    }
+
+    pub fn is_standby_dir(&self) -> bool {
+        self.data_dir().join("standby.signal").exists()
+    }
+
+    /// The agent's own settings file, included from postgresql.conf.
+    pub fn write_conf(
+        &self,
+        primary_conninfo: Option<&str>,
+        sync_names: Option<&str>,
+        cluster_params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, NodeError> {
+        let c = &self.cfg;
+        let mut s = format!(
+            "# written by the pgwarden agent; edit the cluster config instead\n\
+             listen_addresses = '{}'\nport = {}\nunix_socket_directories = '{}'\n\
+             wal_level = replica\nhot_standby = on\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
+             wal_log_hints = on\nwal_keep_size = '128MB'\nhot_standby_feedback = on\n\
+             recovery_target_timeline = 'latest'\nlogging_collector = off\n",
+            c.host,
+            c.pg_port,
+            c.run_dir.display()
+        );
+        match primary_conninfo {
+            Some(ci) => {
+                s.push_str(&format!(
+                    "primary_conninfo = '{}'\n",
+                    ci.replace('\'', "''")
+                ));
+                s.push_str(&format!("primary_slot_name = '{}'\n", slot_name(&c.name)));
+            }
+            None => s.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n"),
+        }
+        s.push_str(&format!(
+            "synchronous_standby_names = '{}'\n",
+            sync_names.unwrap_or("").replace('\'', "''")
+        ));
+        for (k, v) in cluster_params.iter().chain(c.parameters.iter()) {
+            s.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+        }
+        let path = self.data_dir().join(CONF_FILE);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(s.as_str()) {
+            return Ok(false);
+        }
+        std::fs::write(&path, s)?;
+        self.chown(&path)?;
+        Ok(true)
+    }
+
+    fn chown(&self, p: &Path) -> Result<(), NodeError> {
+        if let Some(u) = pg::OsUser::for_postgres(&self.cfg.os_user)? {
+            u.chown(p)?;
+        }
+        Ok(())
+    }
+
+    fn write_hba(&self) -> Result<(), NodeError> {
+        self.inst.write_hba(&(self.cfg.pg_hba.join("\n") + "\n"))?;
+        Ok(())
+    }
+
+    fn ensure_include(&self) -> Result<(), NodeError> {
+        let p = self.data_dir().join("postgresql.conf");
+        let cur = std::fs::read_to_string(&p)?;
+        if !cur.contains(&format!("include_if_exists = '{CONF_FILE}'")) {
+            std::fs::write(&p, format!("{cur}\ninclude_if_exists = '{CONF_FILE}'\n"))?;
+        }
+        // -R and earlier tools write primary_conninfo here; the agent's file decides
+        let auto = self.data_dir().join("postgresql.auto.conf");
+        if let Ok(a) = std::fs::read_to_string(&auto) {
+            let kept: Vec<&str> = a
+                .lines()
+                .filter(|l| {
+                    !l.starts_with("primary_conninfo") && !l.starts_with("primary_slot_name")
+                })
+                .collect();
+            std::fs::write(&auto, kept.join("\n") + "\n")?;
+        }
+        Ok(())
+    }
+
+    pub fn initdb(&self) -> Result<(), NodeError> {
+        self.inst.initdb()?;
+        self.ensure_include()?;
+        self.write_hba()?;
+        Ok(())
+    }
+
+    /// pg_basebackup from the leader into an empty data directory.
+    pub fn clone_from(&self, host: &str, port: u16) -> Result<(), NodeError> {
+        self.wipe()?;
+        self.inst
+            .basebackup(host, port, &self.cfg.replication_user, None)?;
+        self.ensure_include()?;
+        self.write_hba()?;
+        Ok(())
+    }
+
+    /// Removes the data directory (a failed clone, a re-clone).
+    pub fn wipe(&self) -> Result<(), NodeError> {
+        match std::fs::remove_dir_all(self.data_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn set_standby(&self, on: bool) -> Result<(), NodeError> {
+        let p = self.data_dir().join("standby.signal");
+        if on {
+            std::fs::write(&p, "")?;
+            self.chown(&p)?;
+        } else if p.exists() {
+            std::fs::remove_file(&p)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the postmaster as a child of the agent, and waits until it
+    /// accepts connections (or `timeout`).
+    pub async fn start(&mut self, timeout: Duration) -> Result<(), NodeError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.ensure_include()?;
+        self.write_hba()?;
+        pg::make_dir(
+            &self.cfg.run_dir,
+            pg::OsUser::for_postgres(&self.cfg.os_user)?,
+        )?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.inst.log_file())?;
+            let mut cmd = tokio::process::Command::new(self.inst.bin("postgres"));
+            cmd.arg("-D")
+                .arg(self.data_dir())
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            if let Some(u) = pg::OsUser::for_postgres(&self.cfg.os_user)? {
+                cmd.uid(u.uid).gid(u.gid);
+            }
+            // its own process group: a Ctrl-C meant for the agent is not PostgreSQL's
+            cmd.process_group(0).kill_on_drop(false);
+            let mut child = cmd.spawn()?;
+            let pid = child.id().unwrap_or(0);
+            self.pid.store(pid, Ordering::Release);
+            self.crashed.store(false, Ordering::Release);
+            self.stopping.store(false, Ordering::Release);
+            let (pid_slot, crashed, exited, stopping) = (
+                self.pid.clone(),
+                self.crashed.clone(),
+                self.exited.clone(),
+                self.stopping.clone(),
+            );
+            tokio::spawn(async move {
+                let st = child.wait().await;
+                let _ = pid_slot.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire);
+                if !stopping.load(Ordering::Acquire) {
+                    tracing::warn!(pid, status = ?st, "postmaster exited");
+                    crashed.store(true, Ordering::Release);
+                }
+                exited.notify_one();
+            });
+            // ready, or exited (e.g. old backends still hold shared memory)
+            loop {
+                if self.query_ok().await {
+                    return Ok(());
+                }
+                if !self.is_running() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(NodeError::Other(format!(
+                        "PostgreSQL did not accept connections within {timeout:?}; log:\n{}",
+                        pg::tail(&self.inst.log_file(), 10)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if Instant::now() > deadline {
+                return Err(NodeError::Other(format!(
+                    "PostgreSQL did not start; log:\n{}",
+                    pg::tail(&self.inst.log_file(), 10)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// pg_ctl stop with `mode` (fast or immediate).
+    pub async fn stop(&mut self, mode: &str) -> Result<(), NodeError> {
+        self.client = None;
+        if !self.is_running() {
+            return Ok(());
+        }
+        self.stopping.store(true, Ordering::Release);
+        let inst = self.inst.clone();
+        let mode = mode.to_owned();
+        tokio::task::spawn_blocking(move || inst.stop(&mode))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??;
+        self.pid.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Result<&tokio_postgres::Client, NodeError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let mut c = tokio_postgres::Config::new();
+            c.host_path(&self.cfg.run_dir)
+                .port(self.cfg.pg_port)
+                .user(&self.cfg.superuser)
+                .dbname("postgres")
+                .application_name("pgwarden agent")
+                .connect_timeout(Duration::from_secs(2));
+            let (client, conn) =
+                tokio::time::timeout(Duration::from_secs(3), c.connect(tokio_postgres::NoTls))
+                    .await
+                    .map_err(|_| NodeError::Sql("connect timed out".into()))?
+                    .map_err(|e| NodeError::Sql(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("just connected"))
+    }
+
+    async fn query_ok(&mut self) -> bool {
+        match self.connect().await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Runs SQL (several statements allowed) as the superuser.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), NodeError> {
+        let c = self.connect().await?;
+        tokio::time::timeout(Duration::from_secs(10), c.batch_execute(sql))
+            .await
+            .map_err(|_| NodeError::Sql("query timed out".into()))?
+            .map_err(|e| {
+                NodeError::Sql(
+                    e.as_db_error()
+                        .map(|d| d.message().to_owned())
+                        .unwrap_or_else(|| e.to_string()),
+                )
+            })
+    }
+
+    pub async fn status(&mut self) -> Result<Status, NodeError> {
+        const Q: &str = "SELECT pg_is_in_recovery(), \
+            pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) ELSE pg_current_wal_lsn() END, '0/0')::bigint, \
+            COALESCE(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint, 0), \
+            CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
+                 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+            COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+            (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver), \
+            (SELECT count(*) > 0 FROM pg_settings WHERE pending_restart)";
+        let c = self.connect().await?;
+        let row = tokio::time::timeout(Duration::from_secs(3), c.query_one(Q, &[]))
+            .await
+            .map_err(|_| NodeError::Sql("status query timed out".into()))?;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                self.client = None;
+                return Err(NodeError::Sql(e.to_string()));
+            }
+        };
+        Ok(Status {
+            in_recovery: row.get(0),
+            lsn: row.get::<_, i64>(1) as u64,
+            replayed_lsn: row.get::<_, i64>(2) as u64,
+            timeline: row.get::<_, i32>(3) as u32,
+            streaming: row.get(4),
+            following: row.get(5),
+            pending_restart: row.get(6),
+        })
+    }
+
+    pub async fn promote(&mut self) -> Result<(), NodeError> {
+        self.execute("SELECT pg_promote(true, 60)").await?;
+        self.set_standby(false)?;
+        // The control file shows the new timeline only after a checkpoint;
+        // pg_rewind on the old primary reads it from there.
+        if let Err(e) = self.execute("CHECKPOINT").await {
+            tracing::warn!(error = %e, "checkpoint after promotion failed");
+        }
+        Ok(())
+    }
+
+    /// Asks the leader for a checkpoint, so that its control file shows
+    /// its current timeline before pg_rewind compares against it.
+    pub async fn checkpoint_on(&self, host: &str, port: u16) -> Result<(), NodeError> {
+        let mut c = tokio_postgres::Config::new();
+        c.host(host)
+            .port(port)
+            .user(&self.cfg.superuser)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(3));
+        let (client, conn) = c
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| NodeError::Sql(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        tokio::time::timeout(Duration::from_secs(30), client.batch_execute("CHECKPOINT"))
+            .await
+            .map_err(|_| NodeError::Sql("checkpoint timed out".into()))?
+            .map_err(|e| NodeError::Sql(e.to_string()))
+    }
+
+    pub async fn reload(&mut self) -> Result<(), NodeError> {
+        self.execute("SELECT pg_reload_conf()").await
+    }
+
+    /// Replication slots for the other members, on the primary.
+    pub async fn ensure_slots(&mut self, members: &[String]) -> Result<(), NodeError> {
+        let mut sql = String::new();
+        for m in members.iter().filter(|m| **m != self.cfg.name) {
+            let s = slot_name(m);
+            sql.push_str(&format!(
+                "SELECT pg_create_physical_replication_slot('{s}') WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{s}');"
+            ));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.execute(&sql).await
+    }
+
+    /// Finishes crash recovery without accepting connections (single-user
+    /// mode), so pg_rewind gets a cleanly shut down target.
+    pub async fn recover_single_user(&self) -> Result<(), NodeError> {
+        let mut c = self.inst.command("postgres");
+        c.arg("--single").arg("-D").arg(self.data_dir()).args([
+            "-c",
+            "archive_mode=off",
+            "postgres",
+        ]);
+        c.stdin(std::process::Stdio::null());
+        tokio::task::spawn_blocking(move || pg::run(c))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??;
+        Ok(())
+    }
+
+    /// pg_rewind against the leader.
+    pub async fn rewind(&self, host: &str, port: u16) -> Result<(), NodeError> {
+        let mut c = self.inst.command("pg_rewind");
+        c.arg("-D").arg(self.data_dir()).arg(format!(
+            "--source-server=host={host} port={port} user={} dbname=postgres connect_timeout=5",
+            self.cfg.superuser
+        ));
+        let out = tokio::task::spawn_blocking(move || {
+            let out = c.output()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(text)
+            } else {
+                Err(NodeError::Other(format!(
+                    "pg_rewind failed ({}): {}",
+                    out.status,
+                    text.trim()
+                )))
+            }
+        })
+        .await
+        .map_err(|e| NodeError::Other(e.to_string()))??;
+        tracing::info!(output = %out.trim(), "pg_rewind finished");
+        self.ensure_include()?;
+        self.write_hba()?;
+        Ok(())
+    }
+
+    pub fn conninfo(&self, host: &str, port: u16) -> String {
+        format!(
+            "host={host} port={port} user={} application_name={} connect_timeout=2",
+            self.cfg.replication_user, self.cfg.name
+        )
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.inst.log_file()
+    }
+}
+
+pub fn slot_name(member: &str) -> String {
+    format!("pgw_{}", member.replace('-', "_").to_lowercase())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // a zombie (exited, not yet reaped) does not count
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
