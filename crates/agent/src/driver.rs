@@ -28,6 +28,8 @@ pub struct Agent {
     /// When this node last renewed (or took) the lease.
     last_renew: Option<Instant>,
     running_since: Option<Instant>,
+    /// Synchronous mode: the standby this leader published as synchronous.
+    sync_standby: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,7 @@ impl Agent {
             not_streaming_loops: 0,
             last_renew: None,
             running_since: None,
+            sync_standby: None,
         })
     }
 
@@ -480,10 +483,85 @@ impl Agent {
                 )
                 .await;
         }
-        if self.node.write_conf(None, None, &cc.parameters)? {
+        let sync_names = if cc.synchronous_mode {
+            self.manage_sync(members, cc).await?
+        } else {
+            None
+        };
+        if !cc.synchronous_mode && self.sync_standby.take().is_some() {
+            let _ = self.dcs.put(Key::Sync, None).await;
+        }
+        if self
+            .node
+            .write_conf(None, sync_names.as_deref(), &cc.parameters)?
+        {
             self.node.reload().await?;
         }
         Ok(String::new())
+    }
+
+    /// Synchronous mode: keeps one streaming standby synchronous and
+    /// publishes it in the Sync key only once PostgreSQL reports it as
+    /// `sync`, so that the key never names a standby that may lack an
+    /// acknowledged commit. Returns synchronous_standby_names.
+    async fn manage_sync(
+        &mut self,
+        members: &[Member],
+        cc: &ClusterConfig,
+    ) -> Result<Option<String>, AgentError> {
+        let repl = self.node.replication().await?;
+        let streaming = |n: &str| repl.iter().any(|(a, _)| a == n);
+        let eligible: Vec<&Member> = members
+            .iter()
+            .filter(|m| m.name != self.cfg.name && !m.nofailover && streaming(&m.name))
+            .collect();
+        let current = self.sync_standby.clone().filter(|c| streaming(c));
+        let candidate = current.or_else(|| {
+            eligible
+                .iter()
+                .max_by_key(|m| (m.lsn, m.priority))
+                .map(|m| m.name.clone())
+        });
+        match candidate {
+            Some(cand) => {
+                let names = format!("FIRST 1 (\"{}\")", cand.replace('"', ""));
+                // PostgreSQL first, then the key.
+                if self.node.write_conf(None, Some(&names), &cc.parameters)? {
+                    self.node.reload().await?;
+                }
+                let is_sync = self
+                    .node
+                    .replication()
+                    .await?
+                    .iter()
+                    .any(|(a, st)| *a == cand && st == "sync");
+                if is_sync && self.sync_standby.as_deref() != Some(cand.as_str()) {
+                    let v = serde_json::json!({ "leader": self.cfg.name, "sync_standby": cand })
+                        .to_string();
+                    self.dcs.put(Key::Sync, Some(&v)).await?;
+                    self.sync_standby = Some(cand.clone());
+                }
+                Ok(Some(names))
+            }
+            None if cc.synchronous_mode_strict => {
+                // never fall back to asynchronous: commits wait for a standby
+                Ok(Some(
+                    self.sync_standby
+                        .as_ref()
+                        .map(|c| format!("FIRST 1 (\"{c}\")"))
+                        .unwrap_or_else(|| "*".into()),
+                ))
+            }
+            None => {
+                // no standby at all: the key goes first, then PostgreSQL
+                if self.sync_standby.take().is_some() {
+                    let v = serde_json::json!({ "leader": self.cfg.name, "sync_standby": null })
+                        .to_string();
+                    self.dcs.put(Key::Sync, Some(&v)).await?;
+                }
+                Ok(None)
+            }
+        }
     }
 
     async fn record_history(&self, epoch: u64, status: Option<&Status>) {

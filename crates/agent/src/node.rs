@@ -423,6 +423,19 @@ impl Node {
         self.execute("SELECT pg_reload_conf()").await
     }
 
+    /// Standbys streaming from this primary: (application_name, sync_state).
+    pub async fn replication(&mut self) -> Result<Vec<(String, String)>, NodeError> {
+        let c = self.connect().await?;
+        let rows = tokio::time::timeout(
+            Duration::from_secs(3),
+            c.query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[]),
+        )
+        .await
+        .map_err(|_| NodeError::Sql("query timed out".into()))?
+        .map_err(|e| NodeError::Sql(e.to_string()))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Replication slots for the other members, on the primary.
     pub async fn ensure_slots(&mut self, members: &[String]) -> Result<(), NodeError> {
         let mut sql = String::new();

@@ -25,13 +25,13 @@ impl Cluster {
         let dcs_url =
             dcs_url.unwrap_or_else(|| format!("local://{}", dir.path().join("dcs").display()));
         let pg_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        for i in 0..n {
+        for (i, pg_port) in pg_ports.iter().enumerate() {
             let conf = format!(
                 "[agent]\nname = \"n{i}\"\ncluster = \"t\"\ndcs = \"{dcs_url}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
                  pg_port = {}\napi_listen = \"127.0.0.1:{}\"\n{}\n",
                 dir.path().join(format!("n{i}")).display(),
                 dir.path().join(format!("n{i}.run")).display(),
-                pg_ports[i],
+                pg_port,
                 free_port(),
                 extra.get(i).copied().unwrap_or("")
             );
@@ -430,4 +430,95 @@ async fn etcd_cluster_fails_over_and_a_primary_cut_off_from_etcd_demotes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_loses_no_acknowledged_write() {
+    let sync = "synchronous_mode = true";
+    let mut c = Cluster::start(3, None, &[sync, sync, sync]);
+    let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    // a synchronous standby is named in the DCS
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = dcs::open(&c.dcs_url, "t").await.unwrap();
+        let s = d.snapshot().await.unwrap();
+        if s.get(dcs::Key::Sync)
+            .is_some_and(|v| v.contains("\"sync_standby\":\"n"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no synchronous standby published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.write_via_proxy(
+        "CREATE TABLE acked (seq int primary key)",
+        Duration::from_secs(20),
+    );
+    // a writer through the proxy, a fresh connection per write
+    let port = c.proxy_port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let (ok, out, _) = testkit::run_client(
+                    "psql",
+                    &[
+                        "-X",
+                        "-A",
+                        "-t",
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "postgres",
+                        "-c",
+                        &format!("INSERT INTO acked VALUES ({seq}) RETURNING seq"),
+                    ],
+                    &[("PGCONNECT_TIMEOUT", "3")],
+                );
+                if ok && out.trim() == seq.to_string() {
+                    acked.push(seq);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pm = c.postmaster_pid(leader);
+    c.kill_agent(leader);
+    Command::new("kill")
+        .args(["-9", &pm.to_string()])
+        .status()
+        .unwrap();
+    c.write_via_proxy("SELECT 1", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    let (leader_now, _) = c.snapshot().await.unwrap();
+    let new: usize = leader_now.unwrap()[1..].parse().unwrap();
+    let present: std::collections::HashSet<i64> = c
+        .psql(c.pg_ports[new], "select seq from acked")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .map(|&s| s as i64)
+        .filter(|s| !present.contains(s))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
