@@ -17,6 +17,8 @@ PORT=${PORT:-26500}
 B=/tmp/pgwarden-failover
 now_ms() { date +%s%3N; }
 psql_p() { "$BIN/psql" -X -A -t -q -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+# the same, retried for up to 30 s (the cluster may still be settling)
+psql_retry() { for _ in $(seq 1 60); do psql_p "$@" 2>/dev/null && return 0; sleep 0.5; done; psql_p "$@"; }
 
 up_pid=""
 cleanup() {
@@ -61,16 +63,16 @@ PY
     for _ in $(seq 1 100); do [ -f "$B/dcs/pgwarden/sync" ] && grep -q '"sync_standby":"' "$B/dcs/pgwarden/sync" && break; sleep 0.2; done
   fi
   wait_healthy
-  psql_p -d postgres -c "CREATE TABLE IF NOT EXISTS probe (seq int primary key, ts timestamptz default clock_timestamp())"
+  psql_retry -d postgres -c "CREATE TABLE IF NOT EXISTS probe (seq int primary key, ts timestamptz default clock_timestamp())"
   for fault in $FAULTS; do
     for rep in $(seq 1 "$REPS"); do
       wait_healthy
-      psql_p -d postgres -c "TRUNCATE probe"
+      psql_retry -d postgres -c "TRUNCATE probe"
       rm -f "$B/stop"
       python3 "$ROOT/bench/write_probe.py" "$PORT" 40 0.02 "$B/probe.log" "$B/stop" &
       probe=$!
       sleep 2
-      lp=$(psql_p -d pgwarden -c "SHOW POOL_NODES" | awk -F'|' '$5 == "primary" { print $3; exit }')
+      lp=$(psql_retry -d pgwarden -c "SHOW POOL_NODES" | awk -F'|' '$5 == "primary" { print $3; exit }')
       conf=$(node_conf_of_port "$lp")
       data=$(grep -h '^data_dir' "$conf" | cut -d'"' -f2)
       pm=$(head -1 "$data/postmaster.pid")
@@ -88,15 +90,21 @@ PY
       done
       sleep 1; touch "$B/stop"; wait "$probe" || true
       [ "$fault" = node ] && { "$PGWARDEN" agent --config "$conf" >>"$B/logs/$(basename "$conf" .toml).restarted.log" 2>&1 & }
-      present=$(psql_p -d postgres -c "select seq from probe order by 1" | tr '\n' ' ')
+      present=$(psql_retry -d postgres -c "select seq from probe order by 1" | tr '\n' ' ')
+      # unavailable: from the kill to the end of the first successful write
+      # that started after the last failed one (a write can still slip through
+      # the dying primary's backend right after the kill: that is no recovery)
       line=$(awk -v k="$kill_ms" -v present="$present" '
         BEGIN { n = split(present, p, " "); for (i = 1; i <= n; i++) have[p[i]] = 1 }
-        $4 == "OK" { acked++; if (!($1 in have)) missing++; if ($2 >= k && !first) first = $3 }
-        $4 == "FAIL" && $3 >= k { failed++ }
-        END { printf "%.2f %d %d %d", (first ? (first - k) / 1000 : -1), failed, acked, missing + 0 }' "$B/probe.log")
+        { s[NR] = $2; e[NR] = $3; st[NR] = $4; q[NR] = $1 }
+        $4 == "FAIL" && $3 >= k { failed++; lastfail = $3 }
+        $4 == "OK" { acked++; if (!($1 in have)) missing++ }
+        END { for (i = 1; i <= NR; i++) if (st[i] == "OK" && s[i] >= k && s[i] >= lastfail) { first = e[i]; break }
+              printf "%.2f %d %d %d", (first ? (first - k) / 1000 : -1), failed, acked, missing + 0 }' "$B/probe.log")
       echo "$mode $fault rep $rep: unavailable_s failed acked missing = $line" >&2
       results+=("$mode $fault $line")
-      sleep 2
+      # let the restarted primary run > 10 s, so the next crash is not a crash loop
+      sleep 12
     done
   done
   kill -INT "$up_pid"; wait "$up_pid" 2>/dev/null || true; up_pid=""

@@ -6,6 +6,8 @@
 //! GET /replica  200 when this node is a running standby
 //! GET /cluster  leader and members
 //! GET /         this member (with the last loop's sentence)
+//! POST /failsafe?leader=NAME  200 when this node is a running standby of
+//!               NAME (failsafe mode: the leader asks while the DCS is down)
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,8 @@ pub async fn serve(
                 let reason = match code {
                     200 => "OK",
                     404 => "Not Found",
+                    400 => "Bad Request",
+                    409 => "Conflict",
                     405 => "Method Not Allowed",
                     _ => "Service Unavailable",
                 };
@@ -70,6 +74,12 @@ pub async fn serve(
 }
 
 fn respond(method: &str, path: &str, shared: &Shared) -> (u16, String) {
+    if method == "POST" {
+        return match path.split_once('?') {
+            Some(("/failsafe", q)) => failsafe(q, shared),
+            _ => (405, "{\"error\":\"only GET, and POST /failsafe\"}".into()),
+        };
+    }
     if method != "GET" && method != "HEAD" && method != "OPTIONS" {
         return (405, "{\"error\":\"only GET\"}".into());
     }
@@ -101,4 +111,40 @@ fn respond(method: &str, path: &str, shared: &Shared) -> (u16, String) {
         }
         _ => (404, "{\"error\":\"not found\"}".into()),
     }
+}
+
+/// A leader without the DCS asks whether this node still follows it.
+fn failsafe(query: &str, shared: &Shared) -> (u16, String) {
+    let Some(leader) = query.split('&').find_map(|kv| kv.strip_prefix("leader=")) else {
+        return (400, "{\"error\":\"leader= missing\"}".into());
+    };
+    let member = shared.member.lock().map(|m| m.clone()).unwrap_or(None);
+    let known_leader = shared.leader.lock().map(|l| l.clone()).unwrap_or(None);
+    // Still a running standby, and the last leader seen in the DCS was it.
+    let follows = member.is_some_and(|m| m.running && m.role == Role::Replica)
+        && known_leader.as_deref() == Some(leader);
+    if !follows {
+        return (409, "{\"follows\":false}".into());
+    }
+    *shared
+        .failsafe_ping
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((leader.to_owned(), std::time::Instant::now()));
+    (200, "{\"follows\":true}".into())
+}
+
+/// Asks the member at `api_url` whether it follows `leader`.
+pub async fn failsafe_confirm(api_url: &str, leader: &str) -> bool {
+    let Some(addr) = api_url.strip_prefix("http://") else {
+        return false;
+    };
+    let r = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("POST /failsafe?leader={leader} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
+    })
+    .await;
+    matches!(r, Ok(Ok(true)))
 }

@@ -16,6 +16,8 @@ pub struct Shared {
     pub member: Mutex<Option<Member>>,
     pub leader: Mutex<Option<String>>,
     pub members: Mutex<Vec<Member>>,
+    /// Failsafe: the last leader that asked us to confirm we follow it.
+    pub failsafe_ping: Mutex<Option<(String, Instant)>>,
 }
 
 pub struct Agent {
@@ -30,6 +32,8 @@ pub struct Agent {
     running_since: Option<Instant>,
     /// Synchronous mode: the standby this leader published as synchronous.
     sync_standby: Option<String>,
+    /// Failsafe mode, from the cluster config last read.
+    failsafe: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,7 @@ impl Agent {
             last_renew: None,
             running_since: None,
             sync_standby: None,
+            failsafe: false,
         })
     }
 
@@ -134,6 +139,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = members.clone();
         let cc = self.cluster_config(&snap);
+        self.failsafe = cc.failsafe_mode;
 
         let (pg, status) = match self.local_pg().await {
             Ok(x) => x,
@@ -155,7 +161,16 @@ impl Agent {
             .get(Key::Sync)
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v["sync_standby"].as_str().map(str::to_owned));
+        let failsafe_leader = self
+            .shared
+            .failsafe_ping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(_, t)| t.elapsed() < self.cfg.ttl)
+            .map(|(l, _)| l);
         let view = View {
+            failsafe_leader: failsafe_leader.as_deref(),
             initialized: snap.initialize.is_some(),
             leader: snap.leader.as_ref().map(|l| l.name.as_str()),
             members: &members,
@@ -182,6 +197,35 @@ impl Agent {
         if let Some(t) = self.last_renew {
             if t.elapsed() + margin >= ttl && self.node.is_running() {
                 if let Ok(st) = self.node.status().await {
+                    if !st.in_recovery && self.failsafe {
+                        // Failsafe: stay primary while every other member
+                        // confirms it still follows this node.
+                        let others: Vec<Member> = self
+                            .shared
+                            .members
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .filter(|m| m.name != self.cfg.name)
+                            .cloned()
+                            .collect();
+                        let mut confirmed = 0;
+                        for m in &others {
+                            if crate::api::failsafe_confirm(&m.api_url, &self.cfg.name).await {
+                                confirmed += 1;
+                            }
+                        }
+                        if confirmed == others.len() {
+                            // keep going until the next check
+                            self.last_renew = Some(Instant::now() - ttl + margin * 2);
+                            return format!("DCS unavailable ({e}); failsafe mode: all {confirmed} other members confirmed they follow this primary, staying primary");
+                        }
+                        tracing::warn!(
+                            confirmed,
+                            members = others.len(),
+                            "failsafe: not every member confirmed"
+                        );
+                    }
                     if !st.in_recovery {
                         self.last_renew = None;
                         let r = self.node.stop("fast").await;
@@ -274,10 +318,7 @@ impl Agent {
             Action::Clone { from } => {
                 let m = Self::member_of(members, from)?;
                 let (host, port) = (m.host.clone(), m.port);
-                if let Err(e) = self.node.clone_from(&host, port) {
-                    let _ = self.node.wipe();
-                    return Err(e.into());
-                }
+                self.node.clone_from(&host, port)?;
                 self.start_replica(Some((&host, port)), cc).await?;
                 Ok(format!("cloned from {from} and started as its standby"))
             }

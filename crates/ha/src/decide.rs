@@ -16,6 +16,9 @@ pub struct View<'a> {
     pub last_leader_lsn: Option<u64>,
     /// In synchronous mode: the standby that may be promoted.
     pub sync_standby: Option<&'a str>,
+    /// Failsafe: the old leader asked this node within the TTL whether it
+    /// still follows it (it is still running as primary without the DCS).
+    pub failsafe_leader: Option<&'a str>,
 }
 
 impl View<'_> {
@@ -239,6 +242,9 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
             }
             if view.paused {
                 return d(Action::Wait, "no leader, failover paused: waiting");
+            }
+            if let Some(l) = view.failsafe_leader {
+                return d(Action::Wait, format!("no leader in the DCS, but {l} runs in failsafe mode and this node follows it"));
             }
             if local.nofailover {
                 return d(

@@ -299,12 +299,7 @@ async fn node_loss_fails_over_and_the_old_primary_rejoins_by_rewind() {
         Duration::from_secs(20),
     );
     // agent and postmaster of the primary die together
-    let pm = c.postmaster_pid(old);
-    c.kill_agent(old);
-    Command::new("kill")
-        .args(["-9", &pm.to_string()])
-        .status()
-        .unwrap();
+    c.lose_node(old);
     let took = c.write_via_proxy("INSERT INTO n VALUES (2)", Duration::from_secs(30));
     eprintln!("writes back {took:?} after losing the primary's node");
     let (leader, _) = c.snapshot().await.unwrap();
@@ -335,12 +330,7 @@ async fn a_standby_killed_and_restarted_catches_up() {
     let leader = c.wait_healthy(2, Duration::from_secs(90)).await;
     let standby = 1 - leader;
     c.write_via_proxy("CREATE TABLE s (id int)", Duration::from_secs(20));
-    let pm = c.postmaster_pid(standby);
-    c.kill_agent(standby);
-    Command::new("kill")
-        .args(["-9", &pm.to_string()])
-        .status()
-        .unwrap();
+    c.lose_node(standby);
     c.write_via_proxy(
         "INSERT INTO s SELECT generate_series(1, 1000)",
         Duration::from_secs(20),
@@ -366,22 +356,12 @@ async fn nofailover_standby_is_never_promoted() {
     let leader = c.wait_healthy(2, Duration::from_secs(90)).await;
     if leader == 1 {
         // n1 bootstrapped: lose it once so that n0 (eligible) takes over, then check the reverse
-        let pm = c.postmaster_pid(1);
-        c.kill_agent(1);
-        Command::new("kill")
-            .args(["-9", &pm.to_string()])
-            .status()
-            .unwrap();
+        c.lose_node(1);
         c.write_via_proxy("SELECT 1", Duration::from_secs(30));
         c.restart_agent(1);
         assert_eq!(c.wait_healthy(2, Duration::from_secs(90)).await, 0);
     }
-    let pm = c.postmaster_pid(0);
-    c.kill_agent(0);
-    Command::new("kill")
-        .args(["-9", &pm.to_string()])
-        .status()
-        .unwrap();
+    c.lose_node(0);
     tokio::time::sleep(Duration::from_secs(9)).await;
     let (leader, members) = c.snapshot().await.unwrap();
     assert_eq!(
@@ -406,12 +386,7 @@ async fn etcd_cluster_fails_over_and_a_primary_cut_off_from_etcd_demotes() {
         Duration::from_secs(20),
     );
     // node loss on etcd
-    let pm = c.postmaster_pid(leader);
-    c.kill_agent(leader);
-    Command::new("kill")
-        .args(["-9", &pm.to_string()])
-        .status()
-        .unwrap();
+    c.lose_node(leader);
     c.write_via_proxy("INSERT INTO e VALUES (2)", Duration::from_secs(30));
     let new = 1 - leader;
     c.restart_agent(leader);
@@ -496,12 +471,7 @@ async fn synchronous_mode_loses_no_acknowledged_write() {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pm = c.postmaster_pid(leader);
-    c.kill_agent(leader);
-    Command::new("kill")
-        .args(["-9", &pm.to_string()])
-        .status()
-        .unwrap();
+    c.lose_node(leader);
     c.write_via_proxy("SELECT 1", Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -521,4 +491,153 @@ async fn synchronous_mode_loses_no_acknowledged_write() {
         .filter(|s| !present.contains(s))
         .collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failsafe_mode_keeps_the_primary_when_only_etcd_is_gone() {
+    let etcd = Etcd::start();
+    let fs = "failsafe_mode = true";
+    let c = Cluster::start(2, Some(etcd.url()), &[fs, fs]);
+    let leader = c.wait_healthy(2, Duration::from_secs(90)).await;
+    c.psql(c.pg_ports[leader], "CREATE TABLE f (id int)")
+        .unwrap();
+    drop(etcd);
+    // well past the 5 s TTL, the primary still takes writes: its standby confirms it follows it
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        c.psql(c.pg_ports[leader], "INSERT INTO f VALUES (1)")
+            .unwrap_or_else(|e| panic!("write refused after {:?}: {e}", start.elapsed()));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(n > 20);
+    assert_eq!(
+        c.psql(c.pg_ports[leader], "select pg_is_in_recovery()")
+            .unwrap(),
+        "f"
+    );
+    assert_eq!(
+        c.psql(c.pg_ports[1 - leader], "select pg_is_in_recovery()")
+            .unwrap(),
+        "t"
+    );
+}
+
+impl Cluster {
+    /// kill -9 of the agent and postmaster of node `i` (node loss).
+    fn lose_node(&mut self, i: usize) {
+        let pm = self.postmaster_pid(i);
+        self.kill_agent(i);
+        Command::new("kill")
+            .args(["-9", &pm.to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failovers_in_a_row_converge() {
+    let mut c = Cluster::start(3, None, &[]);
+    let mut leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    c.write_via_proxy("CREATE TABLE ff (round int)", Duration::from_secs(20));
+    for round in 1..=5 {
+        c.lose_node(leader);
+        c.write_via_proxy(
+            &format!("INSERT INTO ff VALUES ({round})"),
+            Duration::from_secs(30),
+        );
+        c.restart_agent(leader);
+        let new = c.wait_healthy(3, Duration::from_secs(120)).await;
+        assert_ne!(
+            new, leader,
+            "round {round}: the lost node is still the leader"
+        );
+        leader = new;
+    }
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c
+            .psql(
+                c.pg_ports[i],
+                "select string_agg(round::text, ',' order by round) from ff",
+            )
+            .ok()
+            .as_deref()
+            != Some("1,2,3,4,5")
+        {
+            assert!(Instant::now() < deadline, "node n{i} misses rounds");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_cannot_be_rewound_is_recloned() {
+    let mut c = Cluster::start(2, None, &[]);
+    let old = c.wait_healthy(2, Duration::from_secs(90)).await;
+    c.write_via_proxy(
+        "CREATE TABLE rc (id int); INSERT INTO rc VALUES (1)",
+        Duration::from_secs(20),
+    );
+    c.lose_node(old);
+    c.write_via_proxy("INSERT INTO rc VALUES (2)", Duration::from_secs(30));
+    // the old primary's WAL is gone: neither crash recovery nor pg_rewind can work
+    let wal = c.data(old).join("pg_wal");
+    for e in std::fs::read_dir(&wal).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    c.restart_agent(old);
+    c.wait_healthy(2, Duration::from_secs(120)).await;
+    assert_eq!(
+        c.psql(
+            c.pg_ports[old],
+            "select pg_is_in_recovery(), count(*) from rc"
+        )
+        .unwrap(),
+        "t|2"
+    );
+    let log = std::fs::read_to_string(c.dir.path().join(format!("agent{old}.log"))).unwrap();
+    assert!(
+        log.contains("re-cloned with pg_basebackup"),
+        "{}",
+        testkit_tail(&c.dir.path().join(format!("agent{old}.log")), 20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_failover_when_every_candidate_lags_too_far() {
+    let mut c = Cluster::start(3, None, &[]);
+    let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    let lp = c.pg_ports[leader];
+    c.psql(lp, "CREATE TABLE lag (v text)").unwrap();
+    // cut replication off, then write well beyond maximum_lag_on_failover (1 MB)
+    c.psql(lp, "ALTER ROLE replicator NOLOGIN").unwrap();
+    c.psql(
+        lp,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication",
+    )
+    .unwrap();
+    c.psql(
+        lp,
+        "INSERT INTO lag SELECT repeat('x', 1000) FROM generate_series(1, 8000)",
+    )
+    .unwrap();
+    // the leader publishes its position on its next loops
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.lose_node(leader);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (now, members) = c.snapshot().await.unwrap();
+    assert_eq!(now, None, "a lagging standby was promoted: {members:?}");
+    for m in members.iter().filter(|m| m.running) {
+        assert!(
+            m.last_action.contains("maximum_lag_on_failover"),
+            "{}: {}",
+            m.name,
+            m.last_action
+        );
+    }
 }

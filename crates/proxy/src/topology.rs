@@ -41,6 +41,21 @@ pub struct Node {
 }
 
 impl Node {
+    fn new(b: &config::Backend) -> Node {
+        Node {
+            name: b.name.clone(),
+            host: b.host.clone(),
+            port: b.port,
+            status: NodeStatus::Unknown,
+            role: Role::Unknown,
+            last_status_change: SystemTime::now(),
+            primary_since: None,
+            select_cnt: 0,
+            replication_delay: 0,
+            last_error: None,
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -75,21 +90,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(backends: &[config::Backend]) -> Arc<Self> {
-        let nodes = backends
-            .iter()
-            .map(|b| Node {
-                name: b.name.clone(),
-                host: b.host.clone(),
-                port: b.port,
-                status: NodeStatus::Unknown,
-                role: Role::Unknown,
-                last_status_change: SystemTime::now(),
-                primary_since: None,
-                select_cnt: 0,
-                replication_delay: 0,
-                last_error: None,
-            })
-            .collect();
+        let nodes = backends.iter().map(Node::new).collect();
         Arc::new(Topology {
             nodes: Mutex::new(nodes),
             tx: watch::channel(None).0,
@@ -138,18 +139,7 @@ impl Topology {
                 .iter()
                 .find(|n| n.host == b.host && n.port == b.port)
                 .cloned();
-            nodes.push(kept.unwrap_or(Node {
-                name: b.name.clone(),
-                host: b.host.clone(),
-                port: b.port,
-                status: NodeStatus::Unknown,
-                role: Role::Unknown,
-                last_status_change: SystemTime::now(),
-                primary_since: None,
-                select_cnt: 0,
-                replication_delay: 0,
-                last_error: None,
-            }));
+            nodes.push(kept.unwrap_or_else(|| Node::new(b)));
         }
         if !self.external.load(Ordering::Acquire) {
             let choice = choose_primary(&nodes);

@@ -237,3 +237,87 @@ async fn admin_console_shows_and_controls() {
         .unwrap();
     assert!(!ok && err.contains("unknown admin command"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_and_hostssl_rules() {
+    let pg = PgServer::primary();
+    let dir = testkit::TempDir::new("tls");
+    let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let p = start_proxy(
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nadmin_users = [\"postgres\"]\n\
+             hba = [\"hostssl all all 127.0.0.1/32 trust\", \"host all all 127.0.0.1/32 reject\"]\n",
+            crt.display(),
+            key.display()
+        ),
+        &backends(&[&pg]),
+    )
+    .await;
+    let port = p.port().to_string();
+    let run = move |mode: &'static str| {
+        let port = port.clone();
+        move || {
+            run_client(
+                "psql",
+                &[
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-c",
+                    "select 1",
+                    &format!("host=127.0.0.1 port={port} user=postgres dbname=app sslmode={mode}"),
+                ],
+                &[],
+            )
+        }
+    };
+    // TLS is accepted and required by the hostssl rule
+    let (ok, out, err) = tokio::task::spawn_blocking(run("require")).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1");
+    let (ok, _, err) = tokio::task::spawn_blocking(run("disable")).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("rejects connection"), "{err}");
+    // the admin console shows the client's TLS
+    let port2 = p.port();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        run_client(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SHOW CLIENTS",
+                &format!(
+                    "host=127.0.0.1 port={port2} user=postgres dbname=pgwarden sslmode=require"
+                ),
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("|true|"), "{out}");
+}

@@ -67,6 +67,7 @@ fn view<'a>(leader: Option<&'a str>, members: &'a [Member]) -> View<'a> {
         paused: false,
         last_leader_lsn: None,
         sync_standby: None,
+        failsafe_leader: None,
     }
 }
 
@@ -333,4 +334,16 @@ fn standby_follows_and_rewinds_when_stuck() {
         decide(&view(Some("b"), &ms), &l, &settings()).action,
         Action::Promote
     );
+}
+
+#[test]
+fn a_leader_in_failsafe_mode_is_not_replaced() {
+    let ms = [member("b", Role::Replica, true, 50)];
+    let v = View {
+        failsafe_leader: Some("a"),
+        ..view(None, &ms)
+    };
+    let dd = decide(&v, &local("b", replica(50)), &settings());
+    assert_eq!(dd.action, Action::Wait);
+    assert!(dd.reason.contains("failsafe"), "{}", dd.reason);
 }
