@@ -92,11 +92,11 @@ impl Agent {
         r.map_err(Into::into)
     }
 
-    fn settings(cc: &ClusterConfig) -> Settings {
+    fn settings(&self, cc: &ClusterConfig) -> Settings {
         Settings {
             maximum_lag_on_failover: cc.maximum_lag_on_failover,
             synchronous_mode: cc.synchronous_mode,
-            max_crash_restarts: 3,
+            max_crash_restarts: self.cfg.max_crash_restarts,
             rewind_after_loops: 5,
         }
     }
@@ -178,7 +178,7 @@ impl Agent {
             last_leader_lsn,
             sync_standby: sync_standby.as_deref(),
         };
-        let decision = ha::decide(&view, &local, &Self::settings(&cc));
+        let decision = ha::decide(&view, &local, &self.settings(&cc));
         match self
             .act(&decision.action, &members, &cc, status.as_ref())
             .await
@@ -373,9 +373,10 @@ impl Agent {
                     return Ok("could not renew the lease: stopped PostgreSQL".into());
                 }
                 self.last_renew = Some(Instant::now());
+                // a crash loop is a crash within seconds of the restart
                 if self
                     .running_since
-                    .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
+                    .is_some_and(|t| t.elapsed() > Duration::from_secs(10))
                 {
                     self.crash_restarts = 0;
                 }
@@ -432,12 +433,21 @@ impl Agent {
         self.node.initdb()?;
         self.node.write_conf(None, None, &cc.parameters)?;
         self.node.start(Duration::from_secs(60)).await?;
-        let repl = &self.cfg.replication_user;
-        if *repl != self.cfg.superuser {
+        let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+        let (repl, admin) = (
+            self.cfg.replication_user.clone(),
+            self.cfg.admin_user.clone(),
+        );
+        if repl != self.cfg.superuser {
+            self.node
+                .execute(&format!("CREATE ROLE {} WITH REPLICATION LOGIN", q(&repl)))
+                .await?;
+        }
+        if !admin.is_empty() && admin != self.cfg.superuser && admin != repl {
             self.node
                 .execute(&format!(
-                    "CREATE ROLE \"{}\" WITH REPLICATION LOGIN",
-                    repl.replace('"', "\"\"")
+                    "CREATE ROLE {} WITH LOGIN CREATEDB CREATEROLE",
+                    q(&admin)
                 ))
                 .await?;
         }

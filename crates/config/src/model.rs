@@ -114,6 +114,11 @@ pub struct AgentConfig {
     pub os_user: String,
     pub superuser: String,
     pub replication_user: String,
+    /// A non-superuser role for operators, created at bootstrap.
+    pub admin_user: String,
+    /// Crashes restarted in place (within 10 s of the last restart) before
+    /// the lease is released for a failover; 0: always fail over.
+    pub max_crash_restarts: u32,
     pub loop_wait: Duration,
     pub ttl: Duration,
     pub maximum_lag_on_failover: u64,
@@ -207,6 +212,8 @@ struct RawAgent {
     os_user: Option<String>,
     superuser: Option<String>,
     replication_user: Option<String>,
+    admin_user: Option<String>,
+    max_crash_restarts: Option<u32>,
     loop_wait: Option<Spanned<String>>,
     ttl: Option<Spanned<String>>,
     maximum_lag_on_failover: Option<u64>,
@@ -478,6 +485,8 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
         replication_user: a
             .replication_user
             .unwrap_or_else(|| "replicator".to_owned()),
+        admin_user: a.admin_user.unwrap_or_else(|| "pgwarden_admin".to_owned()),
+        max_crash_restarts: a.max_crash_restarts.unwrap_or(3),
         loop_wait,
         ttl,
         maximum_lag_on_failover: a.maximum_lag_on_failover.unwrap_or(1 << 20),

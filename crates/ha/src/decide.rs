@@ -186,6 +186,21 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
                     },
                     format!("starting as a standby of {l}"),
                 ),
+                // After a crash, a running standby takes over; this node
+                // rewinds once it does. (With no standby left, e.g. the whole
+                // cluster restarting, the former primary comes back first.)
+                (None, true)
+                    if crashed
+                        && view
+                            .members
+                            .iter()
+                            .any(|m| m.name != me && m.running && m.role == Role::Replica) =>
+                {
+                    d(
+                        Action::Wait,
+                        "crashed former primary: waiting for a standby to take over",
+                    )
+                }
                 (None, true) if !view.paused => d(
                     Action::StartPrimaryIfFree,
                     "former primary and no leader: taking the lease if free",

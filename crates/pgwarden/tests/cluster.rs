@@ -641,3 +641,35 @@ async fn no_failover_when_every_candidate_lags_too_far() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postmaster_kill_without_restart_in_place_fails_over_and_rewinds() {
+    let no_restart = "max_crash_restarts = 0";
+    let c = Cluster::start(3, None, &[no_restart, no_restart, no_restart]);
+    let old = c.wait_healthy(3, Duration::from_secs(90)).await;
+    c.write_via_proxy(
+        "CREATE TABLE k (id int); INSERT INTO k VALUES (1)",
+        Duration::from_secs(20),
+    );
+    c.kill_postmaster(old);
+    let took = c.write_via_proxy("INSERT INTO k VALUES (2)", Duration::from_secs(30));
+    eprintln!("writes back {took:?} after kill -9 of the postmaster, with failover");
+    let new = c.wait_healthy(3, Duration::from_secs(90)).await;
+    assert_ne!(new, old, "the crashed primary was restarted in place");
+    assert_eq!(
+        c.psql(
+            c.pg_ports[old],
+            "select pg_is_in_recovery(), count(*) from k"
+        )
+        .unwrap(),
+        "t|2"
+    );
+    let log = std::fs::read_to_string(c.dir.path().join(format!("agent{old}.log"))).unwrap();
+    assert!(
+        log.contains("rewound with pg_rewind"),
+        "{}",
+        testkit_tail(&c.dir.path().join(format!("agent{old}.log")), 20)
+    );
+    // the bootstrap created the replication and admin roles
+    assert_eq!(c.psql(c.pg_ports[new], "select string_agg(rolname, ',' order by rolname) from pg_roles where rolname in ('replicator', 'pgwarden_admin')").unwrap(), "pgwarden_admin,replicator");
+}

@@ -154,6 +154,22 @@ fn former_primary_rewinds_to_the_new_leader() {
         decide(&view(None, &[]), &l, &settings()).action,
         Action::StartPrimaryIfFree
     );
+    // after a crash with the lease released, a running standby goes first
+    let ms = [member("b", Role::Replica, true, 10)];
+    let l = local("a", Pg::Crashed { was_primary: true });
+    assert_eq!(
+        decide(&view(None, &ms), &l, &settings()).action,
+        Action::Wait
+    );
+    // with restarts in place disabled, a crash releases the lease at once
+    let s0 = Settings {
+        max_crash_restarts: 0,
+        ..settings()
+    };
+    assert_eq!(
+        decide(&view(Some("a"), &ms), &l, &s0).action,
+        Action::ReleaseLease
+    );
 }
 
 #[test]
