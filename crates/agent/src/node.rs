@@ -189,10 +189,20 @@ impl Node {
     }
 
     /// pg_basebackup from the leader into an empty data directory.
+    /// The copy goes to a side directory and replaces the data directory
+    /// only once complete: a leader that cannot be reached costs no data.
     pub fn clone_from(&self, host: &str, port: u16) -> Result<(), NodeError> {
+        let side = self.data_dir().with_extension("clone");
+        let _ = std::fs::remove_dir_all(&side);
+        let mut cfg = self.inst.cfg.clone();
+        cfg.data_dir = side.clone();
+        let tmp = pg::Instance::new(cfg)?;
+        if let Err(e) = tmp.basebackup(host, port, &self.cfg.replication_user, None) {
+            let _ = std::fs::remove_dir_all(&side);
+            return Err(e.into());
+        }
         self.wipe()?;
-        self.inst
-            .basebackup(host, port, &self.cfg.replication_user, None)?;
+        std::fs::rename(&side, self.data_dir())?;
         self.ensure_include()?;
         self.write_hba()?;
         Ok(())

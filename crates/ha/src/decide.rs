@@ -227,20 +227,19 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
         Pg::Running {
             primary: false,
             lsn,
-            following,
             streaming,
+            timeline,
             ..
         } => {
             if i_lead {
                 return d(Action::Promote, "holding the lease as a standby: promoting");
             }
             if let Some(l) = other_leader {
-                let target = view.member(l).map(Member::addr);
-                if !streaming
-                    && following.is_some()
-                    && following == &target
-                    && local.not_streaming_loops >= s.rewind_after_loops
-                {
+                // Not streaming for a while from a leader on a newer timeline:
+                // this node's history diverged. (Same timeline: a network or
+                // authentication problem, which a rewind would not fix.)
+                let newer = view.member(l).is_some_and(|m| m.timeline > *timeline);
+                if !streaming && newer && local.not_streaming_loops >= s.rewind_after_loops {
                     return d(
                         Action::Rewind {
                             leader: l.to_owned(),

@@ -322,7 +322,7 @@ fn paused_means_no_failover() {
 
 #[test]
 fn standby_follows_and_rewinds_when_stuck() {
-    let ms = [
+    let mut ms = [
         member("a", Role::Primary, true, 100),
         member("b", Role::Replica, true, 50),
     ];
@@ -341,6 +341,12 @@ fn standby_follows_and_rewinds_when_stuck() {
         Action::Follow { leader: "a".into() }
     );
     l.not_streaming_loops = 5;
+    // same timeline: not a divergence (network, authentication): no rewind
+    assert_eq!(
+        decide(&view(Some("a"), &ms), &l, &settings()).action,
+        Action::Follow { leader: "a".into() }
+    );
+    ms[0].timeline = 2;
     assert_eq!(
         decide(&view(Some("a"), &ms), &l, &settings()).action,
         Action::Rewind { leader: "a".into() }
