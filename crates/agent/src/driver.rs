@@ -34,6 +34,10 @@ pub struct Agent {
     sync_standby: Option<String>,
     /// Failsafe mode, from the cluster config last read.
     failsafe: bool,
+    /// The leader's last published WAL position.
+    last_leader_lsn: Option<u64>,
+    /// The lease TTL of the cluster config last read.
+    lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,8 @@ impl Agent {
             running_since: None,
             sync_standby: None,
             failsafe: false,
+            last_leader_lsn: None,
+            lease_ttl: Duration::ZERO,
         })
     }
 
@@ -86,8 +92,10 @@ impl Agent {
         }
         api.abort();
         tracing::info!(node = %self.cfg.name, "agent stopping: shutting PostgreSQL down");
-        let _ = self.dcs.release_leader(&self.cfg.name).await;
+        // Stop first: a clean shutdown sends all WAL to the standbys, and
+        // only then may one of them take over.
         let r = self.node.stop("fast").await;
+        let _ = self.dcs.release_leader(&self.cfg.name).await;
         let _ = self.dcs.delete_member(&self.cfg.name).await;
         r.map_err(Into::into)
     }
@@ -139,6 +147,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = members.clone();
         let cc = self.cluster_config(&snap);
+        self.lease_ttl = Duration::from_millis(cc.ttl_ms.max(1000));
         self.failsafe = cc.failsafe_mode;
 
         let (pg, status) = match self.local_pg().await {
@@ -157,6 +166,11 @@ impl Agent {
             .get(Key::Status)
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v["lsn"].as_u64());
+        self.last_leader_lsn = last_leader_lsn;
+        let last_leader = snap
+            .get(Key::Status)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v["leader"].as_str().map(str::to_owned));
         let sync_standby = snap
             .get(Key::Sync)
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
@@ -171,6 +185,7 @@ impl Agent {
             .map(|(l, _)| l);
         let view = View {
             failsafe_leader: failsafe_leader.as_deref(),
+            last_leader: last_leader.as_deref(),
             initialized: snap.initialize.is_some(),
             leader: snap.leader.as_ref().map(|l| l.name.as_str()),
             members: &members,
@@ -191,50 +206,66 @@ impl Agent {
 
     /// The DCS cannot be read. A primary that can no longer be sure it
     /// holds the lease stops accepting writes before the lease expires.
+    /// The DCS cannot be read (or a renewal failed). A primary that can no
+    /// longer be sure it holds the lease stops accepting writes before the
+    /// lease can expire: its last renewal plus the lease TTL, less a margin
+    /// for DCS timeouts and the stop itself. Unknown (no renewal seen by this
+    /// agent, e.g. just restarted) counts as expiring.
     async fn dcs_unavailable(&mut self, e: dcs::DcsError) -> String {
-        let ttl = self.cfg.ttl;
-        let margin = self.cfg.loop_wait;
-        if let Some(t) = self.last_renew {
-            if t.elapsed() + margin >= ttl && self.node.is_running() {
-                if let Ok(st) = self.node.status().await {
-                    if !st.in_recovery && self.failsafe {
-                        // Failsafe: stay primary while every other member
-                        // confirms it still follows this node.
-                        let others: Vec<Member> = self
-                            .shared
-                            .members
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .iter()
-                            .filter(|m| m.name != self.cfg.name)
-                            .cloned()
-                            .collect();
-                        let mut confirmed = 0;
-                        for m in &others {
-                            if crate::api::failsafe_confirm(&m.api_url, &self.cfg.name).await {
-                                confirmed += 1;
-                            }
-                        }
-                        if confirmed == others.len() {
-                            // keep going until the next check
-                            self.last_renew = Some(Instant::now() - ttl + margin * 2);
-                            return format!("DCS unavailable ({e}); failsafe mode: all {confirmed} other members confirmed they follow this primary, staying primary");
-                        }
-                        tracing::warn!(
-                            confirmed,
-                            members = others.len(),
-                            "failsafe: not every member confirmed"
-                        );
-                    }
-                    if !st.in_recovery {
-                        self.last_renew = None;
-                        let r = self.node.stop("fast").await;
-                        return format!("DCS unavailable ({e}) and the lease is about to expire: demoted (stopped PostgreSQL){}", r.err().map(|e| format!(", stop failed: {e}")).unwrap_or_default());
-                    }
+        let ttl = self.lease_ttl;
+        let margin = self.cfg.loop_wait * 2;
+        let expiring = self.last_renew.is_none_or(|t| t.elapsed() + margin >= ttl);
+        if !expiring || !self.node.is_running() {
+            return format!("DCS unavailable: {e}");
+        }
+        // Primary by its own word, or, when it does not answer, by the
+        // absence of standby.signal.
+        let primary = match self.node.status().await {
+            Ok(st) => !st.in_recovery,
+            Err(_) => !self.node.is_standby_dir(),
+        };
+        if !primary {
+            return format!("DCS unavailable: {e}");
+        }
+        if self.failsafe && self.last_renew.is_some() {
+            // Failsafe: stay primary while every other member confirms it
+            // still follows this node.
+            let others: Vec<Member> = self
+                .shared
+                .members
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|m| m.name != self.cfg.name)
+                .cloned()
+                .collect();
+            let mut confirmed = 0;
+            for m in &others {
+                if crate::api::failsafe_confirm(&m.api_url, &self.cfg.name).await {
+                    confirmed += 1;
                 }
             }
+            if confirmed == others.len() {
+                // keep going until the next check
+                self.last_renew = Some(Instant::now() - ttl + margin + self.cfg.loop_wait);
+                return format!(
+                    "DCS unavailable ({e}); failsafe mode: all {confirmed} other members confirmed they follow this primary, staying primary"
+                );
+            }
+            tracing::warn!(
+                confirmed,
+                members = others.len(),
+                "failsafe: not every member confirmed"
+            );
         }
-        format!("DCS unavailable: {e}")
+        self.last_renew = None;
+        let r = self.node.stop("fast").await;
+        format!(
+            "DCS unavailable ({e}) and the lease may expire: demoted (stopped PostgreSQL){}",
+            r.err()
+                .map(|e| format!(", stop failed: {e}"))
+                .unwrap_or_default()
+        )
     }
 
     async fn local_pg(&mut self) -> Result<(Pg, Option<Status>), String> {
@@ -366,7 +397,11 @@ impl Agent {
                 Ok(format!("{how}; started as a standby of {leader}"))
             }
             Action::RenewLease => {
-                if !self.dcs.renew_leader(&name, ttl).await? {
+                let renewed = match self.dcs.renew_leader(&name, ttl).await {
+                    Ok(r) => r,
+                    Err(e) => return Ok(self.dcs_unavailable(e).await),
+                };
+                if !renewed {
                     // Never two writable primaries: stop at once.
                     self.last_renew = None;
                     self.node.stop("fast").await?;
@@ -388,7 +423,11 @@ impl Agent {
                     self.leader_upkeep(members, cc, status).await?;
                     Ok("took the lease".into())
                 }
-                None => Ok("another node took the lease first".into()),
+                None => {
+                    // someone else holds it now: no writes here meanwhile
+                    self.node.stop("fast").await?;
+                    Ok("another node took the lease first: stopped PostgreSQL".into())
+                }
             },
             Action::TakeLeaseAndPromote => match self.dcs.take_leader(&name, ttl).await? {
                 Some(l) => {
@@ -528,8 +567,8 @@ impl Agent {
                 .put(
                     Key::Status,
                     Some(&format!(
-                        "{{\"lsn\":{},\"timeline\":{}}}",
-                        st.lsn, st.timeline
+                        "{{\"lsn\":{},\"timeline\":{},\"leader\":\"{}\"}}",
+                        st.lsn, st.timeline, self.cfg.name
                     )),
                 )
                 .await;
@@ -672,6 +711,10 @@ impl Agent {
             lsn: st.as_ref().map(|s| s.lsn).unwrap_or(0),
             replayed_lsn: st.as_ref().map(|s| s.replayed_lsn).unwrap_or(0),
             streaming: st.as_ref().is_some_and(|s| s.streaming),
+            lag: match (&st, self.last_leader_lsn) {
+                (Some(s), Some(l)) if s.in_recovery => Some(l.saturating_sub(s.lsn)),
+                _ => None,
+            },
             nofailover: self.cfg.nofailover,
             priority: self.cfg.priority,
             pending_restart: st.as_ref().is_some_and(|s| s.pending_restart),

@@ -136,10 +136,23 @@ impl Dcs for EtcdDcs {
     }
 
     async fn renew_leader(&self, name: &str, _ttl: Duration) -> Result<bool, DcsError> {
-        let Some(lease) = *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner()) else {
-            return Ok(false);
-        };
         let mut c = self.client.clone();
+        let held = *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner());
+        let lease = match held {
+            Some(l) => l,
+            None => {
+                // After an agent restart: the key may still be ours.
+                let r = c.get(self.key("leader"), None).await.map_err(err)?;
+                match r.kvs().first() {
+                    Some(kv) if kv.value() == name.as_bytes() && kv.lease() != 0 => {
+                        *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(kv.lease());
+                        kv.lease()
+                    }
+                    _ => return Ok(false),
+                }
+            }
+        };
         let alive = async {
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
             keeper.keep_alive().await?;

@@ -19,6 +19,8 @@ pub struct View<'a> {
     /// Failsafe: the old leader asked this node within the TTL whether it
     /// still follows it (it is still running as primary without the DCS).
     pub failsafe_leader: Option<&'a str>,
+    /// Who last published the leader's position (the last known leader).
+    pub last_leader: Option<&'a str>,
 }
 
 impl View<'_> {
@@ -186,15 +188,20 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
                     },
                     format!("starting as a standby of {l}"),
                 ),
-                // After a crash, a running standby takes over; this node
-                // rewinds once it does. (With no standby left, e.g. the whole
-                // cluster restarting, the former primary comes back first.)
+                // Another node led after this one: its data is newer than ours.
+                (None, true) if view.last_leader.is_some_and(|l| l != me) => d(
+                    Action::StartReplica { leader: None },
+                    "former primary, but another node led since: waiting as a standby",
+                ),
+                // After a crash, an eligible running standby takes over; this
+                // node rewinds once it does. With none (or the whole cluster
+                // restarting) the former primary comes back itself.
                 (None, true)
                     if crashed
                         && view
                             .members
                             .iter()
-                            .any(|m| m.name != me && m.running && m.role == Role::Replica) =>
+                            .any(|m| m.name != me && eligible(view, m, s)) =>
                 {
                     d(
                         Action::Wait,
@@ -299,13 +306,8 @@ fn best_candidate(view: &View<'_>, local: &Local, my_lsn: u64, s: &Settings) -> 
         }
     }
     for m in view.members {
-        if m.name == local.name || !m.running || m.role != Role::Replica || m.nofailover {
+        if m.name == local.name || !eligible(view, m, s) {
             continue;
-        }
-        if let Some(last) = view.last_leader_lsn {
-            if last.saturating_sub(m.lsn) > s.maximum_lag_on_failover {
-                continue;
-            }
         }
         let better = (m.lsn, m.priority, std::cmp::Reverse(&m.name))
             > (my_lsn, local.priority, std::cmp::Reverse(&local.name));
@@ -314,6 +316,17 @@ fn best_candidate(view: &View<'_>, local: &Local, my_lsn: u64, s: &Settings) -> 
         }
     }
     Ok(())
+}
+
+/// Whether member `m` could be promoted: a running standby, not tagged
+/// nofailover, within the lag limit, and in synchronous mode the
+/// synchronous standby.
+fn eligible(view: &View<'_>, m: &Member, s: &Settings) -> bool {
+    let lag_ok = view
+        .last_leader_lsn
+        .is_none_or(|last| last.saturating_sub(m.lsn) <= s.maximum_lag_on_failover);
+    let sync_ok = !s.synchronous_mode || view.sync_standby == Some(m.name.as_str());
+    m.running && m.role == Role::Replica && !m.nofailover && lag_ok && sync_ok
 }
 
 #[cfg(test)]

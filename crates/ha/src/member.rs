@@ -29,6 +29,9 @@ pub struct Member {
     pub replayed_lsn: u64,
     /// Replica: streaming from the leader right now.
     pub streaming: bool,
+    /// Replica: bytes behind the leader's last published position.
+    #[serde(default)]
+    pub lag: Option<u64>,
     #[serde(default)]
     pub nofailover: bool,
     #[serde(default)]

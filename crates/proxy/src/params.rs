@@ -3,9 +3,11 @@
 //! parameters (SET / RESET / startup parameters) and LISTEN channels.
 //! Pure functions over query text; no I/O.
 
-/// Session parameters as `(lower-case name, value as SQL text)`.
+/// Session parameters as `(lower-case name, value as SQL text)`. A server's
+/// set can be `unknown` (a transaction rolled back part of what it set):
+/// the next client then gets a full `RESET ALL` and its own parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ParamSet(Vec<(String, String)>);
+pub struct ParamSet(Vec<(String, String)>, bool);
 
 impl ParamSet {
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -17,6 +19,12 @@ impl ParamSet {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The real session state is not known any more.
+    pub fn mark_unknown(&mut self) {
+        self.0.clear();
+        self.1 = true;
     }
 
     pub fn apply(&mut self, change: &ParamChange) {
@@ -33,6 +41,13 @@ impl ParamSet {
     /// SQL that turns a connection whose session has `server` into one
     /// with `self`; `None` when they already agree.
     pub fn diff_sql(&self, server: &ParamSet) -> Option<String> {
+        if server.1 {
+            let mut sql = String::from("RESET ALL;");
+            for (n, v) in &self.0 {
+                sql.push_str(&format!("SET {} = {};", quote_ident(n), v));
+            }
+            return Some(sql);
+        }
         let mut sql = String::new();
         for (n, v) in &self.0 {
             if server.get(n) != Some(v.as_str()) {

@@ -145,6 +145,8 @@ pub struct Relay {
     tx_status: u8,
     pending_changes: Vec<ParamChange>,
     rollback_seen: bool,
+    /// An error since the last idle ReadyForQuery: part of the work rolled back.
+    error_seen: bool,
     listening: Vec<String>,
     /// The server is in COPY IN mode: it ignores the client's Syncs.
     copy_in: bool,
@@ -163,6 +165,7 @@ impl Relay {
             tx_status: b'I',
             pending_changes: Vec::new(),
             rollback_seen: false,
+            error_seen: false,
             listening: Vec::new(),
             copy_in: false,
         }
@@ -180,6 +183,11 @@ impl Relay {
     /// In a transaction (or a pipeline not yet synced).
     pub fn in_transaction(&self) -> bool {
         !self.queue.is_empty() || self.unsynced || self.tx_status != b'I'
+    }
+
+    /// The server has LISTEN registrations for this client.
+    pub fn is_listening(&self) -> bool {
+        !self.listening.is_empty()
     }
 
     pub fn tx_status(&self) -> u8 {
@@ -448,21 +456,25 @@ impl Relay {
                         self.commit_changes(srv, params);
                     }
                 }
-                b'E' => match self.queue.front().map(|p| p.kind) {
-                    Some(Kind::Query | Kind::Function | Kind::Sync) | None => {}
-                    Some(_) => {
-                        // The server skips everything up to the next Sync.
-                        while let Some(p) = self.queue.front() {
-                            if p.kind == Kind::Sync {
-                                break;
+                b'E' => {
+                    self.error_seen = true;
+                    self.copy_in = false;
+                    match self.queue.front().map(|p| p.kind) {
+                        Some(Kind::Query | Kind::Function | Kind::Sync) | None => {}
+                        Some(_) => {
+                            // The server skips everything up to the next Sync.
+                            while let Some(p) = self.queue.front() {
+                                if p.kind == Kind::Sync {
+                                    break;
+                                }
+                                if let Some(name) = &p.prepared {
+                                    srv.prepared.remove(name);
+                                }
+                                self.queue.pop_front();
                             }
-                            if let Some(name) = &p.prepared {
-                                srv.prepared.remove(name);
-                            }
-                            self.queue.pop_front();
                         }
                     }
-                },
+                }
                 b'G' => {
                     // PostgreSQL ignores Syncs that reach it during COPY IN,
                     // including those a client pipelined behind the Execute
@@ -542,11 +554,19 @@ impl Relay {
     /// At the end of a transaction, the SETs it ran are now the client's
     /// and the server's (unless it rolled back).
     fn commit_changes(&mut self, srv: &mut ServerSession, params: &mut ClientParams) {
-        if self.rollback_seen {
-            self.pending_changes.clear();
-            self.rollback_seen = false;
-        }
+        let rolled_back =
+            std::mem::take(&mut self.rollback_seen) | std::mem::take(&mut self.error_seen);
         if self.pending_changes.is_empty() {
+            return;
+        }
+        if rolled_back {
+            // A ROLLBACK (perhaps only to a savepoint) or an error undid an
+            // unknown part of what this transaction SET: drop the changes,
+            // and have the next client of this server start from RESET ALL,
+            // so no setting can leak from one client to another.
+            self.pending_changes.clear();
+            srv.applied.mark_unknown();
+            srv.synced_with = (0, 0);
             return;
         }
         let in_sync = srv.synced_with == (params.id, params.gen);

@@ -12,6 +12,7 @@ fn member(name: &str, role: Role, running: bool, lsn: u64) -> Member {
         lsn,
         replayed_lsn: lsn,
         streaming: role == Role::Replica,
+        lag: None,
         nofailover: false,
         priority: 0,
         pending_restart: false,
@@ -68,6 +69,7 @@ fn view<'a>(leader: Option<&'a str>, members: &'a [Member]) -> View<'a> {
         last_leader_lsn: None,
         sync_standby: None,
         failsafe_leader: None,
+        last_leader: None,
     }
 }
 
@@ -368,4 +370,47 @@ fn a_leader_in_failsafe_mode_is_not_replaced() {
     let dd = decide(&v, &local("b", replica(50)), &settings());
     assert_eq!(dd.action, Action::Wait);
     assert!(dd.reason.contains("failsafe"), "{}", dd.reason);
+}
+
+#[test]
+fn a_stale_former_primary_does_not_take_over() {
+    // a led, b led after it; b is gone: a must not come back as primary
+    let l = local("a", Pg::Stopped { was_primary: true });
+    let v = View {
+        last_leader: Some("b"),
+        ..view(None, &[])
+    };
+    assert_eq!(
+        decide(&v, &l, &settings()).action,
+        Action::StartReplica { leader: None }
+    );
+    let v = View {
+        last_leader: Some("a"),
+        ..view(None, &[])
+    };
+    assert_eq!(
+        decide(&v, &l, &settings()).action,
+        Action::StartPrimaryIfFree
+    );
+}
+
+#[test]
+fn a_crashed_primary_does_not_wait_for_standbys_that_cannot_be_promoted() {
+    let mut ms = [member("b", Role::Replica, true, 10)];
+    ms[0].nofailover = true;
+    let l = local("a", Pg::Crashed { was_primary: true });
+    let v = View {
+        last_leader: Some("a"),
+        ..view(None, &ms)
+    };
+    assert_eq!(
+        decide(&v, &l, &settings()).action,
+        Action::StartPrimaryIfFree
+    );
+    ms[0].nofailover = false;
+    let v = View {
+        last_leader: Some("a"),
+        ..view(None, &ms)
+    };
+    assert_eq!(decide(&v, &l, &settings()).action, Action::Wait);
 }

@@ -170,7 +170,7 @@ impl Session {
         if let Some(mut co) = self.server.take() {
             let reset = self.state.config().proxy.server_reset_query.clone();
             let conn = co.conn();
-            if !clean || self.relay.in_transaction() {
+            if !clean || self.relay.in_transaction() || self.relay.is_listening() {
                 conn.broken = true;
             } else if !self.transaction_mode && !reset.is_empty() {
                 match tokio::time::timeout(Duration::from_secs(5), conn.simple_query(&reset)).await

@@ -388,3 +388,42 @@ fn syncs_sent_during_copy_in_are_not_answered() {
     assert_eq!(tags(&out), "CZ3Z");
     assert!(h.relay.is_idle());
 }
+
+#[test]
+fn a_rolled_back_or_failed_set_makes_the_server_state_unknown() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    // SET then ROLLBACK TO SAVEPOINT: the proxy cannot tell what survived
+    h.client(
+        &reg,
+        &[F::Query(
+            "BEGIN; SET search_path = x; SAVEPOINT s; ROLLBACK TO s; COMMIT".into(),
+        )],
+    );
+    h.server(&[
+        cc("BEGIN"),
+        cc("SET"),
+        cc("SAVEPOINT"),
+        cc("ROLLBACK"),
+        cc("COMMIT"),
+        rfq(TxStatus::Idle),
+    ]);
+    assert_eq!(h.params.set.get("search_path"), None);
+    let sql = ParamSet::default()
+        .diff_sql(&h.srv.applied)
+        .expect("a reset is due");
+    assert!(sql.starts_with("RESET ALL;"), "{sql}");
+    // an implicit transaction that fails after a SET: nothing is kept
+    let mut h = Harness::new(true);
+    h.client(
+        &reg,
+        &[F::Query("SET work_mem = '64MB'; SELECT 1/0".into())],
+    );
+    let err = wire::ErrorFields::new(wire::Severity::Error, "22012", "division by zero");
+    h.server(&[cc("SET"), B::ErrorResponse(err), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set.get("work_mem"), None);
+    assert!(ParamSet::default()
+        .diff_sql(&h.srv.applied)
+        .unwrap()
+        .starts_with("RESET ALL;"));
+}
