@@ -245,8 +245,15 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
                 // Not streaming for a while from a leader on a newer timeline:
                 // this node's history diverged. (Same timeline: a network or
                 // authentication problem, which a rewind would not fix.)
+                // Whatever the cause, a standby that has not streamed for much
+                // longer is rewound (or re-cloned) too: that is safe even when
+                // the leader cannot be reached, since nothing is removed
+                // before a new copy is complete.
                 let newer = view.member(l).is_some_and(|m| m.timeline > *timeline);
-                if !streaming && newer && local.not_streaming_loops >= s.rewind_after_loops {
+                let stuck = local.not_streaming_loops >= s.rewind_after_loops * 3;
+                if !streaming
+                    && (newer && local.not_streaming_loops >= s.rewind_after_loops || stuck)
+                {
                     return d(
                         Action::Rewind {
                             leader: l.to_owned(),

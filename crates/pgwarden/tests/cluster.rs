@@ -128,8 +128,16 @@ impl Cluster {
                 let logs: String = (0..self.agents.len())
                     .map(|i| {
                         format!(
-                            "--- agent{i}\n{}",
-                            testkit_tail(&self.dir.path().join(format!("agent{i}.log")), 15)
+                            "--- agent{i}\n{}\n--- postgresql n{i}\n{}\n",
+                            testkit_tail(&self.dir.path().join(format!("agent{i}.log")), 15),
+                            testkit_tail(
+                                &self
+                                    .dir
+                                    .path()
+                                    .join(format!("n{i}.run"))
+                                    .join("postgresql.log"),
+                                15
+                            )
                         )
                     })
                     .collect();

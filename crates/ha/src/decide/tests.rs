@@ -348,6 +348,13 @@ fn standby_follows_and_rewinds_when_stuck() {
         decide(&view(Some("a"), &ms), &l, &settings()).action,
         Action::Follow { leader: "a".into() }
     );
+    // ... unless it lasts much longer
+    l.not_streaming_loops = 15;
+    assert_eq!(
+        decide(&view(Some("a"), &ms), &l, &settings()).action,
+        Action::Rewind { leader: "a".into() }
+    );
+    l.not_streaming_loops = 5;
     ms[0].timeline = 2;
     assert_eq!(
         decide(&view(Some("a"), &ms), &l, &settings()).action,
