@@ -114,7 +114,7 @@ pub async fn command(state: &Arc<State>, sql: &str) -> Reply {
             )),
         },
         ["PAUSE"] => {
-            state.paused.send_replace(true);
+            state.set_paused(true);
             // Wait until every server connection is back in its pool.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while state
@@ -135,7 +135,7 @@ pub async fn command(state: &Arc<State>, sql: &str) -> Reply {
             Reply::Command("PAUSE".into())
         }
         ["RESUME"] => {
-            state.paused.send_replace(false);
+            state.set_paused(false);
             Reply::Command("RESUME".into())
         }
         _ => Reply::Error(

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 mod bufpool;
 mod client;
+pub mod clock;
 pub mod follow;
 pub mod health;
 mod io;
@@ -126,6 +127,7 @@ async fn maintain(state: Arc<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        clock::tick();
         if state.is_shutting_down() {
             return;
         }

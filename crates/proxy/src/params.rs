@@ -108,14 +108,23 @@ pub enum Verb {
 
 impl Verb {
     /// The verb of a command tag ("SET", "DISCARD ALL", ...).
-    pub fn of_tag(tag: &str) -> Option<Verb> {
-        match tag.split(' ').next()? {
-            "SET" => Some(Verb::Set),
-            "RESET" => Some(Verb::Reset),
-            "LISTEN" => Some(Verb::Listen),
-            "UNLISTEN" => Some(Verb::Unlisten),
-            "DISCARD" => Some(Verb::Discard),
-            "DEALLOCATE" => Some(Verb::Deallocate),
+    pub fn of_tag(tag: &[u8]) -> Option<Verb> {
+        // Most tags (SELECT 1, INSERT 0 1, UPDATE 1, BEGIN, COMMIT) are
+        // ruled out by their first byte.
+        if !matches!(tag.first(), Some(b'S' | b'R' | b'L' | b'U' | b'D')) {
+            return None;
+        }
+        let word = match memchr::memchr(b' ', tag) {
+            Some(i) => &tag[..i],
+            None => tag,
+        };
+        match word {
+            b"SET" => Some(Verb::Set),
+            b"RESET" => Some(Verb::Reset),
+            b"LISTEN" => Some(Verb::Listen),
+            b"UNLISTEN" => Some(Verb::Unlisten),
+            b"DISCARD" => Some(Verb::Discard),
+            b"DEALLOCATE" => Some(Verb::Deallocate),
             _ => None,
         }
     }
@@ -138,7 +147,7 @@ impl Effect {
 /// Cheap test run on every query: can it contain a statement we track?
 /// True when the query starts with a tracked verb, or when it has more than
 /// one statement (a ';' followed by more text).
-pub fn may_have_effects(sql: &str) -> bool {
+pub fn may_have_effects(sql: &[u8]) -> bool {
     const VERBS: [&[u8]; 6] = [
         b"SET",
         b"RESET",
@@ -147,14 +156,15 @@ pub fn may_have_effects(sql: &str) -> bool {
         b"DISCARD",
         b"DEALLOCATE",
     ];
-    let t = sql.trim_start().as_bytes();
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace());
+    let t = &sql[start.unwrap_or(sql.len())..];
     if VERBS
         .iter()
         .any(|v| t.len() >= v.len() && t[..v.len()].eq_ignore_ascii_case(v))
     {
         return true;
     }
-    match t.iter().position(|&b| b == b';') {
+    match memchr::memchr(b';', t) {
         Some(i) => t[i + 1..]
             .iter()
             .any(|b| !b.is_ascii_whitespace() && *b != b';'),
@@ -473,14 +483,19 @@ mod tests {
             ]
         );
         assert!(parse_effects("select 1").is_empty());
-        assert!(!may_have_effects("  select 1"));
-        assert!(may_have_effects("select 1; set x = 1"));
-        assert!(may_have_effects("SET x = 1"));
+        assert!(!may_have_effects(b"  select 1"));
+        assert!(may_have_effects(b"select 1; set x = 1"));
+        assert!(may_have_effects(b"SET x = 1"));
+        assert!(may_have_effects(b" \n\tset x = 1"));
+        assert!(!may_have_effects(b""));
         assert!(!may_have_effects(
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;\n"
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;\n"
         ));
         assert_eq!(parse_effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
-        assert_eq!(Verb::of_tag("DISCARD ALL"), Some(Verb::Discard));
+        assert_eq!(Verb::of_tag(b"DISCARD ALL"), Some(Verb::Discard));
+        assert_eq!(Verb::of_tag(b"SET"), Some(Verb::Set));
+        assert_eq!(Verb::of_tag(b"SELECT 1"), None);
+        assert_eq!(Verb::of_tag(b""), None);
     }
 
     #[test]

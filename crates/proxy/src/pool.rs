@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
@@ -43,6 +44,8 @@ pub struct Pool {
     pub key: PoolKey,
     sem: Arc<Semaphore>,
     size: AtomicUsize,
+    /// `settings.lifetime` in ms, read without a lock when a connection comes back.
+    lifetime_ms: AtomicU64,
     // Boxed so a checkout moves a pointer, and a Checkout (held by every
     // active session) stays small.
     #[allow(clippy::vec_box)]
@@ -103,6 +106,7 @@ impl Pool {
             key,
             sem: Arc::new(Semaphore::new(settings.size)),
             size: AtomicUsize::new(settings.size),
+            lifetime_ms: AtomicU64::new(settings.lifetime.as_millis() as u64),
             idle: Mutex::new(Vec::new()),
             settings: Mutex::new(settings),
             credential: Mutex::new(credential),
@@ -145,6 +149,8 @@ impl Pool {
                 }
             });
         }
+        self.lifetime_ms
+            .store(s.lifetime.as_millis() as u64, Ordering::Relaxed);
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 
@@ -186,16 +192,14 @@ impl Pool {
                 }
             }
         };
-        let target = match self.topology.primary() {
-            Some(t) => t,
-            // During a failover: wait for the new primary rather than fail.
-            None => Box::pin(self.wait_for_primary(wait)).await?,
-        };
+        // Every change of primary (to none as well) bumps the epoch: an idle
+        // connection of the current epoch is one to the current primary.
+        let epoch = self.topology.current_epoch();
         loop {
             let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match conn {
                 // Lifetimes are enforced when connections come back and by maintain().
-                Some(c) if c.epoch == target.epoch => {
+                Some(c) if c.epoch == epoch => {
                     self.active.fetch_add(1, Ordering::Relaxed);
                     return Ok(Checkout {
                         conn: Some(c),
@@ -210,6 +214,11 @@ impl Pool {
                 None => break,
             }
         }
+        let target = match self.topology.primary() {
+            Some(t) => t,
+            // During a failover: wait for the new primary rather than fail.
+            None => Box::pin(self.wait_for_primary(wait)).await?,
+        };
         // Boxed: a rare path whose state would otherwise sit in every session.
         let conn = Box::new(Box::pin(self.connect(&target.addr, target.epoch)).await?);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -270,15 +279,10 @@ impl Pool {
     }
 
     fn checkin(&self, mut c: Box<ServerConn>) {
-        let lifetime = self
-            .settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lifetime;
-        let now = Instant::now();
+        let now = crate::clock::now_ms();
         if c.broken
             || c.epoch != self.topology.current_epoch()
-            || now.duration_since(c.created) >= lifetime
+            || now.saturating_sub(c.created_ms) >= self.lifetime_ms.load(Ordering::Relaxed)
         {
             self.open.fetch_sub(1, Ordering::Relaxed);
             if let Ok(h) = tokio::runtime::Handle::try_current() {
@@ -286,7 +290,15 @@ impl Pool {
             }
             return;
         }
-        c.last_used = now;
+        c.last_used_ms = now;
+        // Whatever a session left behind is not the next one's; a buffer
+        // grown by a big result is not kept.
+        for b in [&mut c.sout, &mut c.cout] {
+            if b.capacity() > 64 * 1024 {
+                *b = BytesMut::new();
+            }
+            b.clear();
+        }
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
     }
 
@@ -295,18 +307,20 @@ impl Pool {
     pub async fn maintain(self: &Arc<Self>) {
         let s = self.settings();
         let epoch = self.topology.current_epoch();
+        let now = crate::clock::tick();
         let expired: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut keep = Vec::with_capacity(idle.len());
             let mut gone = Vec::new();
             // newest last: drop the oldest-used first
-            idle.sort_by_key(|c| c.last_used);
+            idle.sort_by_key(|c| c.last_used_ms);
             let n = idle.len();
             for (i, c) in idle.drain(..).enumerate() {
                 let surplus = n - i > s.min_idle;
+                let age = |since: u64| Duration::from_millis(now.saturating_sub(since));
                 if c.epoch != epoch
-                    || c.created.elapsed() >= s.lifetime
-                    || (surplus && c.last_used.elapsed() >= s.idle_timeout)
+                    || age(c.created_ms) >= s.lifetime
+                    || (surplus && age(c.last_used_ms) >= s.idle_timeout)
                 {
                     gone.push(c);
                 } else {

@@ -53,7 +53,7 @@ impl Registry {
             b.put_u8(0);
             b.put_slice(rest);
         });
-        let effects = if params::may_have_effects(query) {
+        let effects = if params::may_have_effects(query.as_bytes()) {
             params::parse_effects(query)
         } else {
             Vec::new()
@@ -224,9 +224,13 @@ impl Relay {
             let mut forward = true;
             match h.tag {
                 b'Q' => {
-                    let sql = frontend::query_text(body)?;
+                    let sql = frontend::query_bytes(body)?;
                     let effects = if params::may_have_effects(sql) {
-                        params::parse_effects(sql)
+                        // Tracked statements are parsed as text; a query
+                        // that is not UTF-8 cannot be one we track.
+                        std::str::from_utf8(sql)
+                            .map(params::parse_effects)
+                            .unwrap_or_default()
                     } else {
                         Vec::new()
                     };
@@ -246,7 +250,7 @@ impl Relay {
                         self.ensure_prepared(&stmt, srv, to_server, false);
                     } else {
                         if name.is_empty() {
-                            self.unnamed_effects = if params::may_have_effects(query) {
+                            self.unnamed_effects = if params::may_have_effects(query.as_bytes()) {
                                 params::parse_effects(query)
                             } else {
                                 Vec::new()
@@ -495,8 +499,8 @@ impl Relay {
                     self.queue.pop_front();
                 }
                 b'C' => {
-                    let tag = wire::backend::command_tag(body)?;
-                    if tag == "ROLLBACK" {
+                    let tag = wire::backend::command_tag_bytes(body)?;
+                    if tag == b"ROLLBACK" {
                         self.rollback_seen = true;
                     } else if let Some(verb) = Verb::of_tag(tag) {
                         self.on_tag(verb, srv);

@@ -87,7 +87,14 @@ pub struct ServerConn {
     pub pid: i32,
     pub secret: i32,
     pub created: Instant,
-    pub last_used: Instant,
+    /// [`crate::clock`] times: opened, and last given back to its pool.
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    /// Bytes for the server and for the client of the session holding this
+    /// connection: the buffers live with the (few) server connections, not
+    /// with the (many) clients.
+    pub sout: BytesMut,
+    pub cout: BytesMut,
     /// ParameterStatus values the server reported at startup.
     pub reported: Vec<(String, String)>,
     /// Session state the relay keeps in step with the server.
@@ -124,7 +131,10 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             created: Instant::now(),
-            last_used: Instant::now(),
+            created_ms: crate::clock::now_ms(),
+            last_used_ms: crate::clock::now_ms(),
+            sout: BytesMut::new(),
+            cout: BytesMut::new(),
             reported: Vec::new(),
             session: ServerSession::default(),
             broken: false,

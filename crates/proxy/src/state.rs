@@ -115,7 +115,9 @@ pub struct State {
     pub clients: Mutex<HashMap<i32, Arc<ClientInfo>>>,
     pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     pub shutdown: watch::Sender<bool>,
-    pub paused: watch::Sender<bool>,
+    paused: watch::Sender<bool>,
+    /// Mirrors `paused` for the data path's lock-free check.
+    paused_flag: std::sync::atomic::AtomicBool,
     pub client_count: AtomicUsize,
     pub stats: Stats,
     pub started: Instant,
@@ -135,6 +137,7 @@ impl State {
             tls: RwLock::new(tls),
             shutdown: watch::channel(false).0,
             paused: watch::channel(false).0,
+            paused_flag: false.into(),
             client_count: AtomicUsize::new(0),
             stats: Stats::default(),
             started: Instant::now(),
@@ -151,6 +154,22 @@ impl State {
 
     pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// PAUSE / RESUME: new transactions wait while paused.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused_flag.store(paused, Ordering::SeqCst);
+        self.paused.send_replace(paused);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused_flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the proxy is not paused.
+    pub async fn wait_resumed(&self) {
+        let mut rx = self.paused.subscribe();
+        let _ = rx.wait_for(|p| !p).await;
     }
 
     pub fn is_shutting_down(&self) -> bool {

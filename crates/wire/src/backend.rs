@@ -460,6 +460,18 @@ fn encode_auth(a: &Authentication, b: &mut BytesMut) {
 }
 
 /// Reads the command tag of a CommandComplete body without copying.
+/// CommandComplete tag as bytes, without UTF-8 validation (data path).
+pub fn command_tag_bytes(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    match memchr::memchr(0, body) {
+        Some(i) if i + 1 == body.len() => Ok(&body[..i]),
+        Some(i) => Err(ProtocolError::TrailingBytes {
+            tag: 'C',
+            extra: body.len() - i - 1,
+        }),
+        None => Err(ProtocolError::UnterminatedString { tag: 'C' }),
+    }
+}
+
 pub fn command_tag(body: &[u8]) -> Result<&str, ProtocolError> {
     let mut c = Cursor::new(b'C', body);
     let t = c.cstr()?;

@@ -273,6 +273,19 @@ pub fn target_and_name(tag: u8, body: &[u8]) -> Result<(Target, &str), ProtocolE
 }
 
 /// Reads the query text of a 'Q' body without copying.
+/// Query body as bytes, without UTF-8 validation (the server checks the
+/// text against its encoding): the data path's cheap form of [`query_text`].
+pub fn query_bytes(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    match memchr::memchr(0, body) {
+        Some(i) if i + 1 == body.len() => Ok(&body[..i]),
+        Some(i) => Err(ProtocolError::TrailingBytes {
+            tag: 'Q',
+            extra: body.len() - i - 1,
+        }),
+        None => Err(ProtocolError::UnterminatedString { tag: 'Q' }),
+    }
+}
+
 pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
     let mut c = Cursor::new(b'Q', body);
     let q = c.cstr()?;

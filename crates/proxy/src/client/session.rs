@@ -60,8 +60,6 @@ pub struct Session {
     info: Arc<ClientInfo>,
     client: Stream,
     cbuf: BytesMut,
-    cout: BytesMut,
-    sout: BytesMut,
     pool: Arc<Pool>,
     transaction_mode: bool,
     relay: Relay,
@@ -93,8 +91,6 @@ impl Session {
             info,
             client,
             cbuf,
-            cout: BytesMut::new(),
-            sout: BytesMut::new(),
             pool,
             transaction_mode,
             server: None,
@@ -200,10 +196,9 @@ impl Session {
                 }
                 // Idle clients hold no buffers: 10,000 of them must fit in a few MB.
                 bufpool::release_if_empty(&mut self.cbuf);
-                bufpool::release_if_empty(&mut self.cout);
-                bufpool::release_if_empty(&mut self.sout);
                 let control = &self.info.control;
                 let ev = tokio::select! {
+                    biased;
                     r = read_idle(&mut self.client, &mut self.cbuf) => Event::Client(r),
                     bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
                 };
@@ -224,8 +219,9 @@ impl Session {
                     .reserve(READ_RESERVE.saturating_sub(self.cbuf.capacity() - self.cbuf.len()));
                 let control = &self.info.control;
                 tokio::select! {
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                    biased;
                     r = conn.stream.read_buf(&mut conn.rbuf) => Event::Server(r),
+                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
                 }
             };
@@ -256,9 +252,8 @@ impl Session {
     /// line with the client's.
     async fn attach(&mut self) -> Result<(), End> {
         self.info.set_state(ClientState::Waiting);
-        if *self.state.paused.borrow() {
-            let mut p = self.state.paused.subscribe();
-            let _ = Box::pin(async move { p.wait_for(|p| !p).await.is_ok() }).await;
+        if self.state.is_paused() {
+            Box::pin(self.state.wait_resumed()).await;
         }
         // A change of primary seen from here on concerns this connection.
         self.info.control.clear(Control::PRIMARY_CHANGED);
@@ -303,33 +298,31 @@ impl Session {
     }
 
     async fn pump_client(&mut self) -> Result<(), End> {
-        bufpool::ensure(&mut self.sout);
-        bufpool::ensure(&mut self.cout);
         let conn = self.server.as_mut().expect("attached").conn();
         let flow = self
             .relay
             .client_messages(
                 &mut self.cbuf,
-                &mut self.sout,
-                &mut self.cout,
+                &mut conn.sout,
+                &mut conn.cout,
                 &mut conn.session,
                 &self.state.registry,
             )
             .map_err(End::Protocol)?;
-        if !self.sout.is_empty() {
-            tracing::trace!(bytes = ?&self.sout[..], "to server");
+        if !conn.sout.is_empty() {
+            tracing::trace!(bytes = ?&conn.sout[..], "to server");
             conn.stream
-                .write_all(&self.sout)
+                .write_all(&conn.sout)
                 .await
                 .map_err(|e| End::ServerLost(e.to_string()))?;
-            self.sout.clear();
+            conn.sout.clear();
         }
-        if !self.cout.is_empty() {
+        if !conn.cout.is_empty() {
             self.client
-                .write_all(&self.cout)
+                .write_all(&conn.cout)
                 .await
                 .map_err(|_| End::ClientIo)?;
-            self.cout.clear();
+            conn.cout.clear();
         }
         if flow == Flow::Terminate {
             return Err(End::Done);
@@ -339,23 +332,22 @@ impl Session {
     }
 
     async fn pump_server(&mut self) -> Result<(), End> {
-        bufpool::ensure(&mut self.cout);
         let conn = self.server.as_mut().expect("attached").conn();
         self.relay
             .server_messages(
                 &mut conn.rbuf,
-                &mut self.cout,
+                &mut conn.cout,
                 &mut conn.session,
                 &mut self.params,
             )
             .map_err(|e| End::ServerLost(e.to_string()))?;
-        if !self.cout.is_empty() {
-            tracing::trace!(bytes = ?&self.cout[..], "to client");
+        if !conn.cout.is_empty() {
+            tracing::trace!(bytes = ?&conn.cout[..], "to client");
             self.client
-                .write_all(&self.cout)
+                .write_all(&conn.cout)
                 .await
                 .map_err(|_| End::ClientIo)?;
-            self.cout.clear();
+            conn.cout.clear();
         }
         self.maybe_detach();
         Ok(())
@@ -365,7 +357,9 @@ impl Session {
 /// Waits for a client's next request without holding a buffer while idle.
 async fn read_idle(client: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
     if let Stream::Plain(tcp) = client {
-        tcp.readable().await?;
+        // poll_read_ready uses the socket's single reader slot, cheaper
+        // than the waiter list behind readable().
+        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
         bufpool::ensure(buf);
         buf.reserve(READ_RESERVE);
         // read_buf, unlike try_read_buf, clears the readiness on a short

@@ -1,0 +1,34 @@
+//! A coarse monotonic clock for the data path: pool bookkeeping (idle
+//! since, lifetime) reads an atomic that the upkeep task advances every
+//! second, instead of asking the kernel for the time on every transaction.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static BASE: OnceLock<Instant> = OnceLock::new();
+static NOW_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Advances the coarse clock to the real time (called by the upkeep task).
+pub fn tick() -> u64 {
+    let ms = BASE.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    NOW_MS.fetch_max(ms, Ordering::Relaxed).max(ms)
+}
+
+/// Milliseconds since the first tick, as of the latest tick.
+pub fn now_ms() -> u64 {
+    NOW_MS.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_goes_back() {
+        let a = tick();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = tick();
+        assert!(b >= a + 5, "{a} -> {b}");
+        assert!(now_ms() >= b);
+    }
+}
