@@ -22,6 +22,22 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
+
+    /// Writes all of `buf`. On a plain socket with room for it (the usual
+    /// case on the data path) this is one send(), without a future.
+    pub async fn send_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut done = 0;
+        if let Stream::Plain(tcp) = self {
+            match tcp.try_write(buf) {
+                Ok(n) if n == buf.len() => return Ok(()),
+                Ok(n) => done = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_all(&buf[done..]).await
+    }
 }
 
 impl AsyncRead for Stream {

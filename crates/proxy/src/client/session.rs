@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use wire::fields::sqlstate;
 
 use crate::bufpool;
@@ -312,14 +312,14 @@ impl Session {
         if !conn.sout.is_empty() {
             tracing::trace!(bytes = ?&conn.sout[..], "to server");
             conn.stream
-                .write_all(&conn.sout)
+                .send_all(&conn.sout)
                 .await
                 .map_err(|e| End::ServerLost(e.to_string()))?;
             conn.sout.clear();
         }
         if !conn.cout.is_empty() {
             self.client
-                .write_all(&conn.cout)
+                .send_all(&conn.cout)
                 .await
                 .map_err(|_| End::ClientIo)?;
             conn.cout.clear();
@@ -344,7 +344,7 @@ impl Session {
         if !conn.cout.is_empty() {
             tracing::trace!(bytes = ?&conn.cout[..], "to client");
             self.client
-                .write_all(&conn.cout)
+                .send_all(&conn.cout)
                 .await
                 .map_err(|_| End::ClientIo)?;
             conn.cout.clear();
