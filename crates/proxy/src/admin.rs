@@ -242,7 +242,7 @@ fn show_servers(state: &Arc<State>) -> Reply {
                 s(&c.user),
                 s(&c.database),
                 s("active"),
-                s(r.addr),
+                s(&r.addr),
                 s(r.pid),
                 None,
                 s(c.id),

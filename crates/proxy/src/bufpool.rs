@@ -22,7 +22,8 @@ pub fn take() -> BytesMut {
 
 /// Returns a buffer (its contents are discarded).
 pub fn give(mut b: BytesMut) {
-    if b.capacity() == 0 || b.capacity() > MAX_KEPT_CAPACITY {
+    // Small buffers (a login's first read) are not worth keeping.
+    if b.capacity() < BUF_SIZE || b.capacity() > MAX_KEPT_CAPACITY {
         return;
     }
     b.clear();

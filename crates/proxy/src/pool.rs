@@ -15,8 +15,9 @@ use crate::topology::Topology;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
-    pub database: String,
-    pub user: String,
+    /// Shared with every client of the pool.
+    pub database: Arc<str>,
+    pub user: Arc<str>,
 }
 
 #[derive(Debug, Clone)]

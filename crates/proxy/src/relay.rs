@@ -138,18 +138,25 @@ pub struct Relay {
     rewrite: bool,
     max_message: usize,
     queue: VecDeque<Pending>,
-    stmts: HashMap<String, Arc<Stmt>>,
-    unnamed_effects: Vec<Effect>,
-    portal_effects: Vec<Effect>,
     unsynced: bool,
     tx_status: u8,
-    pending_changes: Vec<ParamChange>,
     rollback_seen: bool,
     /// An error since the last idle ReadyForQuery: part of the work rolled back.
     error_seen: bool,
-    listening: Vec<String>,
     /// The server is in COPY IN mode: it ignores the client's Syncs.
     copy_in: bool,
+    /// What only some clients need, allocated on first use: every idle
+    /// client keeps a Relay.
+    x: Option<Box<Extra>>,
+}
+
+#[derive(Default)]
+struct Extra {
+    stmts: HashMap<String, Arc<Stmt>>,
+    unnamed_effects: Vec<Effect>,
+    portal_effects: Vec<Effect>,
+    pending_changes: Vec<ParamChange>,
+    listening: Vec<String>,
 }
 
 impl Relay {
@@ -158,17 +165,21 @@ impl Relay {
             rewrite,
             max_message,
             queue: VecDeque::new(),
-            stmts: HashMap::new(),
-            unnamed_effects: Vec::new(),
-            portal_effects: Vec::new(),
             unsynced: false,
             tx_status: b'I',
-            pending_changes: Vec::new(),
             rollback_seen: false,
             error_seen: false,
-            listening: Vec::new(),
             copy_in: false,
+            x: None,
         }
+    }
+
+    fn x(&mut self) -> &mut Extra {
+        self.x.get_or_insert_with(Default::default)
+    }
+
+    fn stmt(&self, name: &str) -> Option<Arc<Stmt>> {
+        self.x.as_ref().and_then(|x| x.stmts.get(name).cloned())
     }
 
     /// No response owed, no transaction open, nothing that pins the client
@@ -177,7 +188,7 @@ impl Relay {
         self.queue.is_empty()
             && !self.unsynced
             && self.tx_status == b'I'
-            && self.listening.is_empty()
+            && !self.is_listening()
     }
 
     /// In a transaction (or a pipeline not yet synced).
@@ -187,7 +198,7 @@ impl Relay {
 
     /// The server has LISTEN registrations for this client.
     pub fn is_listening(&self) -> bool {
-        !self.listening.is_empty()
+        self.x.as_ref().is_some_and(|x| !x.listening.is_empty())
     }
 
     pub fn tx_status(&self) -> u8 {
@@ -195,7 +206,7 @@ impl Relay {
     }
 
     pub fn prepared_count(&self) -> usize {
-        self.stmts.len()
+        self.x.as_ref().map_or(0, |x| x.stmts.len())
     }
 
     /// Whether the first complete message in `input` is Terminate, or
@@ -244,17 +255,20 @@ impl Relay {
                     if self.rewrite && !name.is_empty() {
                         frontend::FrontendMessage::decode(b'P', body)?;
                         let stmt = registry.get(&body[name.len() + 1..], query);
-                        self.stmts.insert(name.to_owned(), stmt.clone());
+                        self.x().stmts.insert(name.to_owned(), stmt.clone());
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
                         self.ensure_prepared(&stmt, srv, to_server, false);
                     } else {
                         if name.is_empty() {
-                            self.unnamed_effects = if params::may_have_effects(query.as_bytes()) {
+                            let effects = if params::may_have_effects(query.as_bytes()) {
                                 params::parse_effects(query)
                             } else {
                                 Vec::new()
                             };
+                            if !effects.is_empty() || self.x.is_some() {
+                                self.x().unnamed_effects = effects;
+                            }
                         }
                         self.queue.push_back(Pending::new(Kind::Parse));
                     }
@@ -263,7 +277,7 @@ impl Relay {
                 b'B' => {
                     let (portal, name, used) = frontend::bind_statement_name(body)?;
                     let stmt = if self.rewrite && !name.is_empty() {
-                        self.stmts.get(name).cloned()
+                        self.stmt(name)
                     } else {
                         None
                     };
@@ -279,14 +293,16 @@ impl Relay {
                             b.put_u8(0);
                             b.put_slice(rest);
                         });
-                        if portal.is_empty() {
-                            self.portal_effects.clone_from(&stmt.effects);
+                        if portal.is_empty() && (!stmt.effects.is_empty() || self.x.is_some()) {
+                            self.x().portal_effects.clone_from(&stmt.effects);
                         }
                     } else if portal.is_empty() {
-                        if name.is_empty() {
-                            self.portal_effects.clone_from(&self.unnamed_effects);
-                        } else {
-                            self.portal_effects.clear();
+                        if let Some(x) = self.x.as_deref_mut() {
+                            if name.is_empty() {
+                                x.portal_effects.clone_from(&x.unnamed_effects);
+                            } else {
+                                x.portal_effects.clear();
+                            }
                         }
                     }
                     self.queue.push_back(Pending::new(Kind::Bind));
@@ -295,7 +311,7 @@ impl Relay {
                 b'D' => {
                     let (target, name) = frontend::target_and_name(b'D', body)?;
                     let stmt = if self.rewrite && target == Target::Statement && !name.is_empty() {
-                        self.stmts.get(name).cloned()
+                        self.stmt(name)
                     } else {
                         None
                     };
@@ -317,7 +333,9 @@ impl Relay {
                     if self.rewrite && target == Target::Statement && !name.is_empty() {
                         // The statement stays prepared on the servers for
                         // other clients; only this client's name goes.
-                        self.stmts.remove(name);
+                        if let Some(x) = self.x.as_mut() {
+                            x.stmts.remove(name);
+                        }
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
                         self.queue.push_back(Pending {
@@ -330,7 +348,11 @@ impl Relay {
                     self.unsynced = true;
                 }
                 b'E' => {
-                    let effects = std::mem::take(&mut self.portal_effects);
+                    let effects = self
+                        .x
+                        .as_mut()
+                        .map(|x| std::mem::take(&mut x.portal_effects))
+                        .unwrap_or_default();
                     self.queue.push_back(Pending {
                         effects,
                         ..Pending::new(Kind::Execute)
@@ -533,23 +555,25 @@ impl Relay {
             return;
         };
         match head.effects.remove(i) {
-            Effect::Param(c) => self.pending_changes.push(c),
+            Effect::Param(c) => self.x().pending_changes.push(c),
             Effect::Listen(ch) => {
-                if !self.listening.contains(&ch) {
-                    self.listening.push(ch);
+                let x = self.x();
+                if !x.listening.contains(&ch) {
+                    x.listening.push(ch);
                 }
             }
-            Effect::Unlisten(None) => self.listening.clear(),
-            Effect::Unlisten(Some(ch)) => self.listening.retain(|c| *c != ch),
+            Effect::Unlisten(None) => self.x().listening.clear(),
+            Effect::Unlisten(Some(ch)) => self.x().listening.retain(|c| *c != ch),
             Effect::DiscardAll => {
-                self.pending_changes.push(ParamChange::ResetAll);
-                self.listening.clear();
+                let x = self.x();
+                x.pending_changes.push(ParamChange::ResetAll);
+                x.listening.clear();
+                x.stmts.clear();
                 srv.prepared.clear();
-                self.stmts.clear();
             }
             Effect::DeallocateAll => {
                 srv.prepared.clear();
-                self.stmts.clear();
+                self.x().stmts.clear();
             }
             Effect::Untracked(_) => {}
         }
@@ -560,7 +584,10 @@ impl Relay {
     fn commit_changes(&mut self, srv: &mut ServerSession, params: &mut ClientParams) {
         let rolled_back =
             std::mem::take(&mut self.rollback_seen) | std::mem::take(&mut self.error_seen);
-        if self.pending_changes.is_empty() {
+        let Some(x) = self.x.as_deref_mut() else {
+            return;
+        };
+        if x.pending_changes.is_empty() {
             return;
         }
         if rolled_back {
@@ -568,13 +595,13 @@ impl Relay {
             // unknown part of what this transaction SET: drop the changes,
             // and have the next client of this server start from RESET ALL,
             // so no setting can leak from one client to another.
-            self.pending_changes.clear();
+            x.pending_changes.clear();
             srv.applied.mark_unknown();
             srv.synced_with = (0, 0);
             return;
         }
         let in_sync = srv.synced_with == (params.id, params.gen);
-        for c in self.pending_changes.drain(..) {
+        for c in x.pending_changes.drain(..) {
             params.set.apply(&c);
             srv.applied.apply(&c);
         }

@@ -95,6 +95,9 @@ pub struct ServerConn {
     /// with the (many) clients.
     pub sout: BytesMut,
     pub cout: BytesMut,
+    /// What a client holding this connection shows (cancel, SHOW), made on
+    /// first use.
+    pub shared: Option<Arc<crate::state::ServerRef>>,
     /// ParameterStatus values the server reported at startup.
     pub reported: Vec<(String, String)>,
     /// Session state the relay keeps in step with the server.
@@ -135,6 +138,7 @@ impl ServerConn {
             last_used_ms: crate::clock::now_ms(),
             sout: BytesMut::new(),
             cout: BytesMut::new(),
+            shared: None,
             reported: Vec::new(),
             session: ServerSession::default(),
             broken: false,

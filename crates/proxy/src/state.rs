@@ -25,8 +25,9 @@ pub enum ClientState {
 }
 
 /// The server connection a client holds: where to send its cancel
-/// requests, and what SHOW SERVERS lists.
-#[derive(Debug, Clone)]
+/// requests, and what SHOW SERVERS lists. Made once per server connection
+/// and shared with each client that holds it.
+#[derive(Debug)]
 pub struct ServerRef {
     pub addr: Arc<str>,
     pub pid: i32,
@@ -75,13 +76,13 @@ pub struct ClientInfo {
     pub id: u64,
     pub key: (i32, i32),
     pub addr: SocketAddr,
-    pub user: String,
-    pub database: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub tls: bool,
     pub connected_at: SystemTime,
     state: AtomicU8,
     /// The server connection the client holds, if any.
-    pub server: Mutex<Option<ServerRef>>,
+    pub server: Mutex<Option<Arc<ServerRef>>>,
     pub control: Control,
 }
 
@@ -213,8 +214,8 @@ impl State {
     pub fn register_client(
         &self,
         addr: SocketAddr,
-        user: &str,
-        database: &str,
+        user: Arc<str>,
+        database: Arc<str>,
         tls: bool,
     ) -> Arc<ClientInfo> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
@@ -228,8 +229,8 @@ impl State {
             id,
             key: (pid, rand::random()),
             addr,
-            user: user.to_owned(),
-            database: database.to_owned(),
+            user,
+            database,
             tls,
             connected_at: SystemTime::now(),
             state: AtomicU8::new(0),

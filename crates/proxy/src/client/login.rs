@@ -25,29 +25,51 @@ use crate::stream::Stream;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Decrements the client count when the connection ends, however it ends.
-struct Counted(Arc<State>);
+/// The proxy's state, held by a client connection: counted in
+/// `client_count` from accept until the connection ends, however it ends.
+pub(crate) struct Counted(Arc<State>);
+
+impl Counted {
+    fn new(state: Arc<State>) -> Self {
+        state.client_count.fetch_add(1, Ordering::Relaxed);
+        Counted(state)
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.client_count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-pub async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    state.client_count.fetch_add(1, Ordering::Relaxed);
-    let _counted = Counted(state.clone());
-    // The login is boxed: its state (TLS handshake, auth exchange, a first
-    // server connection) is freed once the client is in, so an idle
-    // client's task stays small.
-    if let Some(session) = Box::pin(login_phase(&state, tcp, peer)).await {
-        let info = session.info();
-        session.run().await;
-        state.unregister_client(&info);
+impl std::ops::Deref for Counted {
+    type Target = Arc<State>;
+    fn deref(&self) -> &Arc<State> {
+        &self.0
     }
 }
 
-async fn login_phase(state: &Arc<State>, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Session>> {
+/// The task of one client connection. Every idle client keeps this
+/// future in memory, so it holds little: the login is a boxed future
+/// (its state, a TLS handshake, an auth exchange, a first server
+/// connection, is freed once the client is in), made before the task
+/// starts so that the socket and the address are not kept in the task.
+pub fn handle(
+    state: Arc<State>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
+    let _ = tcp.set_nodelay(true);
+    let login = Box::pin(login_phase(Counted::new(state), tcp, peer));
+    async move {
+        if let Some(session) = login.await {
+            session.run().await;
+        }
+    }
+}
+
+async fn login_phase(counted: Counted, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Session>> {
+    let state = &*counted;
     let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::new();
     let (minor, params) =
@@ -69,7 +91,7 @@ async fn login_phase(state: &Arc<State>, tcp: TcpStream, peer: SocketAddr) -> Op
                 return None;
             }
         };
-    match login(state, stream, buf, peer, minor, params).await {
+    match login(counted, stream, buf, peer, minor, params).await {
         Ok(s) => s,
         Err((code, msg)) => {
             tracing::info!(%peer, code, error = %msg, "login failed");
@@ -147,24 +169,19 @@ async fn cancel(state: &Arc<State>, pid: i32, secret: i32) {
             _ => None,
         }
     };
-    let Some(crate::state::ServerRef {
-        addr,
-        pid: spid,
-        secret: ssecret,
-        ..
-    }) = target
-    else {
+    let Some(target) = target else {
         tracing::debug!(pid, "cancel request for no running query");
         return;
     };
     let mut out = BytesMut::new();
     StartupPacket::Cancel {
-        pid: spid,
-        secret: ssecret,
+        pid: target.pid,
+        secret: target.secret,
     }
     .encode(&mut out);
+    let addr: &str = &target.addr;
     let r = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut s = TcpStream::connect(&*addr).await?;
+        let mut s = TcpStream::connect(addr).await?;
         s.write_all(&out).await?;
         // The server closes the connection when done.
         let mut sink = [0u8; 16];
@@ -183,13 +200,14 @@ async fn fail(stream: &mut Stream, code: &'static str, msg: String) -> LoginErro
 }
 
 async fn login(
-    state: &Arc<State>,
+    counted: Counted,
     mut stream: Stream,
     mut buf: BytesMut,
     peer: SocketAddr,
     minor: u16,
     params: Vec<(String, String)>,
 ) -> Result<Option<Box<Session>>, LoginError> {
+    let state = &*counted;
     let cfg = state.config();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user").filter(|u| !u.is_empty()) else {
@@ -319,7 +337,7 @@ async fn login(
     };
     state.stats.logins.fetch_add(1, Ordering::Relaxed);
     if admin_db {
-        let info = state.register_client(peer, &user, &database, tls);
+        let info = state.register_client(peer, user.as_str().into(), database.as_str().into(), tls);
         crate::admin::serve(state.clone(), stream, buf, info.clone()).await;
         state.unregister_client(&info);
         return Ok(None);
@@ -327,8 +345,8 @@ async fn login(
 
     let pool = state.pool(
         &PoolKey {
-            database: database.clone(),
-            user: user.clone(),
+            database: database.as_str().into(),
+            user: user.as_str().into(),
         },
         cred,
     );
@@ -357,7 +375,7 @@ async fn login(
         tracing::debug!(%user, "no server credential known yet for this user");
     }
     let client_params = params::startup_params(&params);
-    let info = state.register_client(peer, &user, &database, tls);
+    let info = state.register_client(peer, pool.key.user.clone(), pool.key.database.clone(), tls);
     let mut out = BytesMut::new();
     for (name, value) in &reported {
         // The client sees the values it asked for at startup.
@@ -382,7 +400,7 @@ async fn login(
         return Ok(None);
     }
     Ok(Some(Box::new(Session::new(
-        state.clone(),
+        counted,
         info,
         stream,
         buf,

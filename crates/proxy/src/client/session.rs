@@ -16,7 +16,7 @@ use crate::params::ParamSet;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::relay::{ClientParams, Flow, Relay};
 use crate::server::ServerError;
-use crate::state::{ClientInfo, ClientState, Control, State};
+use crate::state::{ClientInfo, ClientState, Control};
 use crate::stream::Stream;
 
 const READ_RESERVE: usize = 4096;
@@ -56,7 +56,8 @@ enum Event {
 }
 
 pub struct Session {
-    state: Arc<State>,
+    /// The proxy's state; dropping it ends the client's count.
+    state: super::login::Counted,
     info: Arc<ClientInfo>,
     client: Stream,
     cbuf: BytesMut,
@@ -70,7 +71,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(
-        state: Arc<State>,
+        state: super::login::Counted,
         info: Arc<ClientInfo>,
         client: Stream,
         cbuf: BytesMut,
@@ -97,15 +98,25 @@ impl Session {
         }
     }
 
-    pub fn info(&self) -> Arc<ClientInfo> {
-        self.info.clone()
-    }
-
-    pub async fn run(mut self: Box<Self>) {
-        let end = self.serve().await.err().unwrap_or(End::Done);
-        // The ending is boxed: it runs once, and its state would otherwise
-        // take room in every idle client's task.
-        Box::pin(self.finish(end)).await;
+    /// Serves the client until it leaves, then unregisters it.
+    /// (Not an `async fn`: that would keep `self` twice in the future.)
+    pub fn run(self: Box<Self>) -> impl std::future::Future<Output = ()> + Send {
+        let mut s = self;
+        async move {
+            let end = loop {
+                if let Err(e) = s.wait_request().await {
+                    break e;
+                }
+                // The work on a request runs in its own boxed future: an
+                // idle client's task keeps only the small wait above
+                // (10,000 idle clients must fit in a few MB).
+                if let Err(e) = Box::pin(s.transaction()).await {
+                    break e;
+                }
+            };
+            // The ending is boxed too: it runs once.
+            Box::pin(s.finish(end)).await;
+        }
     }
 
     async fn finish(mut self: Box<Self>, end: End) {
@@ -177,44 +188,47 @@ impl Session {
             }
             self.detach_info();
         }
+        self.state.unregister_client(&self.info);
     }
 
-    async fn serve(&mut self) -> Result<(), End> {
+    /// Waits, holding no server connection and no buffer, until a whole
+    /// request from the client is buffered.
+    async fn wait_request(&mut self) -> Result<(), End> {
         loop {
-            if self.server.is_none() {
-                match self.relay.first_tag(&self.cbuf).map_err(End::Protocol)? {
-                    Some(b'X') => return Err(End::Done),
-                    Some(_) => {
-                        self.attach().await?;
-                        self.pump_client().await?;
-                        continue;
-                    }
-                    None => {}
-                }
-                if self.state.is_shutting_down() {
-                    return Err(End::Shutdown);
-                }
-                // Idle clients hold no buffers: 10,000 of them must fit in a few MB.
-                bufpool::release_if_empty(&mut self.cbuf);
-                let control = &self.info.control;
-                let ev = tokio::select! {
-                    biased;
-                    r = read_idle(&mut self.client, &mut self.cbuf) => Event::Client(r),
-                    bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
-                };
-                match ev {
-                    Event::Client(Ok(0)) => return Err(End::Done),
-                    Event::Client(Err(_)) => return Err(End::ClientIo),
-                    // not holding a server: a new primary concerns the next transaction only
-                    Event::Control(bits) => {
-                        self.info.control.clear(bits & Control::PRIMARY_CHANGED)
-                    }
-                    _ => {}
-                }
-                continue;
+            match self.relay.first_tag(&self.cbuf).map_err(End::Protocol)? {
+                Some(b'X') => return Err(End::Done),
+                Some(_) => return Ok(()),
+                None => {}
             }
+            if self.state.is_shutting_down() {
+                return Err(End::Shutdown);
+            }
+            bufpool::release_if_empty(&mut self.cbuf);
+            let control = &self.info.control;
+            let ev = tokio::select! {
+                biased;
+                r = read_idle(&mut self.client, &mut self.cbuf) => Event::Client(r),
+                bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
+            };
+            match ev {
+                Event::Client(Ok(0)) => return Err(End::Done),
+                Event::Client(Err(_)) => return Err(End::ClientIo),
+                // not holding a server: a new primary concerns the next transaction only
+                Event::Control(bits) => self.info.control.clear(bits & Control::PRIMARY_CHANGED),
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes a server connection for the buffered request and relays both
+    /// ways until the connection can go back to the pool (transaction
+    /// mode) or the session ends (session mode).
+    async fn transaction(&mut self) -> Result<(), End> {
+        self.attach().await?;
+        self.pump_client().await?;
+        while let Some(co) = self.server.as_mut() {
             let ev = {
-                let conn = self.server.as_mut().expect("attached").conn();
+                let conn = co.conn();
                 self.cbuf
                     .reserve(READ_RESERVE.saturating_sub(self.cbuf.capacity() - self.cbuf.len()));
                 let control = &self.info.control;
@@ -235,7 +249,7 @@ impl Session {
                 Event::Server(Err(e)) => return Err(End::ServerLost(e.to_string())),
                 Event::Server(Ok(_)) => self.pump_server().await?,
                 Event::Control(bits) => {
-                    // Shutdown: the transaction may finish; the idle branch closes.
+                    // Shutdown: the transaction may finish; the idle wait closes.
                     self.info.control.clear(bits);
                     if bits & Control::PRIMARY_CHANGED != 0 {
                         let epoch = self.state.topology.primary().map(|t| t.epoch);
@@ -246,6 +260,7 @@ impl Session {
                 }
             }
         }
+        Ok(())
     }
 
     /// Takes a server connection and brings its session parameters in
@@ -272,13 +287,18 @@ impl Session {
             conn.session.applied = self.params.set.clone();
             conn.session.synced_with = (self.params.id, self.params.gen);
         }
-        *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(crate::state::ServerRef {
-                addr: conn.addr.clone(),
-                pid: conn.pid,
-                secret: conn.secret,
-                id: conn.id,
-            });
+        let shared = conn
+            .shared
+            .get_or_insert_with(|| {
+                Arc::new(crate::state::ServerRef {
+                    addr: conn.addr.clone(),
+                    pid: conn.pid,
+                    secret: conn.secret,
+                    id: conn.id,
+                })
+            })
+            .clone();
+        *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
         self.info.set_state(ClientState::Active);
         self.server = Some(co);
         Ok(())
@@ -374,6 +394,7 @@ async fn read_idle(client: &mut Stream, buf: &mut BytesMut) -> std::io::Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::State;
 
     /// Every idle client keeps its task and its session in memory: both
     /// must stay small (10,000 idle clients should fit in a few MB).
@@ -389,6 +410,13 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let task = crate::client::handle(state, tcp, addr);
+        eprintln!(
+            "task future {} B, Session {} B, Relay {} B, ClientInfo {} B",
+            std::mem::size_of_val(&task),
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<Relay>(),
+            std::mem::size_of::<ClientInfo>()
+        );
         assert!(
             std::mem::size_of_val(&task) <= 640,
             "client task future: {} bytes",
