@@ -419,6 +419,7 @@ pub async fn serve(
     info: Arc<ClientInfo>,
 ) {
     let mut out = BytesMut::new();
+    crate::auth::encode_auth_ok(&mut out);
     for (k, v) in [
         ("server_version", "15.0 (pgwarden)"),
         ("server_encoding", "UTF8"),

@@ -208,8 +208,13 @@ pub async fn authenticate(
             }
         }
     };
-    send(s, BackendMessage::Authentication(Authentication::Ok)).await?;
+    // AuthenticationOk goes out with the rest of the greeting (one write).
     Ok(cred)
+}
+
+/// AuthenticationOk, for the caller to send with what follows it.
+pub fn encode_auth_ok(out: &mut BytesMut) {
+    BackendMessage::Authentication(Authentication::Ok).encode(out);
 }
 
 fn password_body(tag: u8, body: &[u8]) -> Result<&str, AuthFailure> {

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 const BUF_SIZE: usize = 8 * 1024;
 /// Buffers grown beyond this (a big COPY or result) are freed, not kept.
 const MAX_KEPT_CAPACITY: usize = 64 * 1024;
-const MAX_KEPT: usize = 4096;
+const MAX_KEPT: usize = 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

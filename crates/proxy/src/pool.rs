@@ -54,7 +54,7 @@ pub struct Pool {
     settings: Mutex<PoolSettings>,
     credential: Mutex<ServerCredential>,
     /// ParameterStatus values of a server of this pool, for client logins.
-    server_params: Mutex<Option<Vec<(String, String)>>>,
+    server_params: Mutex<Option<Arc<[(String, String)]>>>,
     topology: Arc<Topology>,
     pub active: AtomicUsize,
     pub waiting: AtomicUsize,
@@ -166,7 +166,7 @@ impl Pool {
             .clone()
     }
 
-    pub fn server_params(&self) -> Option<Vec<(String, String)>> {
+    pub fn server_params(&self) -> Option<Arc<[(String, String)]>> {
         self.server_params
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -268,7 +268,7 @@ impl Pool {
             Ok(c) => {
                 let mut sp = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
                 if sp.is_none() {
-                    *sp = Some(c.reported.clone());
+                    *sp = Some(c.reported.clone().into());
                 }
                 Ok(c)
             }

@@ -185,10 +185,7 @@ impl Relay {
     /// No response owed, no transaction open, nothing that pins the client
     /// to this server: the server may go back to the pool.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty()
-            && !self.unsynced
-            && self.tx_status == b'I'
-            && !self.is_listening()
+        self.queue.is_empty() && !self.unsynced && self.tx_status == b'I' && !self.is_listening()
     }
 
     /// In a transaction (or a pipeline not yet synced).

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use config::HbaMethod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,7 +71,9 @@ pub fn handle(
 async fn login_phase(counted: Counted, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Session>> {
     let state = &*counted;
     let mut stream = Stream::Plain(tcp);
-    let mut buf = BytesMut::new();
+    // Room for a startup packet without regrowing; an idle session gives
+    // it up.
+    let mut buf = BytesMut::with_capacity(256);
     let (minor, params) =
         match tokio::time::timeout(STARTUP_TIMEOUT, startup(state, &mut stream, &mut buf)).await {
             Ok(Ok(Some(p))) => p,
@@ -355,7 +357,7 @@ async fn login(
     let reported = match pool.server_params() {
         Some(p) => p,
         None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
-            Ok(co) => co.conn_ref().reported.clone(),
+            Ok(co) => co.conn_ref().reported.clone().into(),
             Err(CheckoutError::Server(ServerError::Rejected(f))) => {
                 let msg = f.to_string();
                 send_fields(&mut stream, f).await;
@@ -376,18 +378,20 @@ async fn login(
     }
     let client_params = params::startup_params(&params);
     let info = state.register_client(peer, pool.key.user.clone(), pool.key.database.clone(), tls);
-    let mut out = BytesMut::new();
-    for (name, value) in &reported {
+    let mut out = BytesMut::with_capacity(1024);
+    auth::encode_auth_ok(&mut out);
+    for (name, value) in reported.iter() {
         // The client sees the values it asked for at startup.
         let own = params
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone());
-        BackendMessage::ParameterStatus {
-            name: name.clone(),
-            value: own.unwrap_or_else(|| value.clone()),
-        }
-        .encode(&mut out);
+            .map(|(_, v)| v);
+        wire::frame::write_message(&mut out, b'S', |b| {
+            b.put_slice(name.as_bytes());
+            b.put_u8(0);
+            b.put_slice(own.unwrap_or(value).as_bytes());
+            b.put_u8(0);
+        });
     }
     BackendMessage::BackendKeyData {
         pid: info.key.0,
