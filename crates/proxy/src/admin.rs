@@ -159,9 +159,7 @@ fn show_pools(state: &Arc<State>) -> Reply {
             let mine = |st: ClientState| {
                 clients
                     .iter()
-                    .filter(|c| {
-                        c.database == p.key.database && c.user == p.key.user && c.state() == st
-                    })
+                    .filter(|c| *c.names == *p.key && c.state() == st)
                     .count()
             };
             let st = p.settings();
@@ -205,11 +203,11 @@ fn show_clients(state: &Arc<State>) -> Reply {
             let server = c.server.lock().ok().and_then(|s| s.clone());
             vec![
                 s(c.id),
-                s(&c.user),
-                s(&c.database),
+                s(c.user()),
+                s(c.database()),
                 s(format!("{:?}", c.state()).to_lowercase()),
-                s(c.addr.ip()),
-                s(c.addr.port()),
+                s(c.addr().ip()),
+                s(c.addr().port()),
                 s(c.tls),
                 ts(c.connected_at),
                 server.map(|r| format!("{} pid {}", r.addr, r.pid)),
@@ -239,8 +237,8 @@ fn show_servers(state: &Arc<State>) -> Reply {
         if let Some(r) = c.server.lock().ok().and_then(|s| s.clone()) {
             rows.push(vec![
                 s(r.id),
-                s(&c.user),
-                s(&c.database),
+                s(c.user()),
+                s(c.database()),
                 s("active"),
                 s(&r.addr),
                 s(r.pid),

@@ -42,7 +42,7 @@ pub enum CheckoutError {
 }
 
 pub struct Pool {
-    pub key: PoolKey,
+    pub key: Arc<PoolKey>,
     sem: Arc<Semaphore>,
     size: AtomicUsize,
     /// `settings.lifetime` in ms, read without a lock when a connection comes back.
@@ -104,7 +104,7 @@ impl Pool {
         topology: Arc<Topology>,
     ) -> Arc<Self> {
         Arc::new(Pool {
-            key,
+            key: Arc::new(key),
             sem: Arc::new(Semaphore::new(settings.size)),
             size: AtomicUsize::new(settings.size),
             lifetime_ms: AtomicU64::new(settings.lifetime.as_millis() as u64),

@@ -121,9 +121,24 @@ impl Pending {
 /// The client's own session parameters.
 #[derive(Debug, Default)]
 pub struct ClientParams {
-    pub id: u64,
     pub set: ParamSet,
-    pub gen: u64,
+    /// Names this version of `set`, unique in the process (0: none): a
+    /// server connection last synced with the same stamp needs no SETs.
+    pub stamp: u64,
+}
+
+impl ClientParams {
+    pub fn new(set: ParamSet) -> Self {
+        ClientParams {
+            set,
+            stamp: next_stamp(),
+        }
+    }
+}
+
+fn next_stamp() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What the session should do after the client's bytes were handled.
@@ -180,6 +195,12 @@ impl Relay {
 
     fn stmt(&self, name: &str) -> Option<Arc<Stmt>> {
         self.x.as_ref().and_then(|x| x.stmts.get(name).cloned())
+    }
+
+    /// Transaction pool mode: statement names are rewritten and the
+    /// server goes back to the pool after each transaction.
+    pub fn transaction_mode(&self) -> bool {
+        self.rewrite
     }
 
     /// No response owed, no transaction open, nothing that pins the client
@@ -594,17 +615,17 @@ impl Relay {
             // so no setting can leak from one client to another.
             x.pending_changes.clear();
             srv.applied.mark_unknown();
-            srv.synced_with = (0, 0);
+            srv.synced_with = 0;
             return;
         }
-        let in_sync = srv.synced_with == (params.id, params.gen);
+        let in_sync = srv.synced_with == params.stamp;
         for c in x.pending_changes.drain(..) {
             params.set.apply(&c);
             srv.applied.apply(&c);
         }
-        params.gen += 1;
+        params.stamp = next_stamp();
         if in_sync {
-            srv.synced_with = (params.id, params.gen);
+            srv.synced_with = params.stamp;
         }
     }
 
@@ -613,7 +634,7 @@ impl Relay {
     pub fn forget_server_state(srv: &mut ServerSession) {
         srv.prepared = HashSet::new();
         srv.applied = ParamSet::default();
-        srv.synced_with = (0, 0);
+        srv.synced_with = 0;
     }
 }
 

@@ -73,8 +73,9 @@ pub struct ServerSession {
     pub applied: ParamSet,
     /// Server-side names of statements prepared on this connection.
     pub prepared: HashSet<Arc<str>>,
-    /// (client id, params generation) this connection was last synced with.
-    pub synced_with: (u64, u64),
+    /// The [`crate::relay::ClientParams`] stamp this connection was last
+    /// synced with (0: none).
+    pub synced_with: u64,
 }
 
 pub struct ServerConn {

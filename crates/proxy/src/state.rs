@@ -75,9 +75,12 @@ impl Control {
 pub struct ClientInfo {
     pub id: u64,
     pub key: (i32, i32),
-    pub addr: SocketAddr,
-    pub user: Arc<str>,
-    pub database: Arc<str>,
+    /// The client's address (kept as its parts: 12 bytes less than a
+    /// SocketAddr in every client).
+    ip: std::net::IpAddr,
+    port: u16,
+    /// Database and user, shared with the pool.
+    pub names: Arc<PoolKey>,
     pub tls: bool,
     pub connected_at: SystemTime,
     state: AtomicU8,
@@ -87,6 +90,15 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+    pub fn user(&self) -> &str {
+        &self.names.user
+    }
+    pub fn database(&self) -> &str {
+        &self.names.database
+    }
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
     }
@@ -119,6 +131,8 @@ pub struct State {
     paused: watch::Sender<bool>,
     /// Mirrors `paused` for the data path's lock-free check.
     paused_flag: std::sync::atomic::AtomicBool,
+    /// `query_wait_timeout` in ms, read per checkout without a lock.
+    query_wait_ms: AtomicU64,
     pub client_count: AtomicUsize,
     pub stats: Stats,
     pub started: Instant,
@@ -129,6 +143,7 @@ impl State {
     pub fn new(cfg: config::Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, String> {
         let tls = load_tls(&cfg)?;
         Ok(Arc::new(State {
+            query_wait_ms: AtomicU64::new(cfg.proxy.query_wait_timeout.as_millis() as u64),
             topology: Topology::new(&cfg.backends),
             config: RwLock::new(Arc::new(cfg)),
             config_path,
@@ -161,6 +176,11 @@ impl State {
     pub fn set_paused(&self, paused: bool) {
         self.paused_flag.store(paused, Ordering::SeqCst);
         self.paused.send_replace(paused);
+    }
+
+    /// How long a client may wait for a server connection.
+    pub fn query_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.query_wait_ms.load(Ordering::Relaxed))
     }
 
     pub fn is_paused(&self) -> bool {
@@ -214,8 +234,7 @@ impl State {
     pub fn register_client(
         &self,
         addr: SocketAddr,
-        user: Arc<str>,
-        database: Arc<str>,
+        names: Arc<PoolKey>,
         tls: bool,
     ) -> Arc<ClientInfo> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
@@ -228,9 +247,9 @@ impl State {
         let info = Arc::new(ClientInfo {
             id,
             key: (pid, rand::random()),
-            addr,
-            user,
-            database,
+            ip: addr.ip(),
+            port: addr.port(),
+            names,
             tls,
             connected_at: SystemTime::now(),
             state: AtomicU8::new(0),
@@ -302,6 +321,10 @@ impl State {
             }
         }
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+        self.query_wait_ms.store(
+            new.proxy.query_wait_timeout.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         tracing::info!("configuration reloaded");
         Ok(())

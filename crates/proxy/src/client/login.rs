@@ -15,6 +15,7 @@ use wire::fields::sqlstate;
 use wire::startup::StartupPacket;
 
 use super::session::Session;
+use super::task::ClientTask;
 use crate::auth::{self, Secret};
 use crate::io::{send_fatal, send_fields};
 use crate::params;
@@ -49,23 +50,11 @@ impl std::ops::Deref for Counted {
     }
 }
 
-/// The task of one client connection. Every idle client keeps this
-/// future in memory, so it holds little: the login is a boxed future
-/// (its state, a TLS handshake, an auth exchange, a first server
-/// connection, is freed once the client is in), made before the task
-/// starts so that the socket and the address are not kept in the task.
-pub fn handle(
-    state: Arc<State>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> impl std::future::Future<Output = ()> + Send {
+/// The task of one client connection (see [`ClientTask`]): the login,
+/// then the session.
+pub fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) -> ClientTask {
     let _ = tcp.set_nodelay(true);
-    let login = Box::pin(login_phase(Counted::new(state), tcp, peer));
-    async move {
-        if let Some(session) = login.await {
-            session.run().await;
-        }
-    }
+    ClientTask::new(Box::pin(login_phase(Counted::new(state), tcp, peer)))
 }
 
 async fn login_phase(counted: Counted, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Session>> {
@@ -339,7 +328,11 @@ async fn login(
     };
     state.stats.logins.fetch_add(1, Ordering::Relaxed);
     if admin_db {
-        let info = state.register_client(peer, user.as_str().into(), database.as_str().into(), tls);
+        let names = Arc::new(PoolKey {
+            database: database.as_str().into(),
+            user: user.as_str().into(),
+        });
+        let info = state.register_client(peer, names, tls);
         crate::admin::serve(state.clone(), stream, buf, info.clone()).await;
         state.unregister_client(&info);
         return Ok(None);
@@ -377,7 +370,7 @@ async fn login(
         tracing::debug!(%user, "no server credential known yet for this user");
     }
     let client_params = params::startup_params(&params);
-    let info = state.register_client(peer, pool.key.user.clone(), pool.key.database.clone(), tls);
+    let info = state.register_client(peer, pool.key.clone(), tls);
     let mut out = BytesMut::with_capacity(1024);
     auth::encode_auth_ok(&mut out);
     for (name, value) in reported.iter() {

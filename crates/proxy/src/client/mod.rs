@@ -2,5 +2,6 @@
 //! admin console or the pooled session ([`session`]).
 mod login;
 mod session;
+mod task;
 
 pub use login::handle;

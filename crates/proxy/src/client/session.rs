@@ -2,8 +2,10 @@
 //! request, takes a server connection for it, relays both ways, and gives
 //! the connection back when the transaction (transaction mode) or the
 //! session (session mode) ends.
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -22,7 +24,7 @@ use crate::stream::Stream;
 const READ_RESERVE: usize = 4096;
 
 /// Why a session ended.
-enum End {
+pub(crate) enum End {
     /// The client closed or sent Terminate.
     Done,
     ClientIo,
@@ -62,11 +64,9 @@ pub struct Session {
     client: Stream,
     cbuf: BytesMut,
     pool: Arc<Pool>,
-    transaction_mode: bool,
     relay: Relay,
     params: ClientParams,
     server: Option<Checkout>,
-    wait: Duration,
 }
 
 impl Session {
@@ -81,45 +81,69 @@ impl Session {
         let cfg = state.config();
         let transaction_mode = pool.mode() == config::PoolMode::Transaction;
         Session {
-            wait: cfg.proxy.query_wait_timeout,
             relay: Relay::new(transaction_mode, cfg.proxy.max_message_size),
-            params: ClientParams {
-                id: info.id,
-                set: params,
-                gen: 1,
-            },
+            params: ClientParams::new(params),
             state,
             info,
             client,
             cbuf,
             pool,
-            transaction_mode,
             server: None,
         }
     }
 
-    /// Serves the client until it leaves, then unregisters it.
-    /// (Not an `async fn`: that would keep `self` twice in the future.)
-    pub fn run(self: Box<Self>) -> impl std::future::Future<Output = ()> + Send {
-        let mut s = self;
-        async move {
-            let end = loop {
-                if let Err(e) = s.wait_request().await {
-                    break e;
+    /// Runs the transaction for a buffered request, giving the session
+    /// back with the outcome (the future owns the session: see
+    /// [`super::task::ClientTask`]).
+    pub(crate) async fn transaction_owned(mut self: Box<Self>) -> (Box<Self>, Result<(), End>) {
+        let r = self.transaction().await;
+        (self, r)
+    }
+
+    /// Ready once a whole request from the client is buffered. Holds no
+    /// server connection and, while waiting, no buffer.
+    pub(crate) fn poll_request(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        loop {
+            match self.relay.first_tag(&self.cbuf) {
+                Err(e) => return Poll::Ready(Err(End::Protocol(e))),
+                Ok(Some(b'X')) => return Poll::Ready(Err(End::Done)),
+                Ok(Some(_)) => return Poll::Ready(Ok(())),
+                Ok(None) => {}
+            }
+            if self.state.is_shutting_down() {
+                return Poll::Ready(Err(End::Shutdown));
+            }
+            if let Poll::Ready(bits) = self.info.control.poll(cx) {
+                // not holding a server: a new primary concerns the next
+                // transaction only (a shutdown was seen above)
+                self.info.control.clear(bits & Control::PRIMARY_CHANGED);
+                if bits & Control::PRIMARY_CHANGED != 0 {
+                    continue;
                 }
-                // The work on a request runs in its own boxed future: an
-                // idle client's task keeps only the small wait above
-                // (10,000 idle clients must fit in a few MB).
-                if let Err(e) = Box::pin(s.transaction()).await {
-                    break e;
+            }
+            bufpool::release_if_empty(&mut self.cbuf);
+            if let Stream::Plain(tcp) = &self.client {
+                // Wait for data before taking a buffer to read it into.
+                match tcp.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(End::ClientIo)),
+                    Poll::Ready(Ok(())) => {}
                 }
-            };
-            // The ending is boxed too: it runs once.
-            Box::pin(s.finish(end)).await;
+            }
+            bufpool::ensure(&mut self.cbuf);
+            self.cbuf.reserve(READ_RESERVE);
+            // poll_read (not try_read) clears the readiness on a short
+            // read: no extra recv() returning EAGAIN per request.
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(End::Done)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(End::ClientIo)),
+            }
         }
     }
 
-    async fn finish(mut self: Box<Self>, end: End) {
+    pub(crate) async fn finish(mut self: Box<Self>, end: End) {
         let clean = matches!(end, End::Done);
         tracing::debug!(
             client = self.info.id,
@@ -179,7 +203,7 @@ impl Session {
             let conn = co.conn();
             if !clean || self.relay.in_transaction() || self.relay.is_listening() {
                 conn.broken = true;
-            } else if !self.transaction_mode && !reset.is_empty() {
+            } else if !self.relay.transaction_mode() && !reset.is_empty() {
                 match tokio::time::timeout(Duration::from_secs(5), conn.simple_query(&reset)).await
                 {
                     Ok(Ok(_)) => Relay::forget_server_state(&mut conn.session),
@@ -189,35 +213,6 @@ impl Session {
             self.detach_info();
         }
         self.state.unregister_client(&self.info);
-    }
-
-    /// Waits, holding no server connection and no buffer, until a whole
-    /// request from the client is buffered.
-    async fn wait_request(&mut self) -> Result<(), End> {
-        loop {
-            match self.relay.first_tag(&self.cbuf).map_err(End::Protocol)? {
-                Some(b'X') => return Err(End::Done),
-                Some(_) => return Ok(()),
-                None => {}
-            }
-            if self.state.is_shutting_down() {
-                return Err(End::Shutdown);
-            }
-            bufpool::release_if_empty(&mut self.cbuf);
-            let control = &self.info.control;
-            let ev = tokio::select! {
-                biased;
-                r = read_idle(&mut self.client, &mut self.cbuf) => Event::Client(r),
-                bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
-            };
-            match ev {
-                Event::Client(Ok(0)) => return Err(End::Done),
-                Event::Client(Err(_)) => return Err(End::ClientIo),
-                // not holding a server: a new primary concerns the next transaction only
-                Event::Control(bits) => self.info.control.clear(bits & Control::PRIMARY_CHANGED),
-                _ => {}
-            }
-        }
     }
 
     /// Takes a server connection for the buffered request and relays both
@@ -272,9 +267,10 @@ impl Session {
         }
         // A change of primary seen from here on concerns this connection.
         self.info.control.clear(Control::PRIMARY_CHANGED);
-        let mut co = self.pool.checkout(self.wait).await.map_err(End::Checkout)?;
+        let wait = self.state.query_wait();
+        let mut co = self.pool.checkout(wait).await.map_err(End::Checkout)?;
         let conn = co.conn();
-        if conn.session.synced_with != (self.params.id, self.params.gen) {
+        if conn.session.synced_with != self.params.stamp {
             if let Some(sql) = self.params.set.diff_sql(&conn.session.applied) {
                 if let Err(e) = Box::pin(conn.simple_query(&sql)).await {
                     conn.broken = true;
@@ -285,7 +281,7 @@ impl Session {
                 }
             }
             conn.session.applied = self.params.set.clone();
-            conn.session.synced_with = (self.params.id, self.params.gen);
+            conn.session.synced_with = self.params.stamp;
         }
         let shared = conn
             .shared
@@ -310,7 +306,7 @@ impl Session {
     }
 
     fn maybe_detach(&mut self) {
-        if self.transaction_mode && self.relay.is_idle() {
+        if self.relay.transaction_mode() && self.relay.is_idle() {
             self.server = None;
             self.detach_info();
             self.state.stats.xacts.fetch_add(1, Ordering::Relaxed);
@@ -374,23 +370,6 @@ impl Session {
     }
 }
 
-/// Waits for a client's next request without holding a buffer while idle.
-async fn read_idle(client: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if let Stream::Plain(tcp) = client {
-        // poll_read_ready uses the socket's single reader slot, cheaper
-        // than the waiter list behind readable().
-        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
-        bufpool::ensure(buf);
-        buf.reserve(READ_RESERVE);
-        // read_buf, unlike try_read_buf, clears the readiness on a short
-        // read: no extra recv() that returns EAGAIN per request.
-        return tcp.read_buf(buf).await;
-    }
-    bufpool::ensure(buf);
-    buf.reserve(READ_RESERVE);
-    client.read_buf(buf).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,15 +396,21 @@ mod tests {
             std::mem::size_of::<Relay>(),
             std::mem::size_of::<ClientInfo>()
         );
+        // tokio adds ~100 bytes to a task's future, in 128-byte steps.
         assert!(
-            std::mem::size_of_val(&task) <= 640,
+            std::mem::size_of_val(&task) <= 24,
             "client task future: {} bytes",
             std::mem::size_of_val(&task)
         );
         assert!(
-            std::mem::size_of::<Session>() <= 512,
+            std::mem::size_of::<Session>() <= 224,
             "Session: {} bytes",
             std::mem::size_of::<Session>()
+        );
+        assert!(
+            std::mem::size_of::<ClientInfo>() <= 112,
+            "ClientInfo: {} bytes",
+            std::mem::size_of::<ClientInfo>()
         );
     }
 }
