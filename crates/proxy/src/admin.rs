@@ -209,7 +209,7 @@ fn show_clients(state: &Arc<State>) -> Reply {
                 s(c.addr().ip()),
                 s(c.addr().port()),
                 s(c.tls),
-                ts(c.connected_at),
+                ts(c.connected_at()),
                 server.map(|r| format!("{} pid {}", r.addr, r.pid)),
             ]
         })

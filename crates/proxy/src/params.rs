@@ -10,6 +10,8 @@
 pub struct ParamSet(Vec<(String, String)>, bool);
 
 impl ParamSet {
+    pub const EMPTY: ParamSet = ParamSet(Vec::new(), false);
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()

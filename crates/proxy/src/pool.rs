@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
 use crate::topology::Topology;
@@ -64,10 +64,11 @@ pub struct Pool {
     pub open: AtomicUsize,
 }
 
-/// A server connection lent to one client.
+/// A server connection lent to one client. It holds one of the pool's
+/// semaphore permits (forgotten when taken, added back on drop: a
+/// Checkout is two pointers).
 pub struct Checkout {
     conn: Option<Box<ServerConn>>,
-    _permit: OwnedSemaphorePermit,
     pool: Arc<Pool>,
 }
 
@@ -93,6 +94,7 @@ impl Drop for Checkout {
         if let Some(c) = self.conn.take() {
             self.pool.checkin(c);
         }
+        self.pool.sem.add_permits(1);
     }
 }
 
@@ -176,14 +178,13 @@ impl Pool {
     /// Takes a connection to the current primary, waiting up to `wait` for
     /// one to become free.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, CheckoutError> {
-        let permit = match self.sem.clone().try_acquire_owned() {
+        let permit = match self.sem.try_acquire() {
             Ok(p) => p,
             Err(_) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 let start = Instant::now();
                 // Boxed: the timer would otherwise sit in every session's task.
-                let r =
-                    Box::pin(tokio::time::timeout(wait, self.sem.clone().acquire_owned())).await;
+                let r = Box::pin(tokio::time::timeout(wait, self.sem.acquire())).await;
                 self.wait_us
                     .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -202,9 +203,9 @@ impl Pool {
                 // Lifetimes are enforced when connections come back and by maintain().
                 Some(c) if c.epoch == epoch => {
                     self.active.fetch_add(1, Ordering::Relaxed);
+                    permit.forget();
                     return Ok(Checkout {
                         conn: Some(c),
-                        _permit: permit,
                         pool: self.clone(),
                     });
                 }
@@ -223,9 +224,9 @@ impl Pool {
         // Boxed: a rare path whose state would otherwise sit in every session.
         let conn = Box::new(Box::pin(self.connect(&target.addr, target.epoch)).await?);
         self.active.fetch_add(1, Ordering::Relaxed);
+        permit.forget();
         Ok(Checkout {
             conn: Some(conn),
-            _permit: permit,
             pool: self.clone(),
         })
     }

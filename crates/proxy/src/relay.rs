@@ -121,18 +121,30 @@ impl Pending {
 /// The client's own session parameters.
 #[derive(Debug, Default)]
 pub struct ClientParams {
-    pub set: ParamSet,
+    /// Boxed, and only when not empty: most clients set nothing, and every
+    /// idle client keeps its ClientParams.
+    set: Option<Box<ParamSet>>,
     /// Names this version of `set`, unique in the process (0: none): a
     /// server connection last synced with the same stamp needs no SETs.
     pub stamp: u64,
 }
 
+static NO_PARAMS: ParamSet = ParamSet::EMPTY;
+
 impl ClientParams {
     pub fn new(set: ParamSet) -> Self {
         ClientParams {
-            set,
+            set: (set != ParamSet::EMPTY).then(|| Box::new(set)),
             stamp: next_stamp(),
         }
+    }
+
+    pub fn set(&self) -> &ParamSet {
+        self.set.as_deref().unwrap_or(&NO_PARAMS)
+    }
+
+    fn set_mut(&mut self) -> &mut ParamSet {
+        self.set.get_or_insert_with(Default::default)
     }
 }
 
@@ -154,6 +166,9 @@ pub struct Relay {
     max_message: usize,
     queue: VecDeque<Pending>,
     unsynced: bool,
+    /// The last request was a Query, Sync, Flush or function call: the
+    /// server answers everything queued without more from the client.
+    flushed: bool,
     tx_status: u8,
     rollback_seen: bool,
     /// An error since the last idle ReadyForQuery: part of the work rolled back.
@@ -181,6 +196,7 @@ impl Relay {
             max_message,
             queue: VecDeque::new(),
             unsynced: false,
+            flushed: true,
             tx_status: b'I',
             rollback_seen: false,
             error_seen: false,
@@ -207,6 +223,14 @@ impl Relay {
     /// to this server: the server may go back to the pool.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && !self.unsynced && self.tx_status == b'I' && !self.is_listening()
+    }
+
+    /// The server owes answers it will send without more client input: the
+    /// session need not read the client until they arrive (a client that
+    /// pipelines more waits in its socket buffer). Not in COPY IN, and not
+    /// after extended-protocol messages without a Sync or Flush.
+    pub fn awaits_server(&self) -> bool {
+        !self.queue.is_empty() && self.flushed && !self.copy_in
     }
 
     /// In a transaction (or a pipeline not yet synced).
@@ -253,6 +277,7 @@ impl Relay {
             let mut forward = true;
             match h.tag {
                 b'Q' => {
+                    self.flushed = true;
                     let sql = frontend::query_bytes(body)?;
                     let effects = if params::may_have_effects(sql) {
                         // Tracked statements are parsed as text; a query
@@ -291,6 +316,7 @@ impl Relay {
                         self.queue.push_back(Pending::new(Kind::Parse));
                     }
                     self.unsynced = true;
+                    self.flushed = false;
                 }
                 b'B' => {
                     let (portal, name, used) = frontend::bind_statement_name(body)?;
@@ -325,6 +351,7 @@ impl Relay {
                     }
                     self.queue.push_back(Pending::new(Kind::Bind));
                     self.unsynced = true;
+                    self.flushed = false;
                 }
                 b'D' => {
                     let (target, name) = frontend::target_and_name(b'D', body)?;
@@ -345,6 +372,7 @@ impl Relay {
                     }
                     self.queue.push_back(Pending::new(Kind::Describe));
                     self.unsynced = true;
+                    self.flushed = false;
                 }
                 b'C' => {
                     let (target, name) = frontend::target_and_name(b'C', body)?;
@@ -364,6 +392,7 @@ impl Relay {
                         self.queue.push_back(Pending::new(Kind::Close));
                     }
                     self.unsynced = true;
+                    self.flushed = false;
                 }
                 b'E' => {
                     let effects = self
@@ -376,15 +405,21 @@ impl Relay {
                         ..Pending::new(Kind::Execute)
                     });
                     self.unsynced = true;
+                    self.flushed = false;
                 }
                 b'S' if self.copy_in => {}
                 b'S' => {
                     self.queue.push_back(Pending::new(Kind::Sync));
                     self.unsynced = false;
+                    self.flushed = true;
                 }
-                b'F' => self.queue.push_back(Pending::new(Kind::Function)),
+                b'F' => {
+                    self.queue.push_back(Pending::new(Kind::Function));
+                    self.flushed = true;
+                }
                 b'c' | b'f' => self.copy_in = false,
-                b'H' | b'd' => {}
+                b'H' => self.flushed = true,
+                b'd' => {}
                 b'X' => {
                     forward = false;
                     to_server.extend_from_slice(&input[run..pos]);
@@ -620,7 +655,7 @@ impl Relay {
         }
         let in_sync = srv.synced_with == params.stamp;
         for c in x.pending_changes.drain(..) {
-            params.set.apply(&c);
+            params.set_mut().apply(&c);
             srv.applied.apply(&c);
         }
         params.stamp = next_stamp();

@@ -73,7 +73,8 @@ impl Control {
 
 /// A connected client as other tasks see it (admin console, cancel).
 pub struct ClientInfo {
-    pub id: u64,
+    /// Numbered from 1 at each start of the proxy (wraps after 2^32).
+    pub id: u32,
     pub key: (i32, i32),
     /// The client's address (kept as its parts: 12 bytes less than a
     /// SocketAddr in every client).
@@ -82,7 +83,8 @@ pub struct ClientInfo {
     /// Database and user, shared with the pool.
     pub names: Arc<PoolKey>,
     pub tls: bool,
-    pub connected_at: SystemTime,
+    /// Seconds since the Unix epoch (4 bytes, not a SystemTime's 16).
+    connected_unix: u32,
     state: AtomicU8,
     /// The server connection the client holds, if any.
     pub server: Mutex<Option<Arc<ServerRef>>>,
@@ -92,6 +94,9 @@ pub struct ClientInfo {
 impl ClientInfo {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
+    }
+    pub fn connected_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.connected_unix.into())
     }
     pub fn user(&self) -> &str {
         &self.names.user
@@ -245,13 +250,15 @@ impl State {
             pid = rand::random::<i32>() & i32::MAX;
         }
         let info = Arc::new(ClientInfo {
-            id,
+            id: id as u32,
             key: (pid, rand::random()),
             ip: addr.ip(),
             port: addr.port(),
             names,
             tls,
-            connected_at: SystemTime::now(),
+            connected_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32),
             state: AtomicU8::new(0),
             server: Mutex::new(None),
             control: Control::default(),

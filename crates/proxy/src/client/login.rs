@@ -69,15 +69,15 @@ async fn login_phase(counted: Counted, tcp: TcpStream, peer: SocketAddr) -> Opti
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "rejected startup");
-                send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e).await;
+                Box::pin(send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e)).await;
                 return None;
             }
             Err(_) => {
-                send_fatal(
+                Box::pin(send_fatal(
                     &mut stream,
                     sqlstate::PROTOCOL_VIOLATION,
                     "no startup packet within 30s",
-                )
+                ))
                 .await;
                 return None;
             }
@@ -125,8 +125,9 @@ async fn startup(
                         let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Taken) else {
                             return Err("TLS negotiated twice".into());
                         };
-                        let tls = tokio_rustls::TlsAcceptor::from(cfg)
-                            .accept(tcp)
+                        // Boxed, as every rare step of the login: the login
+                        // future is made for every connection.
+                        let tls = Box::pin(tokio_rustls::TlsAcceptor::from(cfg).accept(tcp))
                             .await
                             .map_err(|e| format!("TLS handshake failed: {e}"))?;
                         *stream = Stream::ServerTls(Box::new(tls));
@@ -143,7 +144,7 @@ async fn startup(
                 return Err("encryption requested twice".into());
             }
             StartupPacket::Cancel { pid, secret } => {
-                cancel(state, pid, secret).await;
+                Box::pin(cancel(state, pid, secret)).await;
                 return Ok(None);
             }
             StartupPacket::Startup { minor, params } => return Ok(Some((minor, params))),
@@ -185,9 +186,15 @@ async fn cancel(state: &Arc<State>, pid: i32, secret: i32) {
 
 type LoginError = (&'static str, String);
 
-async fn fail(stream: &mut Stream, code: &'static str, msg: String) -> LoginError {
-    send_fatal(stream, code, msg.clone()).await;
-    (code, msg)
+fn fail<'a>(
+    stream: &'a mut Stream,
+    code: &'static str,
+    msg: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = LoginError> + Send + 'a>> {
+    Box::pin(async move {
+        send_fatal(stream, code, msg.clone()).await;
+        (code, msg)
+    })
 }
 
 async fn login(
@@ -296,13 +303,13 @@ async fn login(
         .map(Secret::parse);
     if secret.is_none() && method != HbaMethod::Trust && !admin_db {
         if let (Some(aq), Some(primary)) = (&cfg.auth_query, state.topology.primary()) {
-            match auth::query_secret(
+            match Box::pin(auth::query_secret(
                 aq,
                 &primary.addr,
                 &user,
                 cfg.proxy.server_tls,
                 cfg.proxy.server_connect_timeout,
-            )
+            ))
             .await
             {
                 Ok(s) => secret = s,
@@ -319,7 +326,16 @@ async fn login(
         }
     }
     let max = cfg.proxy.max_message_size;
-    let cred = match auth::authenticate(&mut stream, &mut buf, method, &user, secret, max).await {
+    let cred = match Box::pin(auth::authenticate(
+        &mut stream,
+        &mut buf,
+        method,
+        &user,
+        secret,
+        max,
+    ))
+    .await
+    {
         Ok(c) => c,
         Err(f) => {
             state.stats.login_failures.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +349,13 @@ async fn login(
             user: user.as_str().into(),
         });
         let info = state.register_client(peer, names, tls);
-        crate::admin::serve(state.clone(), stream, buf, info.clone()).await;
+        Box::pin(crate::admin::serve(
+            state.clone(),
+            stream,
+            buf,
+            info.clone(),
+        ))
+        .await;
         state.unregister_client(&info);
         return Ok(None);
     }
@@ -349,11 +371,11 @@ async fn login(
     // checks that the database exists and the user may log in.
     let reported = match pool.server_params() {
         Some(p) => p,
-        None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
+        None => match Box::pin(pool.checkout(cfg.proxy.query_wait_timeout)).await {
             Ok(co) => co.conn_ref().reported.clone().into(),
             Err(CheckoutError::Server(ServerError::Rejected(f))) => {
                 let msg = f.to_string();
-                send_fields(&mut stream, f).await;
+                Box::pin(send_fields(&mut stream, f)).await;
                 return Err((sqlstate::CONNECTION_FAILURE, msg));
             }
             Err(e) => {

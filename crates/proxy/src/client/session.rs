@@ -227,10 +227,11 @@ impl Session {
                 self.cbuf
                     .reserve(READ_RESERVE.saturating_sub(self.cbuf.capacity() - self.cbuf.len()));
                 let control = &self.info.control;
+                let read_client = !self.relay.awaits_server();
                 tokio::select! {
                     biased;
                     r = conn.stream.read_buf(&mut conn.rbuf) => Event::Server(r),
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                    r = self.client.read_buf(&mut self.cbuf), if read_client => Event::Client(r),
                     bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
                 }
             };
@@ -271,7 +272,7 @@ impl Session {
         let mut co = self.pool.checkout(wait).await.map_err(End::Checkout)?;
         let conn = co.conn();
         if conn.session.synced_with != self.params.stamp {
-            if let Some(sql) = self.params.set.diff_sql(&conn.session.applied) {
+            if let Some(sql) = self.params.set().diff_sql(&conn.session.applied) {
                 if let Err(e) = Box::pin(conn.simple_query(&sql)).await {
                     conn.broken = true;
                     return Err(match e {
@@ -280,7 +281,7 @@ impl Session {
                     });
                 }
             }
-            conn.session.applied = self.params.set.clone();
+            conn.session.applied = self.params.set().clone();
             conn.session.synced_with = self.params.stamp;
         }
         let shared = conn
@@ -403,12 +404,12 @@ mod tests {
             std::mem::size_of_val(&task)
         );
         assert!(
-            std::mem::size_of::<Session>() <= 224,
+            std::mem::size_of::<Session>() <= 192,
             "Session: {} bytes",
             std::mem::size_of::<Session>()
         );
         assert!(
-            std::mem::size_of::<ClientInfo>() <= 112,
+            std::mem::size_of::<ClientInfo>() <= 96,
             "ClientInfo: {} bytes",
             std::mem::size_of::<ClientInfo>()
         );

@@ -255,14 +255,14 @@ fn set_is_tracked_and_rolled_back() {
     let mut h = Harness::new(true);
     h.client(&reg, &[F::Query("SET search_path TO app".into())]);
     h.server(&[cc("SET"), rfq(TxStatus::Idle)]);
-    assert_eq!(h.params.set.get("search_path"), Some("app"));
+    assert_eq!(h.params.set().get("search_path"), Some("app"));
     assert_eq!(h.srv.applied.get("search_path"), Some("app"));
 
     h.client(&reg, &[F::Query("BEGIN; SET statement_timeout = 5".into())]);
     h.server(&[cc("BEGIN"), cc("SET"), rfq(TxStatus::InTransaction)]);
     h.client(&reg, &[F::Query("ROLLBACK".into())]);
     h.server(&[cc("ROLLBACK"), rfq(TxStatus::Idle)]);
-    assert_eq!(h.params.set.get("statement_timeout"), None);
+    assert_eq!(h.params.set().get("statement_timeout"), None);
 
     // extended protocol SET (as psycopg sends it)
     h.client(
@@ -275,13 +275,13 @@ fn set_is_tracked_and_rolled_back() {
         cc("SET"),
         rfq(TxStatus::Idle),
     ]);
-    assert_eq!(h.params.set.get("timezone"), Some("'UTC'"));
+    assert_eq!(h.params.set().get("timezone"), Some("'UTC'"));
 
     // a failed SET changes nothing
     h.client(&reg, &[F::Query("SET nonsense.x TO".into())]);
     let err = wire::ErrorFields::new(wire::Severity::Error, "42601", "syntax error");
     h.server(&[B::ErrorResponse(err), rfq(TxStatus::Idle)]);
-    assert_eq!(h.params.set.iter().count(), 2);
+    assert_eq!(h.params.set().iter().count(), 2);
 }
 
 #[test]
@@ -408,7 +408,7 @@ fn a_rolled_back_or_failed_set_makes_the_server_state_unknown() {
         cc("COMMIT"),
         rfq(TxStatus::Idle),
     ]);
-    assert_eq!(h.params.set.get("search_path"), None);
+    assert_eq!(h.params.set().get("search_path"), None);
     let sql = ParamSet::default()
         .diff_sql(&h.srv.applied)
         .expect("a reset is due");
@@ -421,9 +421,40 @@ fn a_rolled_back_or_failed_set_makes_the_server_state_unknown() {
     );
     let err = wire::ErrorFields::new(wire::Severity::Error, "22012", "division by zero");
     h.server(&[cc("SET"), B::ErrorResponse(err), rfq(TxStatus::Idle)]);
-    assert_eq!(h.params.set.get("work_mem"), None);
+    assert_eq!(h.params.set().get("work_mem"), None);
     assert!(ParamSet::default()
         .diff_sql(&h.srv.applied)
         .unwrap()
         .starts_with("RESET ALL;"));
+}
+
+#[test]
+fn awaits_server_only_when_the_server_can_answer_alone() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    assert!(!h.relay.awaits_server(), "nothing owed");
+    // A simple query: the server answers without more input.
+    h.client(&reg, &[F::Query("select 1".into())]);
+    assert!(h.relay.awaits_server());
+    h.server(&[cc("SELECT 1"), rfq(TxStatus::Idle)]);
+    assert!(!h.relay.awaits_server());
+    // Extended messages without Sync or Flush: the server waits for the
+    // client, so the client must be read.
+    h.client(&reg, &[parse("", "select 1"), bind(""), exec()]);
+    assert!(!h.relay.awaits_server());
+    h.client(&reg, &[F::Flush]);
+    assert!(h.relay.awaits_server());
+    h.server(&[B::ParseComplete, B::BindComplete, cc("SELECT 1")]);
+    assert!(!h.relay.awaits_server(), "all flushed requests answered");
+    h.client(&reg, &[F::Sync]);
+    assert!(h.relay.awaits_server());
+    h.server(&[rfq(TxStatus::Idle)]);
+    // COPY FROM STDIN: the server waits for the client's data.
+    h.client(&reg, &[F::Query("copy t from stdin".into())]);
+    assert!(h.relay.awaits_server());
+    h.server(&[B::CopyInResponse {
+        format: 0,
+        column_formats: vec![],
+    }]);
+    assert!(!h.relay.awaits_server());
 }
