@@ -54,7 +54,7 @@ pub struct Pool {
     settings: Mutex<PoolSettings>,
     credential: Mutex<ServerCredential>,
     /// ParameterStatus values of a server of this pool, for client logins.
-    server_params: Mutex<Option<Arc<[(String, String)]>>>,
+    server_params: Mutex<Option<ServerParams>>,
     topology: Arc<Topology>,
     pub active: AtomicUsize,
     pub waiting: AtomicUsize,
@@ -63,6 +63,9 @@ pub struct Pool {
     /// Connections open or being opened, idle or not.
     pub open: AtomicUsize,
 }
+
+/// ParameterStatus (name, value) pairs a server reported, shared.
+pub type ServerParams = Arc<[(String, String)]>;
 
 /// A server connection lent to one client. It holds one of the pool's
 /// semaphore permits (forgotten when taken, added back on drop: a
@@ -168,7 +171,7 @@ impl Pool {
             .clone()
     }
 
-    pub fn server_params(&self) -> Option<Arc<[(String, String)]>> {
+    pub fn server_params(&self) -> Option<ServerParams> {
         self.server_params
             .lock()
             .unwrap_or_else(|e| e.into_inner())
