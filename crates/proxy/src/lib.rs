@@ -67,8 +67,16 @@ impl Proxy {
         tokio::spawn(maintain(state.clone()));
         tokio::spawn(dispatch_control(state.clone()));
         let mut shutdown = state.shutdown.subscribe();
+        // Made once: re-made per accepted connection it would register
+        // with the channel every time.
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stop);
         loop {
             tokio::select! {
+                biased;
+                _ = &mut stop => break,
                 r = listener.accept() => match r {
                     Ok((tcp, peer)) => {
                         tokio::spawn(client::handle(state.clone(), tcp, peer));
@@ -79,7 +87,6 @@ impl Proxy {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             }
         }
         drop(listener);

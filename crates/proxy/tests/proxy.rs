@@ -422,3 +422,124 @@ async fn listen_notify_pins_the_connection() {
         assert_eq!(got, format!("n{i}"));
     }
 }
+
+/// A client pipelining megabytes of requests while the server sends back
+/// megabytes of answers: the proxy must read the server while it still
+/// has requests to write to it, or the two wait on each other forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_pipelines_do_not_deadlock() {
+    use bytes::{Bytes, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wire::frontend::{Bind, FrontendMessage as F, Parse};
+
+    const N: usize = 4000;
+    const SIZE: usize = 10_000;
+    const BIG: usize = 64 << 20;
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}pool_mode = \"transaction\"\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut out = BytesMut::new();
+    wire::startup::StartupPacket::Startup {
+        minor: 0,
+        params: vec![
+            ("user".into(), "postgres".into()),
+            ("database".into(), "app".into()),
+        ],
+    }
+    .encode(&mut out);
+    wr.write_all(&out).await.unwrap();
+    // Reads backend messages until `want` ReadyForQuery; counts DataRows.
+    async fn read_until_ready(
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        buf: &mut Vec<u8>,
+    ) -> (usize, usize) {
+        let (mut rows, mut bytes) = (0, 0);
+        loop {
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf.len() < 1 + len {
+                    break;
+                }
+                let tag = buf[0];
+                assert_ne!(
+                    tag,
+                    b'E',
+                    "error: {:?}",
+                    String::from_utf8_lossy(&buf[..1 + len])
+                );
+                if tag == b'D' {
+                    rows += 1;
+                    bytes += len;
+                }
+                buf.drain(..1 + len);
+                if tag == b'Z' {
+                    return (rows, bytes);
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = rd.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let mut buf = Vec::new();
+    read_until_ready(&mut rd, &mut buf).await;
+
+    // A statement whose answer is bigger than every socket buffer on the
+    // way, with no Sync yet (the server answers as it goes); then, in the
+    // same pipeline, N x (Parse, Bind with a SIZE-byte parameter, Execute)
+    // and one Sync. The server is busy writing the first answer while the
+    // proxy has megabytes of requests to write to it.
+    let value = Bytes::from(vec![b'x'; SIZE]);
+    let writer = tokio::spawn(async move {
+        let mut out = BytesMut::new();
+        let execute = |out: &mut BytesMut, query: String, params: Vec<Option<Bytes>>| {
+            F::Parse(Parse {
+                name: String::new(),
+                query,
+                param_types: vec![],
+            })
+            .encode(out);
+            F::Bind(Bind {
+                portal: String::new(),
+                statement: String::new(),
+                param_formats: vec![],
+                params,
+                result_formats: vec![],
+            })
+            .encode(out);
+            F::Execute {
+                portal: String::new(),
+                max_rows: 0,
+            }
+            .encode(out);
+        };
+        execute(&mut out, format!("SELECT repeat('y', {BIG})"), vec![]);
+        for _ in 0..N {
+            execute(
+                &mut out,
+                "SELECT $1::text".into(),
+                vec![Some(value.clone())],
+            );
+            if out.len() > 1 << 20 {
+                wr.write_all(&out).await.unwrap();
+                out.clear();
+            }
+        }
+        F::Sync.encode(&mut out);
+        wr.write_all(&out).await.unwrap();
+        wr
+    });
+    let (rows, bytes) =
+        tokio::time::timeout(Duration::from_secs(60), read_until_ready(&mut rd, &mut buf))
+            .await
+            .expect("the pipeline stalled");
+    assert_eq!(rows, N + 1);
+    assert!(bytes >= N * SIZE + BIG);
+    writer.await.unwrap();
+}

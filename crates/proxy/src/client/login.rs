@@ -388,7 +388,7 @@ async fn login(
             }
         },
     };
-    if matches!(pool.credential(), ServerCredential::None) && method != HbaMethod::Trust {
+    if method != HbaMethod::Trust && matches!(pool.credential(), ServerCredential::None) {
         tracing::debug!(%user, "no server credential known yet for this user");
     }
     let client_params = params::startup_params(&params);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
 use wire::fields::sqlstate;
 
 use crate::bufpool;
@@ -22,6 +22,13 @@ use crate::state::{ClientInfo, ClientState, Control};
 use crate::stream::Stream;
 
 const READ_RESERVE: usize = 4096;
+
+/// Room to read into without regrowing for every read.
+fn reserve(b: &mut BytesMut) {
+    if b.capacity() - b.len() < READ_RESERVE {
+        b.reserve(READ_RESERVE);
+    }
+}
 
 /// Why a session ended.
 pub(crate) enum End {
@@ -221,21 +228,8 @@ impl Session {
     async fn transaction(&mut self) -> Result<(), End> {
         self.attach().await?;
         self.pump_client().await?;
-        while let Some(co) = self.server.as_mut() {
-            let ev = {
-                let conn = co.conn();
-                self.cbuf
-                    .reserve(READ_RESERVE.saturating_sub(self.cbuf.capacity() - self.cbuf.len()));
-                let control = &self.info.control;
-                let read_client = !self.relay.awaits_server();
-                tokio::select! {
-                    biased;
-                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::Server(r),
-                    r = self.client.read_buf(&mut self.cbuf), if read_client => Event::Client(r),
-                    bits = std::future::poll_fn(|cx| control.poll(cx)) => Event::Control(bits),
-                }
-            };
-            match ev {
+        while self.server.is_some() {
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Client(Ok(0)) => return Err(End::Done),
                 Event::Client(Ok(_)) => self.pump_client().await?,
                 Event::Client(Err(_)) => return Err(End::ClientIo),
@@ -257,6 +251,55 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The next thing to do while holding a server connection. Writes
+    /// pending bytes to the server as it can take them, without ever
+    /// blocking on it: a server busy sending answers while the client
+    /// pipelines more requests must still be read, or both would wait on
+    /// each other. Reads the client only when the server can answer
+    /// without it and nothing is left to write to the server.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let conn = self.server.as_mut().expect("attached").conn();
+        let mut flush = false;
+        while !conn.sout.is_empty() {
+            match Pin::new(&mut conn.stream).poll_write(cx, &conn.sout) {
+                Poll::Ready(Ok(0)) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Poll::Ready(Event::Server(Err(e)));
+                }
+                Poll::Ready(Ok(n)) => {
+                    conn.sout.advance(n);
+                    flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::Server(Err(e))),
+                Poll::Pending => break,
+            }
+        }
+        if flush && conn.sout.is_empty() {
+            // TLS keeps records it could not send yet (a no-op on TCP).
+            if let Poll::Ready(Err(e)) = Pin::new(&mut conn.stream).poll_flush(cx) {
+                return Poll::Ready(Event::Server(Err(e)));
+            }
+        }
+        reserve(&mut conn.rbuf);
+        if let Poll::Ready(r) =
+            tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf)
+        {
+            return Poll::Ready(Event::Server(r));
+        }
+        if conn.sout.is_empty() && !self.relay.awaits_server() {
+            reserve(&mut self.cbuf);
+            if let Poll::Ready(r) =
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
+            {
+                return Poll::Ready(Event::Client(r));
+            }
+        }
+        match self.info.control.poll(cx) {
+            Poll::Ready(bits) => Poll::Ready(Event::Control(bits)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Takes a server connection and brings its session parameters in
@@ -306,12 +349,22 @@ impl Session {
         self.info.set_state(ClientState::Idle);
     }
 
-    fn maybe_detach(&mut self) {
+    async fn maybe_detach(&mut self) -> Result<(), End> {
         if self.relay.transaction_mode() && self.relay.is_idle() {
+            // Bytes that expect no answer (a lone Flush) still go out first.
+            let conn = self.server.as_mut().expect("attached").conn();
+            if !conn.sout.is_empty() {
+                conn.stream
+                    .send_all(&conn.sout)
+                    .await
+                    .map_err(|e| End::ServerLost(e.to_string()))?;
+                conn.sout.clear();
+            }
             self.server = None;
             self.detach_info();
             self.state.stats.xacts.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     async fn pump_client(&mut self) -> Result<(), End> {
@@ -326,14 +379,7 @@ impl Session {
                 &self.state.registry,
             )
             .map_err(End::Protocol)?;
-        if !conn.sout.is_empty() {
-            tracing::trace!(bytes = ?&conn.sout[..], "to server");
-            conn.stream
-                .send_all(&conn.sout)
-                .await
-                .map_err(|e| End::ServerLost(e.to_string()))?;
-            conn.sout.clear();
-        }
+        // Bytes for the server stay in conn.sout: poll_event writes them.
         if !conn.cout.is_empty() {
             self.client
                 .send_all(&conn.cout)
@@ -344,7 +390,7 @@ impl Session {
         if flow == Flow::Terminate {
             return Err(End::Done);
         }
-        self.maybe_detach();
+        self.maybe_detach().await?;
         Ok(())
     }
 
@@ -366,7 +412,7 @@ impl Session {
                 .map_err(|_| End::ClientIo)?;
             conn.cout.clear();
         }
-        self.maybe_detach();
+        self.maybe_detach().await?;
         Ok(())
     }
 }
