@@ -242,27 +242,7 @@ async fn admin_console_shows_and_controls() {
 async fn tls_clients_and_hostssl_rules() {
     let pg = PgServer::primary();
     let dir = testkit::TempDir::new("tls");
-    let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let st = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let (crt, key) = self_signed_cert(&dir);
     let p = start_proxy(
         &format!(
             "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nadmin_users = [\"postgres\"]\n\

@@ -159,41 +159,10 @@ async fn administrators_keep_reserved_slots_when_clients_are_full() {
     }
 }
 
-/// A self-signed certificate and key that PostgreSQL (as OS user
-/// postgres) may read.
-fn server_certificate(dir: &testkit::TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let st = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    if let Some(u) = testkit::OsUser::for_postgres("postgres").unwrap() {
-        u.chown(&crt).unwrap();
-        u.chown(&key).unwrap();
-    }
-    (crt, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_servers() {
     let dir = testkit::TempDir::new("server-tls");
-    let (crt, key) = server_certificate(&dir);
+    let (crt, key) = self_signed_cert(&dir);
     let pg = PgServer::primary_with(&format!(
         "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
         crt.display(),

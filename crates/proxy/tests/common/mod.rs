@@ -110,3 +110,34 @@ pub fn code(e: &tokio_postgres::Error) -> Option<String> {
 
 pub const TRUST: &str =
     "hba = [\"host all all 127.0.0.1/32 trust\"]\nadmin_users = [\"postgres\"]\n";
+
+/// A self-signed certificate and key for `localhost` in `dir`, readable
+/// by PostgreSQL (chowned to OS user postgres when running as root).
+pub fn self_signed_cert(dir: &testkit::TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    if let Some(u) = testkit::OsUser::for_postgres("postgres").unwrap() {
+        u.chown(&crt).unwrap();
+        u.chown(&key).unwrap();
+    }
+    (crt, key)
+}
