@@ -14,6 +14,13 @@ pub fn tick() -> u64 {
     NOW_MS.fetch_max(ms, Ordering::Relaxed).max(ms)
 }
 
+/// A deadline `d` from now, by the coarse clock (early by up to a tick):
+/// no clock read for timeouts set on every connection.
+pub fn deadline(d: std::time::Duration) -> tokio::time::Instant {
+    let base = *BASE.get_or_init(Instant::now);
+    tokio::time::Instant::from_std(base + std::time::Duration::from_millis(now_ms()) + d)
+}
+
 /// Milliseconds since the first tick, as of the latest tick.
 pub fn now_ms() -> u64 {
     NOW_MS.load(Ordering::Relaxed)

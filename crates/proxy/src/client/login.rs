@@ -63,25 +63,29 @@ async fn login_phase(counted: Counted, tcp: TcpStream, peer: SocketAddr) -> Opti
     // Room for a startup packet without regrowing; an idle session gives
     // it up.
     let mut buf = BytesMut::with_capacity(256);
-    let (minor, params) =
-        match tokio::time::timeout(STARTUP_TIMEOUT, startup(state, &mut stream, &mut buf)).await {
-            Ok(Ok(Some(p))) => p,
-            Ok(Ok(None)) => return None,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "rejected startup");
-                Box::pin(send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e)).await;
-                return None;
-            }
-            Err(_) => {
-                Box::pin(send_fatal(
-                    &mut stream,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "no startup packet within 30s",
-                ))
-                .await;
-                return None;
-            }
-        };
+    let (minor, params) = match tokio::time::timeout_at(
+        crate::clock::deadline(STARTUP_TIMEOUT),
+        startup(state, &mut stream, &mut buf),
+    )
+    .await
+    {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "rejected startup");
+            Box::pin(send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e)).await;
+            return None;
+        }
+        Err(_) => {
+            Box::pin(send_fatal(
+                &mut stream,
+                sqlstate::PROTOCOL_VIOLATION,
+                "no startup packet within 30s",
+            ))
+            .await;
+            return None;
+        }
+    };
     match login(counted, stream, buf, peer, minor, params).await {
         Ok(s) => s,
         Err((code, msg)) => {
