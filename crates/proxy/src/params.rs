@@ -29,14 +29,37 @@ impl ParamSet {
         self.1 = true;
     }
 
-    pub fn apply(&mut self, change: &ParamChange) {
+    /// Applies a change as PostgreSQL does on a session whose startup
+    /// packet set `startup` (RESET goes back to a startup value; RESET ALL
+    /// keeps the role; DISCARD ALL does not).
+    pub fn apply_with(&mut self, change: &ParamChange, startup: &ParamSet) {
         match change {
-            ParamChange::Set { name, value } => match self.0.iter_mut().find(|(n, _)| n == name) {
-                Some(slot) => slot.1 = value.clone(),
-                None => self.0.push((name.clone(), value.clone())),
+            ParamChange::Set { name, value } => self.put(name, value),
+            ParamChange::Reset { name } => match startup.get(name) {
+                Some(v) => self.put(name, v),
+                None => self.0.retain(|(n, _)| n != name),
             },
-            ParamChange::Reset { name } => self.0.retain(|(n, _)| n != name),
-            ParamChange::ResetAll => self.0.clear(),
+            ParamChange::ResetAll | ParamChange::ResetSession => {
+                let all = *change == ParamChange::ResetSession;
+                self.0
+                    .retain(|(n, _)| !all && SURVIVE_RESET_ALL.contains(&n.as_str()));
+                for (n, v) in &startup.0 {
+                    self.put(n, v);
+                }
+            }
+        }
+    }
+
+    /// Applies a change on a session without startup parameters (the
+    /// proxy's own server connections).
+    pub fn apply(&mut self, change: &ParamChange) {
+        self.apply_with(change, &ParamSet::EMPTY)
+    }
+
+    fn put(&mut self, name: &str, value: &str) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => value.clone_into(&mut slot.1),
+            None => self.0.push((name.to_owned(), value.to_owned())),
         }
     }
 
@@ -44,7 +67,9 @@ impl ParamSet {
     /// with `self`; `None` when they already agree.
     pub fn diff_sql(&self, server: &ParamSet) -> Option<String> {
         if server.1 {
-            let mut sql = String::from("RESET ALL;");
+            // RESET ALL leaves the role; SET SESSION AUTHORIZATION DEFAULT
+            // resets it (what DISCARD ALL does, allowed for every user).
+            let mut sql = String::from("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
             for (n, v) in &self.0 {
                 sql.push_str(&format!("SET {} = {};", quote_ident(n), v));
             }
@@ -65,6 +90,11 @@ impl ParamSet {
     }
 }
 
+/// Parameters `RESET ALL` does not touch (GUC_NO_RESET_ALL) that clients
+/// set: `SET ROLE` survives it, and only DISCARD ALL (or SET SESSION
+/// AUTHORIZATION) ends it.
+const SURVIVE_RESET_ALL: [&str; 1] = ["role"];
+
 fn quote_ident(name: &str) -> String {
     if name
         .bytes()
@@ -78,9 +108,17 @@ fn quote_ident(name: &str) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamChange {
-    Set { name: String, value: String },
-    Reset { name: String },
+    Set {
+        name: String,
+        value: String,
+    },
+    Reset {
+        name: String,
+    },
+    /// RESET ALL
     ResetAll,
+    /// DISCARD ALL: RESET ALL and the role too.
+    ResetSession,
 }
 
 /// What one statement does to session state, for statements whose command
@@ -95,6 +133,10 @@ pub enum Effect {
     Unlisten(Option<String>),
     DiscardAll,
     DeallocateAll,
+    /// Changes session state the proxy does not model (SET SESSION
+    /// AUTHORIZATION, SET SESSION CHARACTERISTICS): the server connection
+    /// must be cleaned up before another client gets it.
+    Unmodelled(Verb),
     Untracked(Verb),
 }
 
@@ -141,7 +183,7 @@ impl Effect {
             Effect::Unlisten(_) => Verb::Unlisten,
             Effect::DiscardAll => Verb::Discard,
             Effect::DeallocateAll => Verb::Deallocate,
-            Effect::Untracked(v) => *v,
+            Effect::Unmodelled(v) | Effect::Untracked(v) => *v,
         }
     }
 }
@@ -243,6 +285,7 @@ fn normalize_name(name: &str) -> String {
 fn statement_effect(stmt: &str) -> Option<Effect> {
     let (verb, rest) = word(stmt);
     match verb.to_ascii_uppercase().as_str() {
+        "SET" if session_level_unmodelled(rest) => Some(Effect::Unmodelled(Verb::Set)),
         "SET" => Some(
             parse_set(rest)
                 .map(Effect::Param)
@@ -250,12 +293,15 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
         ),
         "RESET" => {
             let (name, tail) = word(rest);
+            if name.eq_ignore_ascii_case("SESSION") {
+                // RESET SESSION AUTHORIZATION
+                return Some(Effect::Unmodelled(Verb::Reset));
+            }
             if name.is_empty() || !tail.is_empty() {
                 return Some(Effect::Untracked(Verb::Reset));
             }
             Some(Effect::Param(match name.to_ascii_uppercase().as_str() {
                 "ALL" => ParamChange::ResetAll,
-                "SESSION" => return Some(Effect::Untracked(Verb::Reset)),
                 _ => ParamChange::Reset {
                     name: normalize_name(name),
                 },
@@ -289,6 +335,15 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
         }
         _ => None,
     }
+}
+
+/// `SET SESSION AUTHORIZATION ...`, `SET SESSION CHARACTERISTICS ...`.
+fn session_level_unmodelled(rest: &str) -> bool {
+    let (first, rest) = word(rest);
+    let (second, _) = word(rest);
+    first.eq_ignore_ascii_case("SESSION")
+        && (second.eq_ignore_ascii_case("AUTHORIZATION")
+            || second.eq_ignore_ascii_case("CHARACTERISTICS"))
 }
 
 /// `SET [SESSION] name {TO|=} value`, `SET TIME ZONE v`, `SET ROLE r`,
@@ -459,6 +514,20 @@ mod tests {
             vec![set("my.Var", "1")]
         );
         assert_eq!(parse_effects("SET ROLE app"), vec![set("role", "app")]);
+        assert_eq!(
+            parse_effects("SET SESSION AUTHORIZATION bob"),
+            vec![Effect::Unmodelled(Verb::Set)]
+        );
+        assert_eq!(
+            parse_effects(
+                "set session characteristics as transaction isolation level serializable"
+            ),
+            vec![Effect::Unmodelled(Verb::Set)]
+        );
+        assert_eq!(
+            parse_effects("RESET SESSION AUTHORIZATION"),
+            vec![Effect::Unmodelled(Verb::Reset)]
+        );
         assert_eq!(
             parse_effects("RESET ALL"),
             vec![Effect::Param(ParamChange::ResetAll)]

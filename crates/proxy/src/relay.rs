@@ -123,28 +123,43 @@ impl Pending {
 pub struct ClientParams {
     /// Boxed, and only when not empty: most clients set nothing, and every
     /// idle client keeps its ClientParams.
-    set: Option<Box<ParamSet>>,
+    sets: Option<Box<ParamSets>>,
     /// Names this version of `set`, unique in the process (0: none): a
     /// server connection last synced with the same stamp needs no SETs.
     pub stamp: u64,
 }
 
+#[derive(Debug, Default)]
+struct ParamSets {
+    /// What the client's session has now.
+    current: ParamSet,
+    /// What its startup packet set: RESET goes back to these.
+    startup: ParamSet,
+}
+
 static NO_PARAMS: ParamSet = ParamSet::EMPTY;
 
 impl ClientParams {
-    pub fn new(set: ParamSet) -> Self {
+    /// A client whose startup packet set `startup`.
+    pub fn new(startup: ParamSet) -> Self {
         ClientParams {
-            set: (set != ParamSet::EMPTY).then(|| Box::new(set)),
+            sets: (startup != ParamSet::EMPTY).then(|| {
+                Box::new(ParamSets {
+                    current: startup.clone(),
+                    startup,
+                })
+            }),
             stamp: next_stamp(),
         }
     }
 
     pub fn set(&self) -> &ParamSet {
-        self.set.as_deref().unwrap_or(&NO_PARAMS)
+        self.sets.as_deref().map_or(&NO_PARAMS, |s| &s.current)
     }
 
-    fn set_mut(&mut self) -> &mut ParamSet {
-        self.set.get_or_insert_with(Default::default)
+    fn apply(&mut self, change: &ParamChange) {
+        let sets = self.sets.get_or_insert_with(Default::default);
+        sets.current.apply_with(change, &sets.startup);
     }
 }
 
@@ -173,6 +188,8 @@ pub struct Relay {
     rollback_seen: bool,
     /// An error since the last idle ReadyForQuery: part of the work rolled back.
     error_seen: bool,
+    /// A statement changed session state the proxy does not model.
+    unmodelled_seen: bool,
     /// The server is in COPY IN mode: it ignores the client's Syncs.
     copy_in: bool,
     /// What only some clients need, allocated on first use: every idle
@@ -200,6 +217,7 @@ impl Relay {
             tx_status: b'I',
             rollback_seen: false,
             error_seen: false,
+            unmodelled_seen: false,
             copy_in: false,
             x: None,
         }
@@ -619,7 +637,7 @@ impl Relay {
             Effect::Unlisten(Some(ch)) => self.x().listening.retain(|c| *c != ch),
             Effect::DiscardAll => {
                 let x = self.x();
-                x.pending_changes.push(ParamChange::ResetAll);
+                x.pending_changes.push(ParamChange::ResetSession);
                 x.listening.clear();
                 x.stmts.clear();
                 srv.prepared.clear();
@@ -628,6 +646,7 @@ impl Relay {
                 srv.prepared.clear();
                 self.x().stmts.clear();
             }
+            Effect::Unmodelled(_) => self.unmodelled_seen = true,
             Effect::Untracked(_) => {}
         }
     }
@@ -637,6 +656,12 @@ impl Relay {
     fn commit_changes(&mut self, srv: &mut ServerSession, params: &mut ClientParams) {
         let rolled_back =
             std::mem::take(&mut self.rollback_seen) | std::mem::take(&mut self.error_seen);
+        if std::mem::take(&mut self.unmodelled_seen) {
+            // Whatever else it did, this server's session is not known:
+            // the next client gets it cleaned up first.
+            srv.applied.mark_unknown();
+            srv.synced_with = 0;
+        }
         let Some(x) = self.x.as_deref_mut() else {
             return;
         };
@@ -655,11 +680,13 @@ impl Relay {
         }
         let in_sync = srv.synced_with == params.stamp;
         for c in x.pending_changes.drain(..) {
-            params.set_mut().apply(&c);
+            params.apply(&c);
             srv.applied.apply(&c);
         }
         params.stamp = next_stamp();
-        if in_sync {
+        // A RESET on the server goes back to its defaults, on the client to
+        // its startup values: then the next transaction needs SETs.
+        if in_sync && srv.applied == *params.set() {
             srv.synced_with = params.stamp;
         }
     }

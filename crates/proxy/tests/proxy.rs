@@ -217,11 +217,12 @@ async fn set_is_isolated_between_clients_in_transaction_mode() {
     assert_eq!(show(&a, "search_path").await, "a_schema, public");
     assert_eq!(show(&a, "statement_timeout").await, "4s");
     assert_eq!(show(&a, "application_name").await, "client_a");
+    let a_zone = show(&a, "TimeZone").await;
+    assert_ne!(a_zone, "Asia/Tokyo");
     b.batch_execute("SET TimeZone = 'Asia/Tokyo'")
         .await
         .unwrap();
-    assert_eq!(show(&a, "TimeZone").await, show(&a, "TimeZone").await);
-    assert_ne!(show(&a, "TimeZone").await, "Asia/Tokyo");
+    assert_eq!(show(&a, "TimeZone").await, a_zone);
     assert_eq!(show(&b, "TimeZone").await, "Asia/Tokyo");
     // RESET goes back to the default
     a.batch_execute("RESET statement_timeout").await.unwrap();
@@ -232,6 +233,77 @@ async fn set_is_isolated_between_clients_in_transaction_mode() {
         .unwrap();
     b.batch_execute("SELECT 1").await.unwrap();
     assert_ne!(show(&a, "work_mem").await, "77MB");
+}
+
+/// `current_user, session_user` of a client.
+async fn whoami(c: &tokio_postgres::Client) -> String {
+    let r = c
+        .query_one("SELECT current_user || ',' || session_user", &[])
+        .await
+        .unwrap();
+    r.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_do_not_leak_and_reset_keeps_startup_values() {
+    let pg = PgServer::primary();
+    pg.sql(
+        "postgres",
+        "CREATE ROLE app_admin NOLOGIN; GRANT app_admin TO postgres; CREATE ROLE other_user LOGIN",
+    );
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 1\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let a = p.connect("postgres", None, "app").await.unwrap();
+    let b = p.connect("postgres", None, "app").await.unwrap();
+    // RESET ALL keeps a role (PostgreSQL's rule): a keeps it, b, on the
+    // same single server connection, must not get it.
+    a.batch_execute("SET ROLE app_admin").await.unwrap();
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(whoami(&a).await, "app_admin,postgres");
+    assert_eq!(whoami(&b).await, "postgres,postgres");
+    assert_eq!(whoami(&a).await, "app_admin,postgres");
+    // A role set in a transaction whose other SET rolled back.
+    a.batch_execute("BEGIN; SET work_mem = '3MB'; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(whoami(&b).await, "postgres,postgres");
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(whoami(&a).await, "postgres,postgres");
+    // SET SESSION AUTHORIZATION is not carried between transactions, and
+    // never reaches another client.
+    a.batch_execute("SET SESSION AUTHORIZATION other_user")
+        .await
+        .unwrap();
+    assert_eq!(whoami(&b).await, "postgres,postgres");
+    // SET SESSION CHARACTERISTICS neither.
+    a.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .unwrap();
+    assert_eq!(
+        show(&b, "default_transaction_isolation").await,
+        "read committed"
+    );
+
+    // RESET and DISCARD ALL go back to what the client asked for at startup.
+    let url = format!(
+        "{} options='-c search_path=tenant1'",
+        p.url("postgres", None, "app")
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(show(&c, "search_path").await, "tenant1");
+    c.batch_execute("SET search_path = other").await.unwrap();
+    c.batch_execute("RESET search_path").await.unwrap();
+    assert_eq!(show(&c, "search_path").await, "tenant1");
+    c.batch_execute("SET search_path = other").await.unwrap();
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(show(&c, "search_path").await, "tenant1");
+    assert_eq!(show(&b, "search_path").await, "\"$user\", public");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

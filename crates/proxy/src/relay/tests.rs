@@ -412,7 +412,10 @@ fn a_rolled_back_or_failed_set_makes_the_server_state_unknown() {
     let sql = ParamSet::default()
         .diff_sql(&h.srv.applied)
         .expect("a reset is due");
-    assert!(sql.starts_with("RESET ALL;"), "{sql}");
+    assert!(
+        sql.starts_with("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;"),
+        "{sql}"
+    );
     // an implicit transaction that fails after a SET: nothing is kept
     let mut h = Harness::new(true);
     h.client(
@@ -425,7 +428,7 @@ fn a_rolled_back_or_failed_set_makes_the_server_state_unknown() {
     assert!(ParamSet::default()
         .diff_sql(&h.srv.applied)
         .unwrap()
-        .starts_with("RESET ALL;"));
+        .starts_with("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;"));
 }
 
 #[test]
@@ -457,4 +460,69 @@ fn awaits_server_only_when_the_server_can_answer_alone() {
         column_formats: vec![],
     }]);
     assert!(!h.relay.awaits_server());
+}
+
+#[test]
+fn role_survives_reset_all_and_unmodelled_statements_force_a_cleanup() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[F::Query("SET ROLE app".into())]);
+    h.server(&[cc("SET"), rfq(TxStatus::Idle)]);
+    h.client(&reg, &[F::Query("RESET ALL".into())]);
+    h.server(&[cc("RESET"), rfq(TxStatus::Idle)]);
+    // PostgreSQL keeps the role through RESET ALL: so does the model, on
+    // both sides, and the next client of this server gets RESET ROLE.
+    assert_eq!(h.params.set().get("role"), Some("app"));
+    assert_eq!(h.srv.applied.get("role"), Some("app"));
+    assert_eq!(
+        ParamSet::default().diff_sql(&h.srv.applied).as_deref(),
+        Some("RESET role;")
+    );
+    // DISCARD ALL ends the role too.
+    h.client(&reg, &[F::Query("DISCARD ALL".into())]);
+    h.server(&[cc("DISCARD ALL"), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set().get("role"), None);
+    assert_eq!(h.srv.applied.get("role"), None);
+    // SET SESSION AUTHORIZATION is not modelled: the server is cleaned up
+    // (including the authorization) before another client uses it.
+    h.client(&reg, &[F::Query("SET SESSION AUTHORIZATION other".into())]);
+    h.server(&[cc("SET"), rfq(TxStatus::Idle)]);
+    let sql = ParamSet::default()
+        .diff_sql(&h.srv.applied)
+        .expect("a cleanup is due");
+    assert!(
+        sql.starts_with("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;"),
+        "{sql}"
+    );
+}
+
+#[test]
+fn reset_goes_back_to_the_startup_value() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    let mut startup = ParamSet::default();
+    startup.apply(&ParamChange::Set {
+        name: "search_path".into(),
+        value: "tenant1".into(),
+    });
+    h.params = ClientParams::new(startup);
+    h.client(&reg, &[F::Query("SET search_path = other".into())]);
+    h.server(&[cc("SET"), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set().get("search_path"), Some("other"));
+    h.client(&reg, &[F::Query("RESET search_path".into())]);
+    h.server(&[cc("RESET"), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set().get("search_path"), Some("tenant1"));
+    h.client(
+        &reg,
+        &[F::Query("SET search_path = other; DISCARD ALL".into())],
+    );
+    h.server(&[cc("SET"), cc("DISCARD ALL"), rfq(TxStatus::Idle)]);
+    assert_eq!(h.params.set().get("search_path"), Some("tenant1"));
+    // The server went back to its own default: the next transaction
+    // brings it in line again.
+    assert_eq!(h.srv.applied.get("search_path"), None);
+    assert_eq!(
+        h.params.set().diff_sql(&h.srv.applied).as_deref(),
+        Some("SET search_path = tenant1;")
+    );
 }
