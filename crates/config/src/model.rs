@@ -81,6 +81,10 @@ pub struct ProxyConfig {
     pub server_connect_timeout: Duration,
     pub health_check_period: Duration,
     pub health_check_timeout: Duration,
+    /// Failed health checks in a row tolerated before a backend is marked
+    /// down (Pgpool-II's health_check_max_retries): one slow or lost
+    /// probe does not take the primary away from every client.
+    pub health_check_max_retries: u32,
     pub shutdown_timeout: Duration,
     pub server_reset_query: String,
     pub max_message_size: usize,
@@ -180,6 +184,7 @@ struct RawProxy {
     server_connect_timeout: Option<Spanned<String>>,
     health_check_period: Option<Spanned<String>>,
     health_check_timeout: Option<Spanned<String>>,
+    health_check_max_retries: Option<u32>,
     shutdown_timeout: Option<Spanned<String>>,
     server_reset_query: Option<String>,
     max_message_size: Option<Spanned<usize>>,
@@ -334,6 +339,7 @@ impl RawConfig {
             server_connect_timeout: duration(&p.server_connect_timeout, Duration::from_secs(3))?,
             health_check_period: duration(&p.health_check_period, Duration::from_millis(500))?,
             health_check_timeout: duration(&p.health_check_timeout, Duration::from_secs(1))?,
+            health_check_max_retries: p.health_check_max_retries.unwrap_or(2),
             shutdown_timeout: duration(&p.shutdown_timeout, Duration::from_secs(30))?,
             server_reset_query: p
                 .server_reset_query

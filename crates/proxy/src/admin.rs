@@ -330,6 +330,10 @@ fn show_config(state: &Arc<State>) -> Reply {
             "health_check_timeout",
             format!("{:?}", p.health_check_timeout),
         ),
+        (
+            "health_check_max_retries",
+            p.health_check_max_retries.to_string(),
+        ),
         ("shutdown_timeout", format!("{:?}", p.shutdown_timeout)),
         ("server_reset_query", p.server_reset_query.clone()),
         ("max_message_size", p.max_message_size.to_string()),

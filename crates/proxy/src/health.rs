@@ -10,8 +10,13 @@ use crate::server::{ConnectOptions, ServerConn, ServerCredential};
 use crate::state::State;
 use crate::topology::Probe;
 
+/// In recovery?, replay lag in bytes, and a primary's timeline (from the
+/// name of the WAL file it writes: it changes with a promotion at once,
+/// where the checkpoint's timeline waits for the next checkpoint).
 const QUERY: &str = "SELECT pg_is_in_recovery(), \
-    COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint";
+    COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint, \
+    CASE WHEN pg_is_in_recovery() THEN 0 \
+    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
 
 pub async fn run(state: Arc<State>) {
     let mut conns: HashMap<String, ServerConn> = HashMap::new();
@@ -25,7 +30,7 @@ pub async fn run(state: Arc<State>) {
             .map(|s| crate::auth::Secret::parse(s).server_credential())
             .unwrap_or(ServerCredential::None);
         let mut set = JoinSet::new();
-        for (i, node) in state.topology.nodes().into_iter().enumerate() {
+        for node in state.topology.nodes() {
             let addr = node.addr();
             let conn = conns.remove(&addr);
             let (user, db, cred, tls, timeout) = (
@@ -36,16 +41,24 @@ pub async fn run(state: Arc<State>) {
                 p.health_check_timeout,
             );
             set.spawn(async move {
-                let (probe, conn) = probe(conn, &addr, &user, &db, &cred, tls, timeout).await;
-                (i, addr, probe, conn)
+                let reused = conn.is_some();
+                let (mut result, mut conn) =
+                    probe(conn, &addr, &user, &db, &cred, tls, timeout).await;
+                if reused && matches!(result, Probe::Down(_)) {
+                    // The kept connection may be what failed (terminated,
+                    // idle_session_timeout): ask again on a new one.
+                    (result, conn) = probe(None, &addr, &user, &db, &cred, tls, timeout).await;
+                }
+                (addr, result, conn)
             });
         }
+        let retries = p.health_check_max_retries;
         while let Some(r) = set.join_next().await {
-            if let Ok((i, addr, probe, conn)) = r {
+            if let Ok((addr, probe, conn)) = r {
                 if let Probe::Down(e) = &probe {
-                    tracing::debug!(node = i, %addr, error = %e, "health check failed");
+                    tracing::debug!(%addr, error = %e, "health check failed");
                 }
-                state.topology.report(i, probe);
+                state.topology.report(&addr, probe, retries);
                 if let Some(c) = conn {
                     conns.insert(addr, c);
                 }
@@ -89,15 +102,17 @@ async fn probe(
         Ok(Ok(rows)) => {
             let row = rows.first();
             let in_recovery = row.and_then(|r| r.first()).and_then(|v| v.as_deref()) == Some("t");
-            let delay = row
-                .and_then(|r| r.get(1))
-                .and_then(|v| v.as_deref())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let number = |i: usize| {
+                row.and_then(|r| r.get(i))
+                    .and_then(|v| v.as_deref())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
             (
                 Probe::Up {
                     in_recovery,
-                    replication_delay: delay,
+                    replication_delay: u64::try_from(number(1)).unwrap_or(0),
+                    timeline: u32::try_from(number(2)).unwrap_or(0),
                 },
                 Some(conn),
             )

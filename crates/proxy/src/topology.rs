@@ -33,8 +33,13 @@ pub struct Node {
     pub status: NodeStatus,
     pub role: Role,
     pub last_status_change: SystemTime,
-    /// When this node was last seen turning primary (a promotion).
+    /// When this node was last seen turning from a running standby into a
+    /// primary (a promotion seen by the health checks).
     pub primary_since: Option<Instant>,
+    /// The timeline a primary writes on (0: not known).
+    pub timeline: u32,
+    /// Failed health checks in a row.
+    pub failures: u32,
     pub select_cnt: u64,
     pub replication_delay: u64,
     pub last_error: Option<String>,
@@ -50,6 +55,8 @@ impl Node {
             role: Role::Unknown,
             last_status_change: SystemTime::now(),
             primary_since: None,
+            timeline: 0,
+            failures: 0,
             select_cnt: 0,
             replication_delay: 0,
             last_error: None,
@@ -75,6 +82,8 @@ pub enum Probe {
     Up {
         in_recovery: bool,
         replication_delay: u64,
+        /// A primary's current timeline (0: not known).
+        timeline: u32,
     },
     Down(String),
 }
@@ -142,16 +151,21 @@ impl Topology {
             nodes.push(kept.unwrap_or_else(|| Node::new(b)));
         }
         if !self.external.load(Ordering::Acquire) {
-            let choice = choose_primary(&nodes);
+            let current = self.tx.borrow().as_ref().map(|t| t.addr.clone());
+            let choice = choose_primary(&nodes, current.as_deref());
             drop(nodes);
             self.publish(choice);
         }
     }
 
-    /// Records a health check result and re-decides the primary.
-    pub fn report(&self, node: usize, probe: Probe) {
+    /// Records a health check result of the backend at `addr` and
+    /// re-decides the primary. A backend that was up is marked down only
+    /// after more than `max_retries` failed checks in a row.
+    pub fn report(&self, addr: &str, probe: Probe, max_retries: u32) {
         let mut nodes = self.lock();
-        let Some(n) = nodes.get_mut(node) else { return };
+        let Some(n) = nodes.iter_mut().find(|n| n.addr() == addr) else {
+            return;
+        };
         let (status, role) = match &probe {
             Probe::Up { in_recovery, .. } => (
                 NodeStatus::Up,
@@ -161,21 +175,34 @@ impl Topology {
                     Role::Primary
                 },
             ),
-            Probe::Down(_) => (NodeStatus::Down, n.role),
+            Probe::Down(_) => {
+                n.failures = n.failures.saturating_add(1);
+                if n.status == NodeStatus::Up && n.failures <= max_retries {
+                    (NodeStatus::Up, n.role)
+                } else {
+                    (NodeStatus::Down, n.role)
+                }
+            }
         };
         if status != n.status {
             n.last_status_change = SystemTime::now();
         }
-        if role == Role::Primary && (n.role != Role::Primary || n.status != NodeStatus::Up) {
+        // A promotion is a running standby turning primary; a primary
+        // coming back from down is not one (it may be a stale old primary).
+        if role == Role::Primary && n.role == Role::Standby && n.status == NodeStatus::Up {
             n.primary_since = Some(Instant::now());
         }
         n.status = status;
         n.role = role;
         match probe {
             Probe::Up {
-                replication_delay, ..
+                replication_delay,
+                timeline,
+                ..
             } => {
+                n.failures = 0;
                 n.replication_delay = replication_delay;
+                n.timeline = timeline;
                 n.last_error = None;
             }
             Probe::Down(e) => n.last_error = Some(e),
@@ -183,7 +210,8 @@ impl Topology {
         if self.external.load(Ordering::Acquire) {
             return;
         }
-        let choice = choose_primary(&nodes);
+        let current = self.tx.borrow().as_ref().map(|t| t.addr.clone());
+        let choice = choose_primary(&nodes, current.as_deref());
         drop(nodes);
         self.publish(choice);
     }
@@ -210,13 +238,21 @@ impl Topology {
 
     fn publish(&self, choice: Option<(usize, String)>) {
         let current = self.tx.borrow().clone();
-        let same = match (&current, &choice) {
-            (Some(t), Some((i, a))) => t.node == *i && &*t.addr == a.as_str(),
-            (None, None) => true,
-            _ => false,
-        };
-        if same {
-            return;
+        match (&current, &choice) {
+            (None, None) => return,
+            // The same server: connections to it stay good (the epoch
+            // stays); only its place in the backend list may have moved.
+            (Some(t), Some((i, a))) if &*t.addr == a.as_str() => {
+                if t.node != *i {
+                    self.tx.send_replace(Some(Arc::new(Target {
+                        node: *i,
+                        addr: t.addr.clone(),
+                        epoch: t.epoch,
+                    })));
+                }
+                return;
+            }
+            _ => {}
         }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         match &choice {
@@ -233,15 +269,27 @@ impl Topology {
     }
 }
 
-/// The primary among healthy nodes that report not being in recovery; when
-/// several do (a standby was promoted while the old primary still runs),
-/// the most recently promoted one.
-pub fn choose_primary(nodes: &[Node]) -> Option<(usize, String)> {
-    nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.status == NodeStatus::Up && n.role == Role::Primary)
-        .max_by_key(|(_, n)| n.primary_since)
+/// The primary among healthy nodes that report not being in recovery.
+/// When several do (a standby was promoted while the old primary still
+/// runs, or an old primary was restarted as a primary), the one on the
+/// newest timeline; among those the `current` one stays, else the one
+/// seen promoted last.
+pub fn choose_primary(nodes: &[Node], current: Option<&str>) -> Option<(usize, String)> {
+    let up = || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.status == NodeStatus::Up && n.role == Role::Primary)
+    };
+    let newest = up().map(|(_, n)| n.timeline).max()?;
+    let candidates = || up().filter(|(_, n)| n.timeline == newest);
+    candidates()
+        .find(|(_, n)| current.is_some_and(|c| n.addr() == c))
+        .or_else(|| {
+            // latest promotion; on a tie the first in the backend list
+            candidates()
+                .max_by(|(i, a), (j, b)| a.primary_since.cmp(&b.primary_since).then(j.cmp(i)))
+        })
         .map(|(i, n)| (i, n.addr()))
 }
 
@@ -259,56 +307,98 @@ mod tests {
             .collect()
     }
 
+    fn up(in_recovery: bool, timeline: u32) -> Probe {
+        Probe::Up {
+            in_recovery,
+            replication_delay: 0,
+            timeline,
+        }
+    }
+
+    const A: &str = "127.0.0.1:5000";
+    const B: &str = "127.0.0.1:5001";
+
     #[test]
     fn follows_promotion_and_bumps_epoch() {
         let t = Topology::new(&backends(2));
         assert!(t.primary().is_none());
-        t.report(
-            0,
-            Probe::Up {
-                in_recovery: false,
-                replication_delay: 0,
-            },
-        );
-        t.report(
-            1,
-            Probe::Up {
-                in_recovery: true,
-                replication_delay: 0,
-            },
-        );
+        t.report(A, up(false, 1), 0);
+        t.report(B, up(true, 0), 0);
         let p = t.primary().unwrap();
-        assert_eq!((p.node, &*p.addr), (0, "127.0.0.1:5000"));
+        assert_eq!((p.node, &*p.addr), (0, A));
         let e = p.epoch;
-        // node 1 promoted while node 0 still answers: the newer primary wins
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        t.report(
-            1,
-            Probe::Up {
-                in_recovery: false,
-                replication_delay: 0,
-            },
-        );
+        // node 1 promoted while node 0 still answers: the newer timeline wins
+        t.report(B, up(false, 2), 0);
         let p = t.primary().unwrap();
         assert_eq!(p.node, 1);
         assert!(p.epoch > e);
-        t.report(0, Probe::Down("refused".into()));
+        t.report(A, Probe::Down("refused".into()), 0);
         assert_eq!(t.primary().unwrap().node, 1);
-        t.report(1, Probe::Down("refused".into()));
+        t.report(B, Probe::Down("refused".into()), 0);
         assert!(t.primary().is_none());
+    }
+
+    #[test]
+    fn a_restarted_old_primary_does_not_take_writes_back() {
+        let t = Topology::new(&backends(2));
+        t.report(A, up(false, 1), 0);
+        t.report(B, up(true, 0), 0);
+        t.report(A, Probe::Down("refused".into()), 0);
+        t.report(B, up(false, 2), 0);
+        assert_eq!(&*t.primary().unwrap().addr, B);
+        let e = t.current_epoch();
+        // A comes back as a primary on its old timeline
+        t.report(A, up(false, 1), 0);
+        assert_eq!(&*t.primary().unwrap().addr, B);
+        assert_eq!(t.current_epoch(), e);
+        // with the timeline unknown, the current primary stays
+        t.report(A, up(false, 0), 0);
+        t.report(B, up(false, 0), 0);
+        assert_eq!(&*t.primary().unwrap().addr, B);
+        assert_eq!(t.current_epoch(), e);
+    }
+
+    #[test]
+    fn a_backend_is_down_only_after_the_retries() {
+        let t = Topology::new(&backends(1));
+        t.report(A, up(false, 1), 2);
+        let e = t.current_epoch();
+        t.report(A, Probe::Down("timeout".into()), 2);
+        t.report(A, Probe::Down("timeout".into()), 2);
+        assert_eq!(t.nodes()[0].status, NodeStatus::Up);
+        assert_eq!(t.current_epoch(), e, "no change of primary yet");
+        t.report(A, up(false, 1), 2);
+        // the count starts again after a good check
+        t.report(A, Probe::Down("timeout".into()), 2);
+        t.report(A, Probe::Down("timeout".into()), 2);
+        assert_eq!(t.nodes()[0].status, NodeStatus::Up);
+        t.report(A, Probe::Down("timeout".into()), 2);
+        assert_eq!(t.nodes()[0].status, NodeStatus::Down);
+        assert!(t.primary().is_none());
+        // a backend never seen up is down at its first failure
+        let t = Topology::new(&backends(1));
+        t.report(A, Probe::Down("refused".into()), 2);
+        assert_eq!(t.nodes()[0].status, NodeStatus::Down);
+    }
+
+    #[test]
+    fn reordering_backends_keeps_the_primary_and_its_connections() {
+        let t = Topology::new(&backends(2));
+        t.report(B, up(false, 1), 0);
+        let p = t.primary().unwrap();
+        assert_eq!(p.node, 1);
+        let mut reordered = backends(2);
+        reordered.reverse();
+        t.set_backends(&reordered);
+        let q = t.primary().unwrap();
+        assert_eq!((q.node, &*q.addr, q.epoch), (0, B, p.epoch));
     }
 
     #[test]
     fn external_authority_overrides_health_checks() {
         let t = Topology::new(&backends(2));
-        t.set_external_primary(Some("127.0.0.1:5001"));
-        t.report(
-            0,
-            Probe::Up {
-                in_recovery: false,
-                replication_delay: 0,
-            },
-        );
+        t.set_external_primary(Some(B));
+        t.report(A, up(false, 1), 0);
         assert_eq!(t.primary().unwrap().node, 1);
         t.set_external_primary(None);
         assert!(t.primary().is_none());

@@ -427,7 +427,11 @@ async fn follows_a_promoted_standby() {
     assert_eq!(p.state.topology.primary().unwrap().node, 0);
 
     // a client in a transaction on the old primary when it goes away
-    let tx = p.connect("postgres", None, "app").await.unwrap();
+    let (tx, conn) =
+        tokio_postgres::connect(&p.url("postgres", None, "app"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
     tx.batch_execute("BEGIN; INSERT INTO f VALUES (99)")
         .await
         .unwrap();
@@ -449,11 +453,75 @@ async fn follows_a_promoted_standby() {
         .await
         .expect("no hang");
     assert!(e.is_err());
+    // ... and the error says why (tokio-postgres reports an error that
+    // arrives between requests as the connection's end).
+    let end = conn
+        .await
+        .unwrap()
+        .expect_err("an error, not a silent close");
+    let code = code(&end);
+    assert!(
+        matches!(code.as_deref(), Some("08006" | "57P01")),
+        "{code:?}: {end}"
+    );
     // the same client connection writes to the new primary, no proxy restart
     c.batch_execute("INSERT INTO f VALUES (2)").await.unwrap();
     assert_eq!(
         standby.sql("app", "select string_agg(id::text, ',' order by id) from f"),
         "1,2"
+    );
+
+    // The old primary is started again, still a primary on its old
+    // timeline: writes must stay on the new primary (no split brain).
+    primary.start();
+    for i in 3..15 {
+        c.batch_execute(&format!("INSERT INTO f VALUES ({i})"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(p.state.topology.primary().unwrap().node, 1);
+    assert_eq!(standby.sql("app", "select count(*) from f"), "14");
+    assert_eq!(
+        primary.sql("app", "select count(*) from f where id > 2"),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_health_check_connection_does_not_end_transactions() {
+    let pg = PgServer::primary();
+    let p = start_proxy(TRUST, &backends(&[&pg])).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.batch_execute("CREATE TABLE h (id int)").await.unwrap();
+    let epoch = p.state.topology.current_epoch();
+    c.batch_execute("BEGIN; INSERT INTO h VALUES (1)")
+        .await
+        .unwrap();
+    // The proxy's health-check backend is terminated (as an operator or
+    // idle_session_timeout could), several times over a few checks.
+    for _ in 0..3 {
+        wait_for(Duration::from_secs(5), || {
+            pg.sql(
+                "postgres",
+                "select count(*) from pg_stat_activity where application_name = 'pgwarden health check'",
+            ) == "1"
+        })
+        .await;
+        pg.sql(
+            "postgres",
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pgwarden health check'",
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    c.batch_execute("INSERT INTO h VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(pg.sql("app", "select count(*) from h"), "2");
+    assert_eq!(
+        p.state.topology.current_epoch(),
+        epoch,
+        "the primary never changed"
     );
 }
 
