@@ -179,3 +179,30 @@ async fn unreachable_backend_is_a_clear_error_not_a_hang() {
         "{e:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_authentication_messages_are_refused_before_they_are_read() {
+    let pg = PgServer::primary();
+    let hba =
+        "hba = [\"host all md5user 127.0.0.1/32 md5\", \"host all all 127.0.0.1/32 trust\"]\n";
+    let users = "[[users]]\nname = \"md5user\"\npassword = \"md5pass\"\n";
+    let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup("md5user", "app")).await.unwrap();
+    // AuthenticationMD5Password: 'R', length 12, code 5, 4 salt bytes
+    let mut req = [0u8; 13];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((req[0], req[8]), (b'R', 5), "{req:?}");
+    // a password message claiming 60 MB (the proxy's max_message_size is
+    // 64 MB by default); nothing more is sent
+    s.write_all(&[b'p', 0x03, 0x93, 0x87, 0x00]).await.unwrap();
+    let (code, msg) = read_error(&mut s).await;
+    assert_eq!(code, "08P01", "{msg}");
+    assert!(msg.contains("length"), "{msg}");
+    // others still log in
+    let c = p.connect("md5user", Some("md5pass"), "app").await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+}

@@ -25,6 +25,7 @@ use crate::state::State;
 use crate::stream::Stream;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_AUTH_MESSAGE: usize = 65_535;
 
 /// The proxy's state, held by a client connection: counted in
 /// `client_count` from accept until the connection ends, however it ends.
@@ -329,7 +330,9 @@ async fn login(
             }
         }
     }
-    let max = cfg.proxy.max_message_size;
+    // PostgreSQL reads authentication messages with a 64 kB limit
+    // (PG_MAX_AUTH_TOKEN_LENGTH): an unauthenticated peer gets no more.
+    let max = cfg.proxy.max_message_size.min(MAX_AUTH_MESSAGE);
     let cred = match Box::pin(auth::authenticate(
         &mut stream,
         &mut buf,

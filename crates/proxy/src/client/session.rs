@@ -306,13 +306,20 @@ impl Session {
     /// line with the client's.
     async fn attach(&mut self) -> Result<(), End> {
         self.info.set_state(ClientState::Waiting);
-        if self.state.is_paused() {
-            Box::pin(self.state.wait_resumed()).await;
-        }
-        // A change of primary seen from here on concerns this connection.
-        self.info.control.clear(Control::PRIMARY_CHANGED);
-        let wait = self.state.query_wait();
-        let mut co = self.pool.checkout(wait).await.map_err(End::Checkout)?;
+        let mut co = loop {
+            if self.state.is_paused() {
+                Box::pin(self.state.wait_resumed()).await;
+            }
+            // A change of primary seen from here on concerns this connection.
+            self.info.control.clear(Control::PRIMARY_CHANGED);
+            let wait = self.state.query_wait();
+            let co = self.pool.checkout(wait).await.map_err(End::Checkout)?;
+            // PAUSE may have come while this client queued: it waits for
+            // every connection to be back, so give this one back too.
+            if !self.state.is_paused() {
+                break co;
+            }
+        };
         let conn = co.conn();
         if conn.session.synced_with != self.params.stamp {
             if let Some(sql) = self.params.set().diff_sql(&conn.session.applied) {
