@@ -257,6 +257,26 @@ struct RawAuthQuery {
     query: Option<String>,
 }
 
+/// More server connections than PostgreSQL's own max_connections limit
+/// (262143) can only be a mistake.
+const MAX_POOL_SIZE: usize = 262_143;
+
+/// A duration that must not be zero (a zero timeout fails everything).
+fn positive_duration(
+    v: &Option<Spanned<String>>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, Invalid> {
+    let d = duration(v, default)?;
+    match v {
+        Some(s) if d.is_zero() => Err(Invalid::at(
+            s.span(),
+            format!("{name} must be longer than 0"),
+        )),
+        _ => Ok(d),
+    }
+}
+
 fn duration(v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, Invalid> {
     match v {
         None => Ok(default),
@@ -278,10 +298,10 @@ impl RawConfig {
             })?,
         };
         let default_pool_size = match &p.default_pool_size {
-            Some(s) if *s.get_ref() == 0 => {
+            Some(s) if *s.get_ref() == 0 || *s.get_ref() > MAX_POOL_SIZE => {
                 return Err(Invalid::at(
                     s.span(),
-                    "default_pool_size must be at least 1",
+                    format!("default_pool_size must be between 1 and {MAX_POOL_SIZE}"),
                 ))
             }
             Some(s) => *s.get_ref(),
@@ -336,9 +356,21 @@ impl RawConfig {
             server_idle_timeout: duration(&p.server_idle_timeout, Duration::from_secs(600))?,
             server_lifetime: duration(&p.server_lifetime, Duration::from_secs(3600))?,
             query_wait_timeout: duration(&p.query_wait_timeout, Duration::from_secs(30))?,
-            server_connect_timeout: duration(&p.server_connect_timeout, Duration::from_secs(3))?,
-            health_check_period: duration(&p.health_check_period, Duration::from_millis(500))?,
-            health_check_timeout: duration(&p.health_check_timeout, Duration::from_secs(1))?,
+            server_connect_timeout: positive_duration(
+                &p.server_connect_timeout,
+                "server_connect_timeout",
+                Duration::from_secs(3),
+            )?,
+            health_check_period: positive_duration(
+                &p.health_check_period,
+                "health_check_period",
+                Duration::from_millis(500),
+            )?,
+            health_check_timeout: positive_duration(
+                &p.health_check_timeout,
+                "health_check_timeout",
+                Duration::from_secs(1),
+            )?,
             health_check_max_retries: p.health_check_max_retries.unwrap_or(2),
             shutdown_timeout: duration(&p.shutdown_timeout, Duration::from_secs(30))?,
             server_reset_query: p
@@ -394,6 +426,27 @@ impl RawConfig {
                     format!("user {:?} is defined twice", u.name.get_ref()),
                 ));
             }
+            if let Some(n) = u.pool_size.filter(|&n| n == 0 || n > MAX_POOL_SIZE) {
+                return Err(Invalid::at(
+                    u.name.span(),
+                    format!(
+                        "user {:?}: pool_size {n} must be between 1 and {MAX_POOL_SIZE}",
+                        u.name.get_ref()
+                    ),
+                ));
+            }
+            if let Some(pw) = u.password.as_deref() {
+                if pw.starts_with("SCRAM-SHA-256$") && !scram_verifier_shape(pw) {
+                    return Err(Invalid::at(
+                        u.name.span(),
+                        format!(
+                            "user {:?}: password looks like a SCRAM verifier but is not one \
+                             (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)",
+                            u.name.get_ref()
+                        ),
+                    ));
+                }
+            }
             users.push(User {
                 name: u.name.into_inner(),
                 secret: u.password,
@@ -421,6 +474,27 @@ impl RawConfig {
             users,
             auth_query,
         })
+    }
+}
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, by shape.
+fn scram_verifier_shape(s: &str) -> bool {
+    let b64 = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    };
+    let Some((iter_salt, keys)) = s
+        .strip_prefix("SCRAM-SHA-256$")
+        .and_then(|r| r.split_once('$'))
+    else {
+        return false;
+    };
+    match (iter_salt.split_once(':'), keys.split_once(':')) {
+        (Some((iter, salt)), Some((stored, server))) => {
+            iter.parse::<u32>().is_ok_and(|i| i > 0) && b64(salt) && b64(stored) && b64(server)
+        }
+        _ => false,
     }
 }
 

@@ -75,6 +75,23 @@ fn errors_name_file_and_line() {
         .starts_with("pgwarden.toml:4:8: user \"a\" is defined twice"));
     assert!(err("this is not toml").starts_with("pgwarden.toml:1:"));
     assert!(err("[proxy]\ntls_cert_file = \"x\"\n").contains("together"));
+    assert!(err("[proxy]\ndefault_pool_size = 100000000000\n")
+        .starts_with("pgwarden.toml:2:21: default_pool_size must be between 1 and"));
+    assert!(err("[proxy]\nserver_connect_timeout = \"0s\"\n")
+        .starts_with("pgwarden.toml:2:26: server_connect_timeout must be longer than 0"));
+    assert!(err("[proxy]\nhealth_check_period = \"0ms\"\n").contains("longer than 0"));
+    assert!(err("[[users]]\nname = \"a\"\npool_size = 0\n")
+        .starts_with("pgwarden.toml:2:8: user \"a\": pool_size 0 must be between 1"));
+    assert!(
+        err("[[users]]\nname = \"a\"\npassword = \"SCRAM-SHA-256$4096:c2FsdA==\"\n")
+            .starts_with("pgwarden.toml:2:8: user \"a\": password looks like a SCRAM verifier")
+    );
+    // a real verifier is accepted
+    parse(
+        "[[users]]\nname = \"a\"\npassword = \"SCRAM-SHA-256$4096:c2FsdHNhbHQ=$dGVzdA==:dGVzdA==\"\n",
+        Path::new("pgwarden.toml"),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -18,6 +18,44 @@ use crate::stream::Stream;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A stored secret.
+/// Runs a key derivation (PBKDF2, thousands of rounds) off the runtime's
+/// thread, so logins in progress do not stall everyone's traffic.
+async fn derive<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The SCRAM verifier of a user whose configured password is plain text:
+/// derived once per (user, password) with a fixed salt, as PostgreSQL
+/// stores one, instead of at every login.
+async fn plain_verifier(user: &str, password: &str) -> Verifier {
+    type Cache = std::sync::Mutex<std::collections::HashMap<(String, String), Verifier>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (user.to_owned(), password.to_owned());
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    let pw = password.to_owned();
+    let v = derive(move || Verifier::from_password(&pw)).await;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    // Only configured users have plain passwords: a config reload that
+    // changes many of them is the only way this grows.
+    if c.len() > 10_000 {
+        c.clear();
+    }
+    c.insert(key, v.clone());
+    v
+}
+
+/// The process's key for mock verifiers.
+fn mock_secret() -> &'static [u8] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(rand::random)
+}
+
 #[derive(Debug, Clone)]
 pub enum Secret {
     Plain(String),
@@ -111,7 +149,10 @@ pub async fn authenticate(
             let ok = match &secret {
                 Some(Secret::Plain(p)) => wire::md5::verify(p, pw),
                 Some(Secret::Md5(h)) => wire::md5::verify(h, &wire::md5::stored_hash(user, pw)),
-                Some(Secret::Scram(v)) => Verifier::with_salt(pw, &v.salt, v.iterations) == *v,
+                Some(Secret::Scram(v)) => {
+                    let (pw, v) = (pw.to_owned(), v.clone());
+                    derive(move || Verifier::with_salt(&pw, &v.salt, v.iterations) == v).await
+                }
                 None => false,
             };
             if !ok {
@@ -145,10 +186,10 @@ pub async fn authenticate(
         }
         HbaMethod::ScramSha256 => {
             let (verifier, known) = match &secret {
-                Some(Secret::Plain(p)) => (Verifier::from_password(p), true),
+                Some(Secret::Plain(p)) => (plain_verifier(user, p).await, true),
                 Some(Secret::Scram(v)) => (v.clone(), true),
-                // md5 secrets cannot do SCRAM; unknown users get a dummy
-                _ => (Verifier::from_password(&wire::scram::new_nonce()), false),
+                // md5 secrets cannot do SCRAM; unknown users get a mock
+                _ => (Verifier::mock(mock_secret(), user), false),
             };
             send(
                 s,

@@ -79,6 +79,21 @@ impl Verifier {
         }
     }
 
+    /// A verifier for a user that does not exist, as PostgreSQL makes one:
+    /// the same salt for the same name every time (a changing salt would
+    /// tell who exists), keys no password matches, and no key derivation
+    /// (an unauthenticated client must not cost PBKDF2 rounds).
+    pub fn mock(secret: &[u8], user: &str) -> Self {
+        let mut salt_src = b"salt:".to_vec();
+        salt_src.extend_from_slice(user.as_bytes());
+        Verifier {
+            iterations: 4096,
+            salt: hmac(secret, &salt_src)[..16].to_vec(),
+            stored_key: hmac(secret, b"stored key"),
+            server_key: hmac(secret, b"server key"),
+        }
+    }
+
     /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
     pub fn parse(s: &str) -> Option<Self> {
         let rest = s.strip_prefix("SCRAM-SHA-256$")?;
@@ -466,5 +481,14 @@ mod tests {
         s.client_first(b"n,,n=,r=abc").unwrap();
         assert!(s.client_final(b"c=biws,r=abc,p=!!!").is_err());
         assert!(Verifier::parse("SCRAM-SHA-256$0:AA==$AA==:AA==").is_none());
+    }
+
+    #[test]
+    fn mock_verifiers_keep_their_salt_and_match_no_password() {
+        let a = Verifier::mock(b"k", "alice");
+        assert_eq!(a, Verifier::mock(b"k", "alice"));
+        assert_ne!(a.salt, Verifier::mock(b"k", "bob").salt);
+        assert_ne!(a.salt, Verifier::mock(b"other", "alice").salt);
+        assert_ne!(Verifier::with_salt("", &a.salt, a.iterations), a);
     }
 }
