@@ -101,6 +101,11 @@ impl Drop for Checkout {
     }
 }
 
+/// Idle connections older than this (coarse clock ms) are checked for a
+/// close by the server before use; busier ones are not (no cost per
+/// transaction).
+const IDLE_CHECK_MS: u64 = 1000;
+
 impl Pool {
     pub fn new(
         key: PoolKey,
@@ -200,9 +205,20 @@ impl Pool {
         // Every change of primary (to none as well) bumps the epoch: an idle
         // connection of the current epoch is one to the current primary.
         let epoch = self.topology.current_epoch();
+        let now = crate::clock::now_ms();
         loop {
             let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match conn {
+                // A connection idle for a while may have been closed by the
+                // server (restart, pg_terminate_backend, idle_session_timeout):
+                // nothing was sent on it yet, so take another.
+                Some(c)
+                    if now.saturating_sub(c.last_used_ms) >= IDLE_CHECK_MS
+                        && c.closed_while_idle() =>
+                {
+                    tracing::info!(server = %c.addr, pid = c.pid, "server closed an idle connection");
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                }
                 // Lifetimes are enforced when connections come back and by maintain().
                 Some(c) if c.epoch == epoch => {
                     self.active.fetch_add(1, Ordering::Relaxed);

@@ -364,6 +364,22 @@ async fn negotiate_tls(
     }
 }
 
+impl ServerConn {
+    /// Whether the server closed this idle connection (or sent something
+    /// unasked, which an idle connection never does): read from the
+    /// readiness the runtime already holds, so a live connection usually
+    /// costs no system call.
+    pub fn closed_while_idle(&self) -> bool {
+        let tcp = match &self.stream {
+            Stream::Plain(t) => t,
+            Stream::ClientTls(t) => t.get_ref().0,
+            Stream::ServerTls(_) | Stream::Taken => return true,
+        };
+        let mut byte = [0u8; 1];
+        !matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 /// Quotes a string as an SQL literal.
 pub fn quote_literal(s: &str) -> String {
     // Made for every startup parameter of every login: one allocation of

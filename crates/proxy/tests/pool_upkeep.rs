@@ -205,3 +205,30 @@ async fn tls_to_servers() {
         .unwrap();
     assert!(!r.get::<_, bool>(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_closed_by_the_server_is_not_handed_out() {
+    let pg = PgServer::primary();
+    pg.sql("postgres", "CREATE ROLE idler LOGIN");
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 2\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let c = p.connect("idler", None, "app").await.unwrap();
+    let first = pid(&c).await;
+    // An operator (or idle_session_timeout) ends the pooled backend.
+    pg.sql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The client's next transaction gets a working connection, not the
+    // dead one's FATAL.
+    let second = pid(&c).await;
+    assert_ne!(first, second);
+    assert_eq!(
+        c.query_one("select 41 + 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
+}
