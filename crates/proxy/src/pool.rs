@@ -412,6 +412,21 @@ impl Pools {
         m.entry(key.clone()).or_insert_with(make).clone()
     }
 
+    /// Removes `pool` if it never had a working connection and nobody
+    /// else holds it: a login to a database that does not exist (or a user
+    /// the server refuses) leaves nothing behind.
+    pub fn forget_unused(&self, pool: &Arc<Pool>) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let unused = pool.server_params().is_none()
+            && pool.open.load(Ordering::Relaxed) == 0
+            && pool.active.load(Ordering::Relaxed) == 0
+            // the map's reference and the caller's
+            && Arc::strong_count(pool) <= 2;
+        if unused && m.get(&*pool.key).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+            m.remove(&*pool.key);
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         let mut v: Vec<_> = self
             .map

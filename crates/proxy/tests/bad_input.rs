@@ -206,3 +206,22 @@ async fn oversized_authentication_messages_are_refused_before_they_are_read() {
     let c = p.connect("md5user", Some("md5pass"), "app").await.unwrap();
     c.simple_query("select 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_to_missing_databases_leave_no_pools_behind() {
+    let pg = PgServer::primary();
+    let p = start_proxy(TRUST, &backends(&[&pg])).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+    let pools = p.state.pools.all().len();
+    for i in 0..20 {
+        let e = p
+            .connect("postgres", None, &format!("no_such_db_{i}"))
+            .await
+            .err()
+            .expect("no such database");
+        assert_eq!(code(&e).as_deref(), Some("3D000"), "{e}");
+    }
+    assert_eq!(p.state.pools.all().len(), pools);
+    c.simple_query("select 1").await.unwrap();
+}

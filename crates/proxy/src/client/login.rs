@@ -381,17 +381,19 @@ async fn login(
         None => match Box::pin(pool.checkout(cfg.proxy.query_wait_timeout)).await {
             Ok(co) => co.conn_ref().reported.clone().into(),
             Err(CheckoutError::Server(ServerError::Rejected(f))) => {
+                state.pools.forget_unused(&pool);
                 let msg = f.to_string();
                 Box::pin(send_fields(&mut stream, f)).await;
                 return Err((sqlstate::CONNECTION_FAILURE, msg));
             }
             Err(e) => {
+                state.pools.forget_unused(&pool);
                 return Err(fail(
                     &mut stream,
                     sqlstate::CONNECTION_FAILURE,
                     format!("cannot connect to the database: {e}"),
                 )
-                .await)
+                .await);
             }
         },
     };
