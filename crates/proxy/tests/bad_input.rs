@@ -218,8 +218,7 @@ async fn logins_to_missing_databases_leave_no_pools_behind() {
         let e = p
             .connect("postgres", None, &format!("no_such_db_{i}"))
             .await
-            .err()
-            .expect("no such database");
+            .expect_err("no such database");
         assert_eq!(code(&e).as_deref(), Some("3D000"), "{e}");
     }
     assert_eq!(p.state.pools.all().len(), pools);
