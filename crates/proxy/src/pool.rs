@@ -303,6 +303,7 @@ impl Pool {
         let now = crate::clock::now_ms();
         if c.broken
             || c.epoch != self.topology.current_epoch()
+            || c.session.prepared.len() > crate::relay::MAX_SERVER_PREPARED
             || now.saturating_sub(c.created_ms) >= self.lifetime_ms.load(Ordering::Relaxed)
         {
             self.open.fetch_sub(1, Ordering::Relaxed);

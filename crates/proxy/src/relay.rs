@@ -30,12 +30,21 @@ pub struct Stmt {
     pub effects: Vec<Effect>,
 }
 
+/// Registry size at which statements no client holds are dropped.
+const REGISTRY_SWEEP_AT: usize = 10_000;
+
+/// Statements a server connection may have prepared: one with more goes
+/// when it is given back (a fresh connection replaces it), so ever new
+/// statement texts cannot grow a server's memory without bound.
+pub const MAX_SERVER_PREPARED: usize = 2_000;
+
 /// Proxy-wide statement names: the same query text and parameter types get
 /// the same name, so a statement prepared on a server serves every client.
 #[derive(Default)]
 pub struct Registry {
     by_body: Mutex<HashMap<Box<[u8]>, Arc<Stmt>>>,
     next: AtomicU64,
+    sweep_at: std::sync::atomic::AtomicUsize,
 }
 
 impl Registry {
@@ -63,6 +72,15 @@ impl Registry {
             parse_msg: msg.freeze(),
             effects,
         });
+        let sweep_at = self.sweep_at.load(Ordering::Relaxed).max(REGISTRY_SWEEP_AT);
+        if map.len() >= sweep_at {
+            // Statements no client holds any more go: clients that prepare
+            // ever new texts (and close them) must not grow the proxy. The
+            // next sweep waits for the map to double, so sweeps stay rare
+            // when clients do hold that many.
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+            self.sweep_at.store(map.len() * 2, Ordering::Relaxed);
+        }
         map.insert(rest.into(), stmt.clone());
         stmt
     }

@@ -232,3 +232,31 @@ async fn an_idle_connection_closed_by_the_server_is_not_handed_out() {
         42
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_with_too_many_prepared_statements_is_replaced() {
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 1\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    let first = pid(&c).await;
+    // Ever new statement texts, each prepared and closed again.
+    for i in 0..(proxy::relay::MAX_SERVER_PREPARED + 10) {
+        let s = c.prepare(&format!("select {i}::int")).await.unwrap();
+        drop(s);
+    }
+    c.simple_query("select 1").await.unwrap();
+    // The connection went when it came back; its successor starts empty.
+    let second = pid(&c).await;
+    assert_ne!(first, second);
+    let n: i64 = c
+        .query_one("select count(*) from pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // (tokio-postgres keeps a few of its own: far fewer than the 2,000+)
+    assert!(n < 50, "{n} statements on the new connection");
+}
