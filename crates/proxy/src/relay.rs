@@ -30,6 +30,9 @@ pub struct Stmt {
     pub effects: Vec<Effect>,
 }
 
+/// Server messages longer than this (DataRow, CopyData) are streamed.
+const STREAM_ABOVE: usize = 64 * 1024;
+
 /// Registry size at which statements no client holds are dropped.
 const REGISTRY_SWEEP_AT: usize = 10_000;
 
@@ -210,6 +213,9 @@ pub struct Relay {
     unmodelled_seen: bool,
     /// The server is in COPY IN mode: it ignores the client's Syncs.
     copy_in: bool,
+    /// Bytes of a large DataRow or CopyData still to pass on as they come
+    /// (such messages are streamed, not held whole).
+    streaming: u32,
     /// What only some clients need, allocated on first use: every idle
     /// client keeps a Relay.
     x: Option<Box<Extra>>,
@@ -236,6 +242,7 @@ impl Relay {
             rollback_seen: false,
             error_seen: false,
             unmodelled_seen: false,
+            streaming: 0,
             copy_in: false,
             x: None,
         }
@@ -538,6 +545,15 @@ impl Relay {
         let mut pos = 0;
         let mut run = 0;
         loop {
+            if self.streaming > 0 {
+                // the rest of a streamed message, as far as it has come
+                let n = (self.streaming as usize).min(input.len() - pos);
+                pos += n;
+                self.streaming -= n as u32;
+                if self.streaming > 0 {
+                    break;
+                }
+            }
             if matches!(
                 self.queue.front(),
                 Some(Pending {
@@ -550,6 +566,21 @@ impl Relay {
                 self.emit_synthetic(to_client);
             }
             let Some((h, body)) = split_message(&input[pos..], usize::MAX >> 1)? else {
+                // A large row or COPY chunk is passed on as it arrives: the
+                // proxy never needs to hold all of it (nothing in it is
+                // looked at).
+                if let Some(h) = wire::peek_header(&input[pos..], usize::MAX >> 1)? {
+                    if matches!(h.tag, b'D' | b'd') && h.total_len() > STREAM_ABOVE {
+                        let have = input.len() - pos;
+                        self.streaming = u32::try_from(h.total_len() - have).map_err(|_| {
+                            ProtocolError::BadLength {
+                                len: h.total_len() as i64,
+                                max: u32::MAX as usize,
+                            }
+                        })?;
+                        pos = input.len();
+                    }
+                }
                 break;
             };
             let total = h.total_len();

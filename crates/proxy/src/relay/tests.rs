@@ -542,3 +542,31 @@ fn the_registry_forgets_statements_no_client_holds() {
     let again = reg.get(b"select 0\0\0\0", "select 0");
     assert_eq!(again.server_name, held.server_name);
 }
+
+#[test]
+fn large_rows_are_passed_on_as_they_arrive() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[F::Query("select big".into())]);
+    let big = vec![b'x'; 3 * STREAM_ABOVE];
+    let all = enc_b(&[
+        B::DataRow(vec![Some(Bytes::from(big.clone()))]),
+        cc("SELECT 1"),
+        rfq(TxStatus::Idle),
+    ]);
+    // the row arrives in pieces; each piece is passed on at once and
+    // nothing of it is kept
+    let mut out = BytesMut::new();
+    let mut input = BytesMut::new();
+    for piece in all.chunks(STREAM_ABOVE / 2 + 7) {
+        input.extend_from_slice(piece);
+        h.relay
+            .server_messages(&mut input, &mut out, &mut h.srv, &mut h.params)
+            .unwrap();
+        assert!(input.len() < 64, "{} bytes held back", input.len());
+        assert_eq!(&out[..], &all[..out.len()]);
+    }
+    assert!(input.is_empty());
+    assert_eq!(out.len(), all.len());
+    assert!(!h.relay.awaits_server(), "the query is answered");
+}
