@@ -137,6 +137,18 @@ async fn auth_query_looks_up_unknown_users() {
         c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
         1
     );
+    // with no primary to ask, the answer is "cannot connect", not "wrong
+    // password"
+    pg.stop();
+    wait_for(Duration::from_secs(10), || {
+        p.state.topology.primary().is_none()
+    })
+    .await;
+    let e = p
+        .connect("md5user", Some("md5pass"), "app")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("08006"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

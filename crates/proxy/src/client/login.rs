@@ -307,6 +307,15 @@ async fn login(
         .and_then(|u| u.secret.as_deref())
         .map(Secret::parse);
     if secret.is_none() && method != HbaMethod::Trust && !admin_db {
+        if cfg.auth_query.is_some() && state.topology.primary().is_none() {
+            // Not a wrong password: the user cannot be looked up now.
+            return Err(fail(
+                &mut stream,
+                sqlstate::CONNECTION_FAILURE,
+                format!("cannot look up user \"{user}\": no primary server is available"),
+            )
+            .await);
+        }
         if let (Some(aq), Some(primary)) = (&cfg.auth_query, state.topology.primary()) {
             match Box::pin(auth::query_secret(
                 aq,
