@@ -34,24 +34,48 @@ impl std::fmt::Display for HbaMethod {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NameSet {
     All,
+    /// `sameuser` in the database field: the database named as the user.
+    SameUser,
     Names(Vec<String>),
 }
 
 impl NameSet {
-    fn parse(s: &str) -> Self {
+    /// `field` is "database" or "user": the keywords differ.
+    fn parse(s: &str, field: &str) -> Result<Self, String> {
         if s == "all" {
-            NameSet::All
-        } else {
-            NameSet::Names(
-                s.split(',')
-                    .map(|n| n.trim_matches('"').to_owned())
-                    .collect(),
-            )
+            return Ok(NameSet::All);
         }
+        if field == "database" && s == "sameuser" {
+            return Ok(NameSet::SameUser);
+        }
+        let mut names = Vec::new();
+        for n in s.split(',') {
+            // pg_hba.conf keywords the proxy cannot honour: an error, not
+            // a rule that silently matches a literal name.
+            let unsupported = match n {
+                "samerole" | "samegroup" if field == "database" => {
+                    Some("role membership (samerole)")
+                }
+                "replication" if field == "database" => {
+                    Some("replication connections (the proxy does not take them)")
+                }
+                _ if n.starts_with('+') => Some("role membership (+role)"),
+                _ if n.starts_with('@') => Some("name files (@file)"),
+                _ => None,
+            };
+            if let Some(what) = unsupported {
+                return Err(format!(
+                    "{field} {n:?}: access rules of the proxy do not support {what}; list the names"
+                ));
+            }
+            names.push(n.trim_matches('"').to_owned());
+        }
+        Ok(NameSet::Names(names))
     }
-    fn matches(&self, name: &str) -> bool {
+    fn matches(&self, name: &str, user: &str) -> bool {
         match self {
             NameSet::All => true,
+            NameSet::SameUser => name == user,
             NameSet::Names(v) => v.iter().any(|n| n == name),
         }
     }
@@ -172,8 +196,8 @@ impl HbaRule {
         };
         Ok(HbaRule {
             conn,
-            databases: NameSet::parse(f[1]),
-            users: NameSet::parse(f[2]),
+            databases: NameSet::parse(f[1], "database")?,
+            users: NameSet::parse(f[2], "user")?,
             address: Address::parse(f[3])?,
             method,
             text: f.join(" "),
@@ -187,8 +211,8 @@ impl HbaRule {
             ConnType::HostNoSsl => !tls,
         };
         conn_ok
-            && self.databases.matches(database)
-            && self.users.matches(user)
+            && self.databases.matches(database, user)
+            && self.users.matches(user, user)
             && self.address.matches(ip)
     }
 }
@@ -268,5 +292,22 @@ mod tests {
         assert!(HbaRule::parse("host all all nothost trust").is_err());
         assert!(HbaRule::parse("host all all all kerberos").is_err());
         assert!(HbaRule::parse("host all all 0.0.0.0/0 trust").is_ok());
+    }
+
+    #[test]
+    fn sameuser_matches_and_unsupported_keywords_are_errors() {
+        let r = rules(&["host sameuser all all trust"]);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(r.find("alice", "alice", ip, false).is_some());
+        assert!(r.find("bob", "alice", ip, false).is_none());
+        for bad in [
+            "host samerole all all trust",
+            "host all +admins all trust",
+            "host @dbs all all trust",
+            "host replication all all trust",
+        ] {
+            let e = HbaRule::parse(bad).unwrap_err();
+            assert!(e.contains("do not support"), "{bad}: {e}");
+        }
     }
 }
