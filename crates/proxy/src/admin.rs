@@ -351,32 +351,48 @@ fn show_config(state: &Arc<State>) -> Reply {
     text_rows(&["key", "value"], rows, "SHOW")
 }
 
+/// Pgpool-II's columns, in its order: `status`/`role` are the proxy's
+/// view (the node it uses as primary), `pg_status`/`pg_role` what the last
+/// health check saw.
 fn show_pool_nodes(state: &Arc<State>) -> Reply {
     let primary = state.topology.primary();
-    let rows = state
-        .topology
-        .nodes()
+    let nodes = state.topology.nodes();
+    let weight = format!("{:.6}", 1.0 / nodes.len().max(1) as f64);
+    let rows = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
+            let status = match n.status {
+                NodeStatus::Up => "up",
+                NodeStatus::Down => "down",
+                NodeStatus::Unknown => "waiting",
+            };
+            let is_primary = primary.as_ref().is_some_and(|p| p.node == i);
+            let pg_role = match (n.status, n.role) {
+                (NodeStatus::Up, Role::Primary) => "primary",
+                (NodeStatus::Up, Role::Standby) => "standby",
+                _ => "unknown",
+            };
             vec![
                 s(i),
                 s(&n.host),
                 s(n.port),
-                s(match n.status {
-                    NodeStatus::Up => "up",
-                    NodeStatus::Down => "down",
-                    NodeStatus::Unknown => "unknown",
+                s(status),
+                s(if n.status == NodeStatus::Up {
+                    "up"
+                } else {
+                    "down"
                 }),
-                s(match n.role {
-                    Role::Primary => "primary",
-                    Role::Standby => "standby",
-                    Role::Unknown => "unknown",
-                }),
+                s(&weight),
+                s(if is_primary { "primary" } else { "standby" }),
+                s(pg_role),
                 s(n.select_cnt),
                 // all queries go to the primary until read balancing exists
-                s(primary.as_ref().is_some_and(|p| p.node == i)),
+                s(is_primary),
                 s(n.replication_delay),
+                // not collected (Pgpool-II leaves them empty without sr_check too)
+                s(""),
+                s(""),
                 ts(n.last_status_change),
             ]
         })
@@ -387,10 +403,15 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
             "hostname",
             "port",
             "status",
+            "pg_status",
+            "lb_weight",
             "role",
+            "pg_role",
             "select_cnt",
             "load_balance_node",
             "replication_delay",
+            "replication_state",
+            "replication_sync_state",
             "last_status_change",
         ],
         rows,

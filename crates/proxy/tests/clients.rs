@@ -168,11 +168,17 @@ async fn admin_console_shows_and_controls() {
     let node_lines: Vec<&str> = nodes.lines().collect();
     assert_eq!(node_lines.len(), 2, "{nodes}");
     assert!(
-        node_lines[0].starts_with(&format!("0|127.0.0.1|{}|up|primary|", pg.port)),
+        node_lines[0].starts_with(&format!(
+            "0|127.0.0.1|{}|up|up|0.500000|primary|primary|",
+            pg.port
+        )),
         "{nodes}"
     );
     assert!(
-        node_lines[1].starts_with(&format!("1|127.0.0.1|{}|up|standby|", standby.port)),
+        node_lines[1].starts_with(&format!(
+            "1|127.0.0.1|{}|up|up|0.500000|standby|standby|",
+            standby.port
+        )),
         "{nodes}"
     );
     assert!(pools.contains("app|postgres|"), "{pools}");
