@@ -140,6 +140,94 @@ async fn sigterm_drains_transactions_then_exits() {
     }
 }
 
+/// A connection's own end: the error that closed it, if any.
+async fn connect_watched(
+    port: u16,
+    db: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname={db} connect_timeout=5"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    (c, tokio::spawn(conn))
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deadline_ends_what_is_left_with_an_error() {
+    let pg = PgServer::primary();
+    pg.sql("app", "CREATE TABLE d (id int)");
+    let dir = TempDir::new("cfg");
+    let port = free_port();
+    let cfg = write_config(&dir, port, &pg, 4);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\""),
+    )
+    .unwrap();
+    let mut child = Proc(
+        Command::new(BIN)
+            .args(["proxy", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    drop(wait_connect(port).await);
+    let (busy, busy_end) = connect_watched(port, "app").await;
+    busy.batch_execute("BEGIN; INSERT INTO d VALUES (1)")
+        .await
+        .unwrap();
+    let (_admin, admin_end) = connect_watched(port, "pgwarden").await;
+    // a connection that never sends its startup packet
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+
+    let t0 = Instant::now();
+    signal(&child.0, "-TERM");
+    // the admin console is closed at once, and told why
+    let e = tokio::time::timeout(Duration::from_secs(1), admin_end)
+        .await
+        .expect("admin console closed at shutdown")
+        .unwrap()
+        .expect_err("closed with an error");
+    assert_eq!(sqlstate(&e).as_deref(), Some("57P01"), "{e}");
+    // the transaction still open at the 2 s deadline is ended with 57P01,
+    // not dropped silently, and it was not committed
+    let e = tokio::time::timeout(Duration::from_secs(5), busy_end)
+        .await
+        .expect("ended at the deadline")
+        .unwrap()
+        .expect_err("ended with an error");
+    assert_eq!(sqlstate(&e).as_deref(), Some("57P01"), "{e}");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(pg.sql("app", "select count(*) from d"), "0");
+    // the silent connection does not keep the proxy alive
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            assert!(st.success(), "{st}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_without_dropping_clients() {
     let pg = PgServer::primary();

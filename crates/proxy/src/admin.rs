@@ -470,21 +470,23 @@ pub async fn serve(
             return;
         }
         out.clear();
-        let (tag, body) =
-            match read_message(&mut stream, &mut buf, max, Duration::from_secs(86_400)).await {
-                Ok(m) => m,
-                Err(e) => {
-                    if !matches!(e, crate::io::ClientError::Closed) {
-                        crate::io::send_fatal(
-                            &mut stream,
-                            sqlstate::PROTOCOL_VIOLATION,
-                            e.to_string(),
-                        )
+        let next = tokio::select! {
+            m = read_message(&mut stream, &mut buf, max, Duration::from_secs(86_400)) => m,
+            _ = std::future::poll_fn(|cx| shutdown_signalled(&info, cx)) => {
+                crate::io::send_fatal(&mut stream, sqlstate::ADMIN_SHUTDOWN, "pgwarden is shutting down").await;
+                return;
+            }
+        };
+        let (tag, body) = match next {
+            Ok(m) => m,
+            Err(e) => {
+                if !matches!(e, crate::io::ClientError::Closed) {
+                    crate::io::send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, e.to_string())
                         .await;
-                    }
-                    return;
                 }
-            };
+                return;
+            }
+        };
         match tag {
             b'Q' => {
                 let reply = match wire::frontend::query_text(&body) {
@@ -520,6 +522,23 @@ pub async fn serve(
                 )
                 .encode_error(&mut out);
             }
+        }
+    }
+}
+
+/// Ready when a shutdown is signalled to this console (other signals, such
+/// as a change of primary, do not concern it).
+fn shutdown_signalled(info: &ClientInfo, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    use crate::state::Control;
+    loop {
+        match info.control.poll(cx) {
+            std::task::Poll::Ready(bits)
+                if bits & (Control::SHUTDOWN | Control::TERMINATE) != 0 =>
+            {
+                return std::task::Poll::Ready(())
+            }
+            std::task::Poll::Ready(bits) => info.control.clear(bits),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
         }
     }
 }

@@ -96,12 +96,32 @@ impl Proxy {
             ?deadline,
             "shutting down: draining clients"
         );
-        let _ = tokio::time::timeout(deadline, async {
-            while state.client_count.load(Ordering::Relaxed) > 0 {
+        // Logged-in clients: idle ones and the admin consoles end at once,
+        // the others when their transaction (session, in session mode)
+        // ends. Connections still logging in do not hold the shutdown up.
+        let logged_in = || {
+            !state
+                .clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        };
+        let drained = tokio::time::timeout(deadline, async {
+            while logged_in() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
+        if drained.is_err() {
+            // Past the deadline: the rest are told why before they go.
+            state.signal_all(state::Control::TERMINATE);
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while logged_in() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+        }
         tracing::info!(
             remaining = state.client_count.load(Ordering::Relaxed),
             "proxy stopped"

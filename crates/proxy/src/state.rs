@@ -47,6 +47,8 @@ pub struct Control {
 impl Control {
     pub const PRIMARY_CHANGED: u8 = 1;
     pub const SHUTDOWN: u8 = 2;
+    /// The shutdown deadline passed: end now, even inside a transaction.
+    pub const TERMINATE: u8 = 4;
 
     pub fn signal(&self, bits: u8) {
         self.flags.fetch_or(bits, Ordering::AcqRel);

@@ -239,7 +239,11 @@ impl Session {
                 Event::Server(Err(e)) => return Err(End::ServerLost(e.to_string())),
                 Event::Server(Ok(_)) => self.pump_server().await?,
                 Event::Control(bits) => {
-                    // Shutdown: the transaction may finish; the idle wait closes.
+                    // Shutdown: the transaction may finish; the idle wait
+                    // closes. At the shutdown deadline it may not.
+                    if bits & Control::TERMINATE != 0 {
+                        return Err(End::Shutdown);
+                    }
                     self.info.control.clear(bits);
                     if bits & Control::PRIMARY_CHANGED != 0 {
                         let epoch = self.state.topology.primary().map(|t| t.epoch);
