@@ -224,6 +224,28 @@ pub fn parse_effects(sql: &str) -> Vec<Effect> {
         .collect()
 }
 
+/// The statement name of a query that is exactly one `DEALLOCATE
+/// [PREPARE] name` (as PostgreSQL reads the name: folded to lower case
+/// unless quoted).
+pub fn deallocate_name(sql: &str) -> Option<String> {
+    let stmts = split_statements(sql);
+    let [one] = stmts.as_slice() else {
+        return None;
+    };
+    let (verb, rest) = word(one);
+    if !verb.eq_ignore_ascii_case("DEALLOCATE") {
+        return None;
+    }
+    let (mut name, mut tail) = word(rest);
+    if name.eq_ignore_ascii_case("PREPARE") {
+        (name, tail) = word(tail);
+    }
+    if name.is_empty() || !tail.is_empty() || name.eq_ignore_ascii_case("ALL") {
+        return None;
+    }
+    Some(normalize_name(name))
+}
+
 /// Splits on ';' outside quotes, dropping comments.
 fn split_statements(sql: &str) -> Vec<String> {
     let b = sql.as_bytes();
@@ -514,6 +536,17 @@ mod tests {
             vec![set("my.Var", "1")]
         );
         assert_eq!(parse_effects("SET ROLE app"), vec![set("role", "app")]);
+        assert_eq!(
+            deallocate_name("DEALLOCATE _pg3_1").as_deref(),
+            Some("_pg3_1")
+        );
+        assert_eq!(
+            deallocate_name(" deallocate prepare S1 ;").as_deref(),
+            Some("s1")
+        );
+        assert_eq!(deallocate_name("DEALLOCATE \"S1\"").as_deref(), Some("S1"));
+        assert_eq!(deallocate_name("DEALLOCATE ALL"), None);
+        assert_eq!(deallocate_name("DEALLOCATE a; SELECT 1"), None);
         assert_eq!(
             parse_effects("SET SESSION AUTHORIZATION bob"),
             vec![Effect::Unmodelled(Verb::Set)]

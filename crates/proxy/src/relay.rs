@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use wire::backend::{BackendMessage, TxStatus};
 use wire::frame::{peek_header, split_message};
 use wire::frontend::{self, Target};
 use wire::ProtocolError;
@@ -116,6 +117,9 @@ enum Action {
     Swallow,
     /// The proxy answers the client itself with this message tag.
     Synthetic(u8),
+    /// The proxy answers a `DEALLOCATE name` query itself (the name is the
+    /// client's; the statement stays prepared for others).
+    Deallocated,
 }
 
 #[derive(Debug)]
@@ -319,6 +323,15 @@ impl Relay {
             let total = h.total_len();
             let mut forward = true;
             match h.tag {
+                b'Q' if self.rewrite && self.deallocates_own(frontend::query_bytes(body)?) => {
+                    self.flushed = true;
+                    forward = false;
+                    to_server.extend_from_slice(&input[run..pos]);
+                    self.queue.push_back(Pending {
+                        action: Action::Deallocated,
+                        ..Pending::new(Kind::Query)
+                    });
+                }
                 b'Q' => {
                     self.flushed = true;
                     let sql = frontend::query_bytes(body)?;
@@ -523,13 +536,41 @@ impl Relay {
         });
     }
 
+    /// `DEALLOCATE name` of a statement this client prepared under a
+    /// proxy-wide name: the client's name is forgotten here.
+    fn deallocates_own(&mut self, sql: &[u8]) -> bool {
+        if !params::may_have_effects(sql) {
+            return false;
+        }
+        let Some(name) = std::str::from_utf8(sql)
+            .ok()
+            .and_then(params::deallocate_name)
+        else {
+            return false;
+        };
+        self.x
+            .as_mut()
+            .is_some_and(|x| x.stmts.remove(&name).is_some())
+    }
+
+    fn synthetic_next(&self) -> bool {
+        matches!(
+            self.queue.front().map(|p| p.action),
+            Some(Action::Synthetic(_) | Action::Deallocated)
+        )
+    }
+
     fn emit_synthetic(&mut self, to_client: &mut BytesMut) {
-        while let Some(Pending {
-            action: Action::Synthetic(tag),
-            ..
-        }) = self.queue.front()
-        {
-            to_client.extend_from_slice(&[*tag, 0, 0, 0, 4]);
+        while let Some(p) = self.queue.front() {
+            match p.action {
+                Action::Synthetic(tag) => to_client.extend_from_slice(&[tag, 0, 0, 0, 4]),
+                Action::Deallocated => {
+                    BackendMessage::CommandComplete("DEALLOCATE".into()).encode(to_client);
+                    let status = TxStatus::from_byte(self.tx_status).unwrap_or(TxStatus::Idle);
+                    BackendMessage::ReadyForQuery(status).encode(to_client);
+                }
+                _ => break,
+            }
             self.queue.pop_front();
         }
     }
@@ -554,13 +595,7 @@ impl Relay {
                     break;
                 }
             }
-            if matches!(
-                self.queue.front(),
-                Some(Pending {
-                    action: Action::Synthetic(_),
-                    ..
-                })
-            ) {
+            if self.synthetic_next() {
                 to_client.extend_from_slice(&input[run..pos]);
                 run = pos;
                 self.emit_synthetic(to_client);

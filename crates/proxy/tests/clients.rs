@@ -101,26 +101,52 @@ async fn psycopg3_server_side_prepared_statements() {
     .await;
     pg.sql("app", "CREATE TABLE items (id int primary key, name text)");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/psycopg_clients.py");
-    let out = tokio::task::spawn_blocking({
-        let port = p.port();
-        move || {
-            std::process::Command::new("python3")
-                .arg(script)
-                .arg(port.to_string())
-                .output()
-                .expect("python3")
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "psycopg clients failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("prepared statements used: yes"), "{stdout}");
-    assert_eq!(pg.sql("app", "select count(*) from items"), "400");
+    // psycopg-binary (its own recent libpq: statements dropped with a
+    // protocol Close), then psycopg on the system's libpq 15 (dropped with
+    // SQL DEALLOCATE, which the proxy must answer itself)
+    for (impl_, table_rows) in [("binary", "400"), ("python", "800")] {
+        let out = tokio::task::spawn_blocking({
+            let port = p.port();
+            move || {
+                std::process::Command::new("python3")
+                    .arg(script)
+                    .arg(port.to_string())
+                    .env("PSYCOPG_IMPL", impl_)
+                    .output()
+                    .expect("python3")
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "psycopg ({impl_}) clients failed:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("prepared statements used: yes"), "{stdout}");
+        assert_eq!(pg.sql("app", "select count(*) from items"), table_rows);
+    }
+    // the servers hold the statements under the proxy's shared names, and
+    // the 8 clients used at most the 2 server connections of the pool
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    let shared: i64 = c
+        .query_one(
+            "select count(*) from pg_prepared_statements where name like 'pgw\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(shared >= 3, "{shared} shared statements on the server");
+    let servers: i64 = pg
+        .sql(
+            "postgres",
+            "select count(*) from pg_stat_activity where datname = 'app' and backend_type = 'client backend'",
+        )
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&servers), "{servers} server connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

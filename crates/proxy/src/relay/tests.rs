@@ -570,3 +570,33 @@ fn large_rows_are_passed_on_as_they_arrive() {
     assert_eq!(out.len(), all.len());
     assert!(!h.relay.awaits_server(), "the query is answered");
 }
+
+#[test]
+fn deallocate_of_a_rewritten_statement_is_answered_by_the_proxy() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[parse("_pg3_0", "select $1"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    // psycopg (libpq < 17) drops a statement with SQL DEALLOCATE: the
+    // server only knows the proxy-wide name, so the proxy answers
+    let (s, c) = h.client(&reg, &[F::Query("DEALLOCATE _pg3_0".into())]);
+    assert_eq!(tags(&s), "");
+    assert_eq!(tags(&c), "CZ");
+    assert!(!h.relay.in_transaction());
+    assert_eq!(h.relay.prepared_count(), 0);
+    // a name it does not know (SQL PREPARE, or a typo) goes to the server
+    let (s, c) = h.client(&reg, &[F::Query("DEALLOCATE _pg3_0".into())]);
+    assert_eq!(tags(&s), "Q");
+    assert_eq!(tags(&c), "");
+    h.server(&[rfq(TxStatus::Idle)]);
+    // behind a pipelined query, the answer keeps its place
+    h.client(&reg, &[parse("a", "select 2"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    let (s, c) = h.client(
+        &reg,
+        &[F::Query("select 1".into()), F::Query("DEALLOCATE a".into())],
+    );
+    assert_eq!((tags(&s).as_str(), tags(&c).as_str()), ("Q", ""));
+    let out = h.server(&[cc("SELECT 1"), rfq(TxStatus::Idle)]);
+    assert_eq!(tags(&out), "CZCZ");
+}
