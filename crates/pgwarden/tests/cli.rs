@@ -189,6 +189,13 @@ async fn sigterm_deadline_ends_what_is_left_with_an_error() {
         .await
         .unwrap();
     let (_admin, admin_end) = connect_watched(port, "pgwarden").await;
+    // a statement still running at the deadline (it would commit at ~6 s)
+    let (long, _long_end) = connect_watched(port, "app").await;
+    let long_stmt = tokio::spawn(async move {
+        long.batch_execute("INSERT INTO d SELECT 100 FROM pg_sleep(6)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // a connection that never sends its startup packet
     let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -213,6 +220,10 @@ async fn sigterm_deadline_ends_what_is_left_with_an_error() {
     assert_eq!(sqlstate(&e).as_deref(), Some("57P01"), "{e}");
     assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
     assert_eq!(pg.sql("app", "select count(*) from d"), "0");
+    assert!(
+        long_stmt.await.unwrap().is_err(),
+        "the running statement was ended"
+    );
     // the silent connection does not keep the proxy alive
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -226,6 +237,11 @@ async fn sigterm_deadline_ends_what_is_left_with_an_error() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // the running statement was cancelled, not left to commit after the
+    // client was told it was terminated
+    tokio::time::sleep((t0 + Duration::from_secs(7)).saturating_duration_since(Instant::now()))
+        .await;
+    assert_eq!(pg.sql("app", "select count(*) from d where id = 100"), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

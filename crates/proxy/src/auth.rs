@@ -17,7 +17,6 @@ use crate::stream::Stream;
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A stored secret.
 /// Runs a key derivation (PBKDF2, thousands of rounds) off the runtime's
 /// thread, so logins in progress do not stall everyone's traffic.
 async fn derive<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -56,6 +55,7 @@ fn mock_secret() -> &'static [u8] {
     SECRET.get_or_init(rand::random)
 }
 
+/// A stored secret.
 #[derive(Debug, Clone)]
 pub enum Secret {
     Plain(String),

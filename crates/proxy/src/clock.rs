@@ -1,6 +1,7 @@
 //! A coarse monotonic clock for the data path: pool bookkeeping (idle
-//! since, lifetime) reads an atomic that the upkeep task advances every
-//! second, instead of asking the kernel for the time on every transaction.
+//! since, lifetime) and login deadlines read an atomic that a task of its
+//! own advances every 250 ms, instead of asking the kernel for the time on
+//! every transaction or connection.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;

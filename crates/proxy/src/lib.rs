@@ -65,6 +65,15 @@ impl Proxy {
             tokio::spawn(follow::run(state.clone(), url, cluster));
         }
         tokio::spawn(maintain(state.clone()));
+        // The coarse clock has its own task: pool upkeep may wait on
+        // servers, and the clock must also run through a shutdown.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                clock::tick();
+            }
+        });
         tokio::spawn(dispatch_control(state.clone()));
         let mut shutdown = state.shutdown.subscribe();
         // Made once: re-made per accepted connection it would register
@@ -154,7 +163,6 @@ async fn maintain(state: Arc<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        clock::tick();
         if state.is_shutting_down() {
             return;
         }

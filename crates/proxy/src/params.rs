@@ -44,7 +44,10 @@ impl ParamSet {
                 self.0
                     .retain(|(n, _)| !all && SURVIVE_RESET_ALL.contains(&n.as_str()));
                 for (n, v) in &startup.0 {
-                    self.put(n, v);
+                    // a kept role stays what it is now
+                    if all || self.get(n).is_none() || !SURVIVE_RESET_ALL.contains(&n.as_str()) {
+                        self.put(n, v);
+                    }
                 }
             }
         }
@@ -308,6 +311,13 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
     let (verb, rest) = word(stmt);
     match verb.to_ascii_uppercase().as_str() {
         "SET" if session_level_unmodelled(rest) => Some(Effect::Unmodelled(Verb::Set)),
+        // SET session_authorization TO ...: the same as SET SESSION AUTHORIZATION
+        "SET"
+            if parse_set(rest)
+                .is_some_and(|c| change_name(&c) == Some("session_authorization")) =>
+        {
+            Some(Effect::Unmodelled(Verb::Set))
+        }
         "SET" => Some(
             parse_set(rest)
                 .map(Effect::Param)
@@ -355,6 +365,13 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
                 Effect::Untracked(Verb::Deallocate)
             })
         }
+        _ => None,
+    }
+}
+
+fn change_name(c: &ParamChange) -> Option<&str> {
+    match c {
+        ParamChange::Set { name, .. } | ParamChange::Reset { name } => Some(name),
         _ => None,
     }
 }
@@ -560,6 +577,10 @@ mod tests {
         assert_eq!(
             parse_effects("RESET SESSION AUTHORIZATION"),
             vec![Effect::Unmodelled(Verb::Reset)]
+        );
+        assert_eq!(
+            parse_effects("SET session_authorization TO bob"),
+            vec![Effect::Unmodelled(Verb::Set)]
         );
         assert_eq!(
             parse_effects("RESET ALL"),

@@ -290,6 +290,11 @@ impl Relay {
         self.x.as_ref().is_some_and(|x| !x.listening.is_empty())
     }
 
+    /// Part of a streamed message has gone to the client, not all of it.
+    pub fn mid_message(&self) -> bool {
+        self.streaming > 0
+    }
+
     pub fn tx_status(&self) -> u8 {
         self.tx_status
     }
@@ -539,7 +544,9 @@ impl Relay {
     /// `DEALLOCATE name` of a statement this client prepared under a
     /// proxy-wide name: the client's name is forgotten here.
     fn deallocates_own(&mut self, sql: &[u8]) -> bool {
-        if !params::may_have_effects(sql) {
+        // In a failed transaction PostgreSQL refuses it (25P02) and the
+        // name stays: the server gives that answer.
+        if self.tx_status == b'E' || !params::may_have_effects(sql) {
             return false;
         }
         let Some(name) = std::str::from_utf8(sql)

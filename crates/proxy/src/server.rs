@@ -186,10 +186,21 @@ impl ServerConn {
         cred: &ServerCredential,
     ) -> Result<(), ServerError> {
         let mut scram: Option<ScramClient> = None;
+        let mut server_proved = false;
         loop {
             let msg = self.read_message().await?;
             let mut out = BytesMut::new();
             match msg {
+                // Once SCRAM started, only a server that proved it knows
+                // the password (SASLFinal) may say the login succeeded.
+                BackendMessage::Authentication(Authentication::Ok)
+                    if scram.is_some() && !server_proved =>
+                {
+                    return Err(ServerError::Auth(
+                        "server ended SCRAM authentication without proving it knows the password"
+                            .into(),
+                    ))
+                }
                 BackendMessage::Authentication(Authentication::Ok) => return Ok(()),
                 BackendMessage::Authentication(Authentication::CleartextPassword) => {
                     match cred {
@@ -242,6 +253,7 @@ impl ServerConn {
                         .ok_or_else(|| ServerError::Auth("unexpected SASL final".into()))?;
                     s.server_final(&data)
                         .map_err(|e| ServerError::Auth(e.to_string()))?;
+                    server_proved = true;
                     continue;
                 }
                 BackendMessage::Authentication(other) => {

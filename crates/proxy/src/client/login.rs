@@ -170,13 +170,14 @@ async fn cancel(state: &Arc<State>, pid: i32, secret: i32) {
         tracing::debug!(pid, "cancel request for no running query");
         return;
     };
+    let ok = send_cancel(&target.addr, target.pid, target.secret).await;
+    tracing::info!(pid, server = %target.addr, ok, "forwarded cancel request");
+}
+
+/// Sends a CancelRequest for backend `pid` to the server at `addr`.
+pub(crate) async fn send_cancel(addr: &str, pid: i32, secret: i32) -> bool {
     let mut out = BytesMut::new();
-    StartupPacket::Cancel {
-        pid: target.pid,
-        secret: target.secret,
-    }
-    .encode(&mut out);
-    let addr: &str = &target.addr;
+    StartupPacket::Cancel { pid, secret }.encode(&mut out);
     let r = tokio::time::timeout(Duration::from_secs(5), async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(&out).await?;
@@ -186,7 +187,7 @@ async fn cancel(state: &Arc<State>, pid: i32, secret: i32) {
         Ok::<_, std::io::Error>(())
     })
     .await;
-    tracing::info!(pid, server = %addr, ok = matches!(r, Ok(Ok(()))), "forwarded cancel request");
+    matches!(r, Ok(Ok(())))
 }
 
 type LoginError = (&'static str, String);

@@ -152,11 +152,24 @@ impl Session {
 
     pub(crate) async fn finish(mut self: Box<Self>, end: End) {
         let clean = matches!(end, End::Done);
+        let shutdown = matches!(end, End::Shutdown);
         tracing::debug!(
             client = self.info.id,
             reason = end.describe(),
             "session ended"
         );
+        let end = if self.relay.mid_message() {
+            // Part of a large row went out: an error appended now would be
+            // read as the rest of it. The client sees the connection close.
+            tracing::info!(
+                client = self.info.id,
+                reason = end.describe(),
+                "session ended in the middle of a message"
+            );
+            End::ClientIo
+        } else {
+            end
+        };
         match end {
             End::Done | End::ClientIo => {}
             End::Protocol(e) => {
@@ -208,6 +221,13 @@ impl Session {
         if let Some(mut co) = self.server.take() {
             let reset = self.state.config().proxy.server_reset_query.clone();
             let conn = co.conn();
+            if shutdown && self.relay.awaits_server() {
+                // Ended at the shutdown deadline while a statement runs: the
+                // client was told it is terminated, so the statement must
+                // not go on (and commit) after the proxy closes.
+                let _ =
+                    Box::pin(super::login::send_cancel(&conn.addr, conn.pid, conn.secret)).await;
+            }
             if !clean || self.relay.in_transaction() || self.relay.is_listening() {
                 conn.broken = true;
             } else if !self.relay.transaction_mode() && !reset.is_empty() {

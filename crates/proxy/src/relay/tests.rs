@@ -599,4 +599,13 @@ fn deallocate_of_a_rewritten_statement_is_answered_by_the_proxy() {
     assert_eq!((tags(&s).as_str(), tags(&c).as_str()), ("Q", ""));
     let out = h.server(&[cc("SELECT 1"), rfq(TxStatus::Idle)]);
     assert_eq!(tags(&out), "CZCZ");
+    // in a failed transaction the server refuses it (25P02) and the name stays
+    h.client(&reg, &[parse("b", "select 3"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    h.client(&reg, &[F::Query("BEGIN; SELECT 1/0".into())]);
+    let err = wire::ErrorFields::new(wire::Severity::Error, "22012", "division by zero");
+    h.server(&[cc("BEGIN"), B::ErrorResponse(err), rfq(TxStatus::Failed)]);
+    let (s, c) = h.client(&reg, &[F::Query("DEALLOCATE b".into())]);
+    assert_eq!((tags(&s).as_str(), tags(&c).as_str()), ("Q", ""));
+    assert_eq!(h.relay.prepared_count(), 1);
 }
