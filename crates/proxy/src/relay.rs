@@ -120,7 +120,16 @@ enum Action {
     /// The proxy answers a `DEALLOCATE name` query itself (the name is the
     /// client's; the statement stays prepared for others).
     Deallocated,
+    /// The proxy answers the client itself with these whole messages.
+    Reply(&'static [u8]),
 }
+
+/// Answers for an extended-protocol `DEALLOCATE name` the proxy handles.
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
+const NO_DATA: &[u8] = b"n\0\0\0\x04";
+const NO_PARAMS_NO_DATA: &[u8] = b"t\0\0\0\x06\0\0n\0\0\0\x04";
+const DEALLOCATE_DONE: &[u8] = b"C\0\0\0\x0fDEALLOCATE\0";
 
 #[derive(Debug)]
 struct Pending {
@@ -232,6 +241,11 @@ struct Extra {
     portal_effects: Vec<Effect>,
     pending_changes: Vec<ParamChange>,
     listening: Vec<String>,
+    /// The unnamed statement (portal) is a `DEALLOCATE` of the client's
+    /// own statement that the proxy answers (extended protocol, as psycopg
+    /// sends it in pipeline mode before libpq 17).
+    fake_unnamed: bool,
+    fake_portal: bool,
 }
 
 impl Relay {
@@ -353,6 +367,25 @@ impl Relay {
                         effects,
                         ..Pending::new(Kind::Query)
                     });
+                }
+                b'P' | b'B' | b'D' | b'E'
+                    if self.rewrite && self.answers_itself(h.tag, body)? =>
+                {
+                    forward = false;
+                    to_server.extend_from_slice(&input[run..pos]);
+                    let (kind, reply) = match h.tag {
+                        b'P' => (Kind::Parse, PARSE_COMPLETE),
+                        b'B' => (Kind::Bind, BIND_COMPLETE),
+                        b'D' if body.first() == Some(&b'S') => (Kind::Describe, NO_PARAMS_NO_DATA),
+                        b'D' => (Kind::Describe, NO_DATA),
+                        _ => (Kind::Execute, DEALLOCATE_DONE),
+                    };
+                    self.queue.push_back(Pending {
+                        action: Action::Reply(reply),
+                        ..Pending::new(kind)
+                    });
+                    self.unsynced = true;
+                    self.flushed = false;
                 }
                 b'P' => {
                     let (name, query, _) = frontend::parse_name_and_query(body)?;
@@ -560,10 +593,60 @@ impl Relay {
             .is_some_and(|x| x.stmts.remove(&name).is_some())
     }
 
+    /// Whether the proxy answers this extended-protocol message itself:
+    /// an unnamed Parse of `DEALLOCATE <the client's statement>`, and the
+    /// Bind, Describe and Execute of that unnamed statement and portal.
+    fn answers_itself(&mut self, tag: u8, body: &[u8]) -> Result<bool, ProtocolError> {
+        let unnamed = |b: &[u8]| b.first() == Some(&0);
+        let faking = self
+            .x
+            .as_ref()
+            .is_some_and(|x| x.fake_unnamed || x.fake_portal);
+        if tag != b'P' && !faking {
+            // the common case: one load and out
+            return Ok(false);
+        }
+        Ok(match tag {
+            b'P' => {
+                let (name, query, _) = frontend::parse_name_and_query(body)?;
+                if !name.is_empty() {
+                    return Ok(false);
+                }
+                // every unnamed Parse replaces the unnamed statement
+                let fake = self.deallocates_own(query.as_bytes());
+                if fake || faking {
+                    self.x().fake_unnamed = fake;
+                }
+                fake
+            }
+            b'B' => {
+                let (portal, name, _) = frontend::bind_statement_name(body)?;
+                if !portal.is_empty() {
+                    return Ok(false);
+                }
+                // every Bind to the unnamed portal replaces it
+                let x = self.x();
+                let fake = name.is_empty() && x.fake_unnamed;
+                x.fake_portal = fake;
+                fake
+            }
+            b'D' => {
+                let (target, name) = frontend::target_and_name(b'D', body)?;
+                name.is_empty()
+                    && self.x.as_ref().is_some_and(|x| match target {
+                        Target::Statement => x.fake_unnamed,
+                        Target::Portal => x.fake_portal,
+                    })
+            }
+            b'E' => unnamed(body) && self.x.as_ref().is_some_and(|x| x.fake_portal),
+            _ => false,
+        })
+    }
+
     fn synthetic_next(&self) -> bool {
         matches!(
             self.queue.front().map(|p| p.action),
-            Some(Action::Synthetic(_) | Action::Deallocated)
+            Some(Action::Synthetic(_) | Action::Deallocated | Action::Reply(_))
         )
     }
 
@@ -571,6 +654,7 @@ impl Relay {
         while let Some(p) = self.queue.front() {
             match p.action {
                 Action::Synthetic(tag) => to_client.extend_from_slice(&[tag, 0, 0, 0, 4]),
+                Action::Reply(bytes) => to_client.extend_from_slice(bytes),
                 Action::Deallocated => {
                     BackendMessage::CommandComplete("DEALLOCATE".into()).encode(to_client);
                     let status = TxStatus::from_byte(self.tx_status).unwrap_or(TxStatus::Idle);

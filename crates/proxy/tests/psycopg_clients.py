@@ -38,6 +38,18 @@ def client(n):
                 for q in range(5):
                     row = conn.execute(f"SELECT %s::int + {q}", (j,), prepare=True).fetchone()
                     assert row[0] == j + q, row
+            # The same in pipeline mode (what executemany uses): statements
+            # dropped inside a pipeline.
+            # (a sync lets psycopg see results, and so drop statements,
+            # while the pipeline goes on)
+            with conn.pipeline() as p:
+                curs = []
+                for j in range(3):
+                    for q in range(5):
+                        curs.append(conn.execute(f"SELECT %s::int * {q}", (j,), prepare=True))
+                    p.sync()
+            got = [c.fetchone()[0] for c in curs]
+            assert got == [j * q for j in range(3) for q in range(5)], got
     except Exception as e:  # noqa: BLE001 - report every failure
         errors.append(f"client {n}: {e!r}")
 

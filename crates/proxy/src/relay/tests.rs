@@ -609,3 +609,69 @@ fn deallocate_of_a_rewritten_statement_is_answered_by_the_proxy() {
     assert_eq!((tags(&s).as_str(), tags(&c).as_str()), ("Q", ""));
     assert_eq!(h.relay.prepared_count(), 1);
 }
+
+#[test]
+fn extended_protocol_deallocate_of_a_rewritten_statement_is_answered_by_the_proxy() {
+    let reg = Registry::default();
+    let mut h = Harness::new(true);
+    h.client(&reg, &[parse("_pg3_0", "select $1"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    // psycopg in pipeline mode before libpq 17: DEALLOCATE as an unnamed
+    // extended-protocol statement, pipelined behind another query
+    let describe = |target| F::Describe {
+        target,
+        name: "".into(),
+    };
+    let (s, c) = h.client(
+        &reg,
+        &[
+            parse("", "select 7"),
+            bind(""),
+            exec(),
+            parse("", "DEALLOCATE _pg3_0"),
+            bind(""),
+            describe(wire::frontend::Target::Portal),
+            exec(),
+            F::Sync,
+        ],
+    );
+    // only the first statement and the Sync reach the server
+    assert_eq!(tags(&s), "PBES");
+    assert_eq!(tags(&c), "");
+    let out = h.server(&[
+        B::ParseComplete,
+        B::BindComplete,
+        cc("SELECT 1"),
+        rfq(TxStatus::Idle),
+    ]);
+    // the proxy's answers take their place in the stream
+    assert_eq!(tags(&out), "12C12nCZ");
+    assert_eq!(h.relay.prepared_count(), 0);
+    assert!(!h.relay.in_transaction());
+    // the next unnamed statement is a real one again
+    let (s, _) = h.client(&reg, &[parse("", "select 8"), bind(""), exec(), F::Sync]);
+    assert_eq!(tags(&s), "PBES");
+    h.server(&[
+        B::ParseComplete,
+        B::BindComplete,
+        cc("SELECT 1"),
+        rfq(TxStatus::Idle),
+    ]);
+    // and so is the unnamed portal once a named statement is bound to it
+    h.client(&reg, &[parse("_pg3_1", "select 9"), F::Sync]);
+    h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
+    let (s, c) = h.client(
+        &reg,
+        &[
+            parse("", "DEALLOCATE _pg3_1"),
+            bind(""),
+            parse("_pg3_2", "select 10"),
+            bind("_pg3_2"),
+            describe(wire::frontend::Target::Portal),
+            exec(),
+            F::Sync,
+        ],
+    );
+    assert_eq!(tags(&s), "PBDES");
+    assert_eq!(tags(&c), "12");
+}
