@@ -342,7 +342,10 @@ impl Relay {
             let total = h.total_len();
             let mut forward = true;
             match h.tag {
-                b'Q' if self.rewrite && self.deallocates_own(frontend::query_bytes(body)?) => {
+                b'Q' if self.rewrite
+                    && self.has_own_statements()
+                    && self.deallocates_own(frontend::query_bytes(body)?) =>
+                {
                     self.flushed = true;
                     forward = false;
                     to_server.extend_from_slice(&input[run..pos]);
@@ -579,7 +582,7 @@ impl Relay {
     fn deallocates_own(&mut self, sql: &[u8]) -> bool {
         // In a failed transaction PostgreSQL refuses it (25P02) and the
         // name stays: the server gives that answer.
-        if self.tx_status == b'E' || !params::may_have_effects(sql) {
+        if !self.has_own_statements() || self.tx_status == b'E' || !params::may_have_effects(sql) {
             return false;
         }
         let Some(name) = std::str::from_utf8(sql)
@@ -641,6 +644,10 @@ impl Relay {
             b'E' => unnamed(body) && self.x.as_ref().is_some_and(|x| x.fake_portal),
             _ => false,
         })
+    }
+
+    fn has_own_statements(&self) -> bool {
+        self.x.as_ref().is_some_and(|x| !x.stmts.is_empty())
     }
 
     fn synthetic_next(&self) -> bool {

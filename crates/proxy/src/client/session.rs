@@ -346,6 +346,8 @@ impl Session {
         };
         let conn = co.conn();
         if conn.session.synced_with != self.params.stamp {
+            // Usually the server already has the same values (clients of
+            // one application set the same ones): then nothing is copied.
             if let Some(sql) = self.params.set().diff_sql(&conn.session.applied) {
                 if let Err(e) = Box::pin(conn.simple_query(&sql)).await {
                     conn.broken = true;
@@ -354,8 +356,8 @@ impl Session {
                         e => End::ServerLost(e.to_string()),
                     });
                 }
+                conn.session.applied = self.params.set().clone();
             }
-            conn.session.applied = self.params.set().clone();
             conn.session.synced_with = self.params.stamp;
         }
         let shared = conn
