@@ -126,16 +126,23 @@ async fn sigterm_drains_transactions_then_exits() {
     assert_eq!(pg.sql("app", "select count(*) from d"), "2");
     // and then the proxy exits by itself
     let mut child = child;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_exit(
+        &mut child,
+        Duration::from_secs(10),
+        "after the last transaction",
+    )
+    .await;
+}
+
+/// Waits for the proxy to exit successfully on its own within `limit`.
+async fn wait_exit(child: &mut Proc, limit: Duration, when: &str) {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(st) = child.0.try_wait().unwrap() {
             assert!(st.success(), "{st}");
-            break;
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "proxy did not exit after the last transaction"
-        );
+        assert!(Instant::now() < deadline, "proxy did not exit {when}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -225,18 +232,7 @@ async fn sigterm_deadline_ends_what_is_left_with_an_error() {
         "the running statement was ended"
     );
     // the silent connection does not keep the proxy alive
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            assert!(st.success(), "{st}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxy did not exit after the deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_exit(&mut child, Duration::from_secs(3), "after the deadline").await;
     // the running statement was cancelled, not left to commit after the
     // client was told it was terminated
     tokio::time::sleep((t0 + Duration::from_secs(7)).saturating_duration_since(Instant::now()))
