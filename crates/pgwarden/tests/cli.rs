@@ -43,6 +43,18 @@ async fn wait_connect(port: u16) -> tokio_postgres::Client {
     }
 }
 
+/// `pgwarden proxy --config cfg`, stopped when dropped.
+fn spawn_proxy(cfg: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["proxy", "--config"])
+            .arg(cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn write_config(dir: &TempDir, port: u16, pg: &PgServer, pool: usize) -> std::path::PathBuf {
     let p = dir.path().join("pgwarden.toml");
     std::fs::write(
@@ -93,14 +105,7 @@ async fn sigterm_drains_transactions_then_exits() {
     let dir = TempDir::new("cfg");
     let port = free_port();
     let cfg = write_config(&dir, port, &pg, 4);
-    let child = Proc(
-        Command::new(BIN)
-            .args(["proxy", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let child = spawn_proxy(&cfg);
     let busy = wait_connect(port).await;
     let idle = wait_connect(port).await;
     idle.batch_execute("select 1").await.unwrap();
@@ -175,21 +180,13 @@ async fn sigterm_deadline_ends_what_is_left_with_an_error() {
     let dir = TempDir::new("cfg");
     let port = free_port();
     let cfg = write_config(&dir, port, &pg, 4);
+    let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\""),
+        text.replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\""),
     )
     .unwrap();
-    let mut child = Proc(
-        Command::new(BIN)
-            .args(["proxy", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_proxy(&cfg);
     drop(wait_connect(port).await);
     let (busy, busy_end) = connect_watched(port, "app").await;
     busy.batch_execute("BEGIN; INSERT INTO d VALUES (1)")
@@ -246,14 +243,7 @@ async fn sighup_reloads_without_dropping_clients() {
     let dir = TempDir::new("cfg");
     let port = free_port();
     let cfg = write_config(&dir, port, &pg, 4);
-    let child = Proc(
-        Command::new(BIN)
-            .args(["proxy", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let child = spawn_proxy(&cfg);
     let c = wait_connect(port).await;
     c.batch_execute("select 1").await.unwrap();
     std::fs::write(
