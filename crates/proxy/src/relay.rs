@@ -115,17 +115,18 @@ enum Action {
     Forward,
     /// The proxy injected the request: its answer is not the client's.
     Swallow,
-    /// The proxy answers the client itself with this message tag.
-    Synthetic(u8),
-    /// The proxy answers a `DEALLOCATE name` query itself (the name is the
-    /// client's; the statement stays prepared for others).
-    Deallocated,
     /// The proxy answers the client itself with these whole messages.
     Reply(&'static [u8]),
+    /// The proxy answers a `DEALLOCATE name` query itself (the name is the
+    /// client's; the statement stays prepared for others): CommandComplete
+    /// and ReadyForQuery with the transaction status of that moment.
+    Deallocated,
 }
 
-/// Answers for an extended-protocol `DEALLOCATE name` the proxy handles.
+/// Answers the proxy gives itself (Parse and Close of the client's named
+/// statements, and an extended-protocol `DEALLOCATE name`).
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
 const NO_DATA: &[u8] = b"n\0\0\0\x04";
 const NO_PARAMS_NO_DATA: &[u8] = b"t\0\0\0\x06\0\0n\0\0\0\x04";
@@ -482,7 +483,7 @@ impl Relay {
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
                         self.queue.push_back(Pending {
-                            action: Action::Synthetic(b'3'),
+                            action: Action::Reply(CLOSE_COMPLETE),
                             ..Pending::new(Kind::Close)
                         });
                     } else {
@@ -558,7 +559,7 @@ impl Relay {
         if srv.prepared.contains(&stmt.server_name) {
             if !inject {
                 self.queue.push_back(Pending {
-                    action: Action::Synthetic(b'1'),
+                    action: Action::Reply(PARSE_COMPLETE),
                     ..Pending::new(Kind::Parse)
                 });
             }
@@ -653,17 +654,16 @@ impl Relay {
     fn synthetic_next(&self) -> bool {
         matches!(
             self.queue.front().map(|p| p.action),
-            Some(Action::Synthetic(_) | Action::Deallocated | Action::Reply(_))
+            Some(Action::Reply(_) | Action::Deallocated)
         )
     }
 
     fn emit_synthetic(&mut self, to_client: &mut BytesMut) {
         while let Some(p) = self.queue.front() {
             match p.action {
-                Action::Synthetic(tag) => to_client.extend_from_slice(&[tag, 0, 0, 0, 4]),
                 Action::Reply(bytes) => to_client.extend_from_slice(bytes),
                 Action::Deallocated => {
-                    BackendMessage::CommandComplete("DEALLOCATE".into()).encode(to_client);
+                    to_client.extend_from_slice(DEALLOCATE_DONE);
                     let status = TxStatus::from_byte(self.tx_status).unwrap_or(TxStatus::Idle);
                     BackendMessage::ReadyForQuery(status).encode(to_client);
                 }
