@@ -108,34 +108,35 @@ impl Proxy {
         // Logged-in clients: idle ones and the admin consoles end at once,
         // the others when their transaction (session, in session mode)
         // ends. Connections still logging in do not hold the shutdown up.
-        let logged_in = || {
-            !state
-                .clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-        };
-        let drained = tokio::time::timeout(deadline, async {
-            while logged_in() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if drained.is_err() {
+        if !drained(&state, deadline).await {
             // Past the deadline: the rest are told why before they go.
             state.signal_all(state::Control::TERMINATE);
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while logged_in() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
+            drained(&state, Duration::from_secs(1)).await;
         }
         tracing::info!(
             remaining = state.client_count.load(Ordering::Relaxed),
             "proxy stopped"
         );
     }
+}
+
+/// Waits up to `limit` for every logged-in client to be gone; whether they
+/// are.
+async fn drained(state: &State, limit: Duration) -> bool {
+    let logged_in = || {
+        !state
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    };
+    tokio::time::timeout(limit, async {
+        while logged_in() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Passes changes of primary and the shutdown on to every session.
