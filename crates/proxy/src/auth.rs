@@ -26,33 +26,51 @@ async fn derive<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
     }
 }
 
-/// The SCRAM verifier of a user whose configured password is plain text:
-/// derived once per (user, password) with a fixed salt, as PostgreSQL
-/// stores one, instead of at every login.
-async fn plain_verifier(user: &str, password: &str) -> Verifier {
-    type Cache = std::sync::Mutex<std::collections::HashMap<(String, String), Verifier>>;
-    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let key = (user.to_owned(), password.to_owned());
-    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return v.clone();
-    }
-    let pw = password.to_owned();
-    let v = derive(move || Verifier::from_password(&pw)).await;
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    // Only configured users have plain passwords: a config reload that
-    // changes many of them is the only way this grows.
-    if c.len() > 10_000 {
-        c.clear();
-    }
-    c.insert(key, v.clone());
-    v
+/// Verifiers the proxy makes itself, kept in the proxy's state.
+pub struct Verifiers {
+    /// Users whose configured password is plain text: a SCRAM verifier
+    /// derived once per (user, password) with a fixed salt, as PostgreSQL
+    /// stores one, instead of at every login.
+    plain: std::sync::Mutex<std::collections::HashMap<(String, String), Verifier>>,
+    /// Key for the mock verifiers of unknown users.
+    mock_key: [u8; 32],
 }
 
-/// The process's key for mock verifiers.
-fn mock_secret() -> &'static [u8] {
-    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-    SECRET.get_or_init(rand::random)
+impl Default for Verifiers {
+    fn default() -> Self {
+        Verifiers {
+            plain: Default::default(),
+            mock_key: rand::random(),
+        }
+    }
+}
+
+impl Verifiers {
+    async fn plain(&self, user: &str, password: &str) -> Verifier {
+        let key = (user.to_owned(), password.to_owned());
+        if let Some(v) = self
+            .plain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return v.clone();
+        }
+        let pw = password.to_owned();
+        let v = derive(move || Verifier::from_password(&pw)).await;
+        let mut c = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        // Only configured users have plain passwords: a config reload that
+        // changes many of them is the only way this grows.
+        if c.len() > 10_000 {
+            c.clear();
+        }
+        c.insert(key, v.clone());
+        v
+    }
+
+    fn mock(&self, user: &str) -> Verifier {
+        Verifier::mock(&self.mock_key, user)
+    }
 }
 
 /// A stored secret.
@@ -126,6 +144,7 @@ pub async fn authenticate(
     user: &str,
     secret: Option<Secret>,
     max: usize,
+    verifiers: &Verifiers,
 ) -> Result<ServerCredential, AuthFailure> {
     let method = match (method, &secret) {
         // As PostgreSQL: md5 in the rules with a SCRAM secret runs SCRAM.
@@ -186,10 +205,10 @@ pub async fn authenticate(
         }
         HbaMethod::ScramSha256 => {
             let (verifier, known) = match &secret {
-                Some(Secret::Plain(p)) => (plain_verifier(user, p).await, true),
+                Some(Secret::Plain(p)) => (verifiers.plain(user, p).await, true),
                 Some(Secret::Scram(v)) => (v.clone(), true),
                 // md5 secrets cannot do SCRAM; unknown users get a mock
-                _ => (Verifier::mock(mock_secret(), user), false),
+                _ => (verifiers.mock(user), false),
             };
             send(
                 s,

@@ -350,6 +350,7 @@ async fn login(
         &user,
         secret,
         max,
+        &state.verifiers,
     ))
     .await
     {
