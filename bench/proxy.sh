@@ -4,6 +4,8 @@
 # on this machine, plus the resident memory of each pooler holding 10,000
 # idle logged-in clients.
 #
+# Each target starts from freshly made pgbench tables.
+#
 # Usage: bench/proxy.sh            (via ./x bench-proxy, which builds pgwarden)
 #   DURATION=20 REPEAT=1 CLIENTS=16 THREADS=2 IDLE=10000 SCALE=10 TARGETS="direct pgwarden pgbouncer pgpool"
 # Everything runs as OS user postgres under /tmp/pgwarden-bench, on 127.0.0.1.
@@ -57,6 +59,7 @@ idle_memory() { # target port pid
 
 for t in $TARGETS; do
   echo "== $t" >&2
+  fresh_data
   case $t in
     direct) port=$PG_PORT; pid="" ;;
     pgwarden) start_pgwarden; port=$PGW_PORT; pid=$PGW_PID ;;

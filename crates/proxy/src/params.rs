@@ -249,45 +249,132 @@ pub fn deallocate_name(sql: &str) -> Option<String> {
     Some(normalize_name(name))
 }
 
-/// Splits on ';' outside quotes, dropping comments.
+/// Splits on ';' as PostgreSQL's lexer does: not inside string literals
+/// (`E'...'` with backslash escapes), quoted identifiers, dollar-quoted
+/// strings (`$$...$$`, `$tag$...$tag$`: function bodies and DO blocks) or
+/// comments (`--`, nested `/* */`), which are dropped. An unterminated
+/// quote or comment runs to the end (the server will reject the query).
 fn split_statements(sql: &str) -> Vec<String> {
     let b = sql.as_bytes();
     let (mut out, mut cur, mut i) = (Vec::new(), Vec::new(), 0);
     while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                let start = i;
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += 1;
-                }
-                cur.extend_from_slice(&b[start..(i + 1).min(b.len())]);
+        let after_ident = i > 0 && is_ident_byte(b[i - 1]);
+        let end = match b[i] {
+            b'\'' => {
+                // E'...': the E must start a token (not end a word like "type")
+                let escapes = after_ident
+                    && matches!(b[i - 1], b'e' | b'E')
+                    && !(i > 1 && is_ident_byte(b[i - 2]));
+                quoted_end(b, i, b'\'', escapes)
             }
+            b'"' => quoted_end(b, i, b'"', false),
+            // $1 is a parameter, a$b$ an identifier: neither opens a string
+            b'$' if !after_ident => match dollar_tag(&b[i..]) {
+                Some(tag) => dollar_end(b, i, tag),
+                None => i + 1,
+            },
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 while i < b.len() && b[i] != b'\n' {
                     i += 1;
                 }
                 cur.push(b' ');
+                continue;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 1;
+                i = comment_end(b, i);
                 cur.push(b' ');
+                continue;
             }
-            b';' => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-        i += 1;
+            b';' => {
+                out.push(std::mem::take(&mut cur));
+                i += 1;
+                continue;
+            }
+            _ => i + 1,
+        };
+        cur.extend_from_slice(&b[i..end]);
+        i = end;
     }
     out.push(cur);
     out.into_iter()
         .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// Bytes that continue an identifier or keyword (PostgreSQL's ident_cont,
+/// with any non-ASCII byte).
+fn is_ident_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// The end (exclusive) of the quoted token opened by `b[start] == q`. A
+/// doubled quote stands for itself; with `escapes`, a backslash escapes the
+/// byte after it.
+fn quoted_end(b: &[u8], start: usize, q: u8, escapes: bool) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// The opening `$tag$` at the start of `b`, if it is one: `$$`, or `$`, a
+/// letter or `_` (or non-ASCII), identifier bytes other than `$`, and `$`.
+fn dollar_tag(b: &[u8]) -> Option<&[u8]> {
+    let first = *b.get(1)?;
+    if first == b'$' {
+        return Some(&b[..2]);
+    }
+    if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) {
+        return None;
+    }
+    let len = b[1..]
+        .iter()
+        .position(|&c| !is_ident_byte(c) || c == b'$')?;
+    (b[1 + len] == b'$').then(|| &b[..len + 2])
+}
+
+/// The end (exclusive) of the dollar-quoted string opened by `tag` at `start`.
+fn dollar_end(b: &[u8], start: usize, tag: &[u8]) -> usize {
+    let body = start + tag.len();
+    match memchr::memmem::find(&b[body..], tag) {
+        Some(at) => body + at + tag.len(),
+        None => b.len(),
+    }
+}
+
+/// The end (exclusive) of the block comment opened at `start`; block
+/// comments nest.
+fn comment_end(b: &[u8], start: usize) -> usize {
+    let (mut depth, mut i) = (0usize, start);
+    while i + 1 < b.len() {
+        match (b[i], b[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    b.len()
 }
 
 /// Splits off the first whitespace-separated word.
@@ -621,6 +708,50 @@ mod tests {
         assert_eq!(Verb::of_tag(b"SET"), Some(Verb::Set));
         assert_eq!(Verb::of_tag(b"SELECT 1"), None);
         assert_eq!(Verb::of_tag(b""), None);
+    }
+
+    #[test]
+    fn statements_split_like_the_server_lexer() {
+        // a function body and a DO block hold ';' and SETs of their own
+        assert_eq!(
+            parse_effects(
+                "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SET search_path = evil; END $$; \
+                 DO $body$ BEGIN PERFORM 1; SET work_mem = '1GB'; END $body$; SET search_path = good"
+            ),
+            vec![set("search_path", "good")]
+        );
+        assert_eq!(
+            split_statements("select $1; select a$b$c; select $x$;$y$;$x$; select 'a''b;'"),
+            vec![
+                "select $1",
+                "select a$b$c",
+                "select $x$;$y$;$x$",
+                "select 'a''b;'"
+            ]
+        );
+        // E'' strings take backslash escapes; other strings do not
+        assert_eq!(
+            parse_effects("SELECT E'it\\'s; SET a = 1'; SET b = 2"),
+            vec![set("b", "2")]
+        );
+        assert_eq!(
+            split_statements("SELECT type'\\'; SELECT 1"),
+            vec!["SELECT type'\\'", "SELECT 1"]
+        );
+        // block comments nest; quoted identifiers double their quotes
+        assert_eq!(
+            parse_effects("/* a /* b */ ; SET x = 1 */ SET \"q\"\";\" = 3"),
+            vec![set("q\";", "3")]
+        );
+        // unterminated: the rest belongs to the open token
+        assert_eq!(
+            split_statements("SELECT $$ ; SET a = 1"),
+            vec!["SELECT $$ ; SET a = 1"]
+        );
+        assert_eq!(
+            split_statements("SELECT 1 /* ; SET a = 1"),
+            vec!["SELECT 1"]
+        );
     }
 
     #[test]
