@@ -25,8 +25,8 @@ pub fn spawn_signal_handlers(state: std::sync::Arc<proxy::State>) -> anyhow::Res
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); state.shutdown.send_replace(true); }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); state.shutdown.send_replace(true); }
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); state.begin_shutdown(); }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); state.begin_shutdown(); }
                 _ = hup.recv() => match state.reload() {
                     Ok(()) => {}
                     Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),

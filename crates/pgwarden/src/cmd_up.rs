@@ -145,7 +145,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             Err(e) => eprintln!("pgwarden: the cluster did not come up: {e:#}"),
         }
         if args.until_ready || ready.is_err() {
-            state.shutdown.send_replace(true);
+            state.begin_shutdown();
         } else {
             status_loop(&store, &state, args.nodes).await;
         }

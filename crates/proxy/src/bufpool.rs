@@ -22,11 +22,17 @@ pub fn take() -> BytesMut {
 
 /// Returns a buffer (its contents are discarded).
 pub fn give(mut b: BytesMut) {
+    // A buffer read from has its consumed front cut off (`advance`): get
+    // it back (no copy: the buffer is empty, and not shared) before judging
+    // its size.
+    b.clear();
+    if b.capacity() < BUF_SIZE {
+        b.try_reclaim(BUF_SIZE);
+    }
     // Small buffers (a login's first read) are not worth keeping.
     if b.capacity() < BUF_SIZE || b.capacity() > MAX_KEPT_CAPACITY {
         return;
     }
-    b.clear();
     FREE.with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < MAX_KEPT {
@@ -46,5 +52,35 @@ pub fn release_if_empty(b: &mut BytesMut) {
 pub fn ensure(b: &mut BytesMut) {
     if b.capacity() == 0 {
         *b = take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{Buf, BufMut};
+
+    fn pooled() -> usize {
+        FREE.with(|f| f.borrow().len())
+    }
+
+    /// A buffer that was read from and consumed goes back to the pool
+    /// whole, and comes out again as the same allocation.
+    #[test]
+    fn consumed_buffers_are_reused() {
+        let mut b = take();
+        let at = b.as_ptr();
+        b.put_slice(&[7u8; 100]);
+        b.advance(100);
+        assert!(b.capacity() < BUF_SIZE, "advance cuts the front off");
+        let n = pooled();
+        give(b);
+        assert_eq!(pooled(), n + 1, "the buffer is kept");
+        let again = take();
+        assert_eq!(again.as_ptr(), at, "the pooled allocation is reused");
+        assert!(again.capacity() >= BUF_SIZE && again.is_empty());
+        // a small buffer is not kept (nor grown)
+        give(BytesMut::with_capacity(256));
+        assert_eq!(pooled(), n);
     }
 }

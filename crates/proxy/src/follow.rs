@@ -20,7 +20,7 @@ pub async fn run(state: Arc<State>, url: String, cluster: String) {
         }
     };
     let mut leader = dcs.watch_leader();
-    let mut shutdown = state.shutdown.subscribe();
+    let mut shutdown = state.shutdown_signal();
     loop {
         match dcs.snapshot().await {
             Ok(snap) => {

@@ -20,7 +20,7 @@ const QUERY: &str = "SELECT pg_is_in_recovery(), \
 
 pub async fn run(state: Arc<State>) {
     let mut conns: HashMap<String, ServerConn> = HashMap::new();
-    let mut shutdown = state.shutdown.subscribe();
+    let mut shutdown = state.shutdown_signal();
     loop {
         let cfg = state.config();
         let p = &cfg.proxy;

@@ -75,7 +75,7 @@ impl Proxy {
             }
         });
         tokio::spawn(dispatch_control(state.clone()));
-        let mut shutdown = state.shutdown.subscribe();
+        let mut shutdown = state.shutdown_signal();
         // Made once: re-made per accepted connection it would register
         // with the channel every time.
         let stop = async move {
@@ -142,7 +142,7 @@ async fn drained(state: &State, limit: Duration) -> bool {
 /// Passes changes of primary and the shutdown on to every session.
 async fn dispatch_control(state: Arc<State>) {
     let mut topo = state.topology.subscribe();
-    let mut shutdown = state.shutdown.subscribe();
+    let mut shutdown = state.shutdown_signal();
     loop {
         tokio::select! {
             r = topo.changed() => {

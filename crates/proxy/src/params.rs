@@ -156,24 +156,19 @@ pub enum Verb {
 impl Verb {
     /// The verb of a command tag ("SET", "DISCARD ALL", ...).
     pub fn of_tag(tag: &[u8]) -> Option<Verb> {
-        // Most tags (SELECT 1, INSERT 0 1, UPDATE 1, BEGIN, COMMIT) are
-        // ruled out by their first byte.
-        if !matches!(tag.first(), Some(b'S' | b'R' | b'L' | b'U' | b'D')) {
-            return None;
-        }
-        let word = match memchr::memchr(b' ', tag) {
-            Some(i) => &tag[..i],
-            None => tag,
+        // Called for every CommandComplete: most tags (SELECT 1, INSERT 0
+        // 1, UPDATE 1, BEGIN, COMMIT) are ruled out by their first bytes.
+        let (verb, word): (Verb, &[u8]) = match (tag.first()?, tag.get(1)) {
+            (b'S', Some(b'E')) => (Verb::Set, b"SET"),
+            (b'R', _) => (Verb::Reset, b"RESET"),
+            (b'L', _) => (Verb::Listen, b"LISTEN"),
+            (b'U', Some(b'N')) => (Verb::Unlisten, b"UNLISTEN"),
+            (b'D', Some(b'I')) => (Verb::Discard, b"DISCARD"),
+            (b'D', Some(b'E')) => (Verb::Deallocate, b"DEALLOCATE"),
+            _ => return None,
         };
-        match word {
-            b"SET" => Some(Verb::Set),
-            b"RESET" => Some(Verb::Reset),
-            b"LISTEN" => Some(Verb::Listen),
-            b"UNLISTEN" => Some(Verb::Unlisten),
-            b"DISCARD" => Some(Verb::Discard),
-            b"DEALLOCATE" => Some(Verb::Deallocate),
-            _ => None,
-        }
+        let rest = tag.strip_prefix(word)?;
+        (rest.is_empty() || rest[0] == b' ').then_some(verb)
     }
 }
 
@@ -205,9 +200,14 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
     ];
     let start = sql.iter().position(|b| !b.is_ascii_whitespace());
     let t = &sql[start.unwrap_or(sql.len())..];
-    if VERBS
-        .iter()
-        .any(|v| t.len() >= v.len() && t[..v.len()].eq_ignore_ascii_case(v))
+    let verb_initial = matches!(
+        t.first().map(u8::to_ascii_uppercase),
+        Some(b'S' | b'R' | b'L' | b'U' | b'D')
+    );
+    if verb_initial
+        && VERBS
+            .iter()
+            .any(|v| t.len() >= v.len() && t[..v.len()].eq_ignore_ascii_case(v))
     {
         return true;
     }
@@ -707,6 +707,13 @@ mod tests {
         assert_eq!(Verb::of_tag(b"DISCARD ALL"), Some(Verb::Discard));
         assert_eq!(Verb::of_tag(b"SET"), Some(Verb::Set));
         assert_eq!(Verb::of_tag(b"SELECT 1"), None);
+        assert_eq!(Verb::of_tag(b"SETX"), None);
+        assert_eq!(Verb::of_tag(b"RESET"), Some(Verb::Reset));
+        assert_eq!(Verb::of_tag(b"LISTEN"), Some(Verb::Listen));
+        assert_eq!(Verb::of_tag(b"UNLISTEN"), Some(Verb::Unlisten));
+        assert_eq!(Verb::of_tag(b"DEALLOCATE ALL"), Some(Verb::Deallocate));
+        assert_eq!(Verb::of_tag(b"DELETE 3"), None);
+        assert_eq!(Verb::of_tag(b"UPDATE 1"), None);
         assert_eq!(Verb::of_tag(b""), None);
     }
 

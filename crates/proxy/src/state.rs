@@ -135,7 +135,9 @@ pub struct State {
     pub verifiers: crate::auth::Verifiers,
     pub clients: Mutex<HashMap<i32, Arc<ClientInfo>>>,
     pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
-    pub shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    /// Mirrors `shutdown` for the data path's lock-free check.
+    shutdown_flag: std::sync::atomic::AtomicBool,
     paused: watch::Sender<bool>,
     /// Mirrors `paused` for the data path's lock-free check.
     paused_flag: std::sync::atomic::AtomicBool,
@@ -161,6 +163,7 @@ impl State {
             clients: Mutex::new(HashMap::new()),
             tls: RwLock::new(tls),
             shutdown: watch::channel(false).0,
+            shutdown_flag: false.into(),
             paused: watch::channel(false).0,
             paused_flag: false.into(),
             client_count: AtomicUsize::new(0),
@@ -203,7 +206,18 @@ impl State {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown_flag.load(Ordering::Acquire)
+    }
+
+    /// SIGTERM: stop accepting, let transactions finish, then close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown_flag.store(true, Ordering::Release);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Changes to [`State::is_shutting_down`], for tasks that wait on it.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     fn pool_settings(cfg: &config::Config, user: &str) -> PoolSettings {

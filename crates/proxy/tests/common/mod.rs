@@ -45,7 +45,7 @@ impl TestProxy {
     }
 
     pub fn shutdown(&self) {
-        self.state.shutdown.send_replace(true);
+        self.state.begin_shutdown();
     }
 }
 
