@@ -26,11 +26,9 @@ pub fn give(mut b: BytesMut) {
     // it back (no copy: the buffer is empty, and not shared) before judging
     // its size.
     b.clear();
-    if b.capacity() < BUF_SIZE {
-        b.try_reclaim(BUF_SIZE);
-    }
     // Small buffers (a login's first read) are not worth keeping.
-    if b.capacity() < BUF_SIZE || b.capacity() > MAX_KEPT_CAPACITY {
+    let whole = b.capacity() >= BUF_SIZE || b.try_reclaim(BUF_SIZE);
+    if !whole || b.capacity() > MAX_KEPT_CAPACITY {
         return;
     }
     FREE.with(|f| {
