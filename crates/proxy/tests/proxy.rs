@@ -247,6 +247,35 @@ async fn set_is_isolated_between_clients_in_transaction_mode() {
     assert_ne!(show(&a, "work_mem").await, "77MB");
 }
 
+/// SETs are found the way the server reads a query: a ';' or a SET inside
+/// a DO block or an E'' string is not a statement of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tracking_reads_statements_as_the_server_does() {
+    let pg = PgServer::primary();
+    let p = start_proxy(
+        &format!("{TRUST}default_pool_size = 1\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let a = p.connect("postgres", None, "app").await.unwrap();
+    let b = p.connect("postgres", None, "app").await.unwrap();
+    let default = show(&b, "work_mem").await;
+    a.batch_execute(
+        "DO $$ BEGIN PERFORM 1; SET LOCAL work_mem = '3MB'; END $$; SET work_mem = '5MB'",
+    )
+    .await
+    .unwrap();
+    // b, on the same server connection, does not get a's setting
+    assert_eq!(show(&b, "work_mem").await, default);
+    assert_eq!(show(&a, "work_mem").await, "5MB");
+    a.batch_execute("SELECT E'it\\'s; SET work_mem = ''7MB'''; SET statement_timeout = '6s'")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&a, "statement_timeout").await, "6s");
+    assert_eq!(show(&a, "work_mem").await, "5MB");
+}
+
 /// `current_user, session_user` of a client.
 async fn whoami(c: &tokio_postgres::Client) -> String {
     let r = c
