@@ -8,7 +8,27 @@ use tokio::task::JoinSet;
 
 use crate::server::{ConnectOptions, ServerConn, ServerCredential};
 use crate::state::State;
-use crate::topology::Probe;
+
+/// What one probe found: the node's answer, or how it failed.
+enum Probe {
+    Up(crate::topology::Probe),
+    Down(Failure),
+}
+
+enum Failure {
+    /// The connection could not be made or broke.
+    Broken(String),
+    /// No answer within `health_check_timeout`.
+    Silent(String),
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> String {
+        match f {
+            Failure::Broken(e) | Failure::Silent(e) => e,
+        }
+    }
+}
 
 /// In recovery?, replay lag in bytes, and a primary's timeline (from the
 /// name of the WAL file it writes: it changes with a promotion at once,
@@ -44,18 +64,24 @@ pub async fn run(state: Arc<State>) {
                 let reused = conn.is_some();
                 let (mut result, mut conn) =
                     probe(conn, &addr, &user, &db, &cred, tls, timeout).await;
-                if reused && matches!(result, Probe::Down(_)) {
+                if reused && matches!(result, Probe::Down(Failure::Broken(_))) {
                     // The kept connection may be what failed (terminated,
-                    // idle_session_timeout): ask again on a new one.
+                    // idle_session_timeout): ask again on a new one. Not
+                    // after a timeout: a node that does not answer would
+                    // take twice as long to be noticed.
                     (result, conn) = probe(None, &addr, &user, &db, &cred, tls, timeout).await;
                 }
+                let result = match result {
+                    Probe::Down(f) => crate::topology::Probe::Down(f.into()),
+                    Probe::Up(up) => up,
+                };
                 (addr, result, conn)
             });
         }
         let retries = p.health_check_max_retries;
         while let Some(r) = set.join_next().await {
             if let Ok((addr, probe, conn)) = r {
-                if let Probe::Down(e) = &probe {
+                if let crate::topology::Probe::Down(e) = &probe {
                     tracing::debug!(%addr, error = %e, "health check failed");
                 }
                 state.topology.report(&addr, probe, retries);
@@ -95,7 +121,7 @@ async fn probe(
         .await
         {
             Ok(c) => c,
-            Err(e) => return (Probe::Down(e.to_string()), None),
+            Err(e) => return (Probe::Down(Failure::Broken(e.to_string())), None),
         },
     };
     match tokio::time::timeout(timeout, conn.simple_query(QUERY)).await {
@@ -109,15 +135,18 @@ async fn probe(
                     .unwrap_or(0)
             };
             (
-                Probe::Up {
+                Probe::Up(crate::topology::Probe::Up {
                     in_recovery,
                     replication_delay: u64::try_from(number(1)).unwrap_or(0),
                     timeline: u32::try_from(number(2)).unwrap_or(0),
-                },
+                }),
                 Some(conn),
             )
         }
-        Ok(Err(e)) => (Probe::Down(e.to_string()), None),
-        Err(_) => (Probe::Down(format!("no answer within {timeout:?}")), None),
+        Ok(Err(e)) => (Probe::Down(Failure::Broken(e.to_string())), None),
+        Err(_) => (
+            Probe::Down(Failure::Silent(format!("no answer within {timeout:?}"))),
+            None,
+        ),
     }
 }
