@@ -343,17 +343,25 @@ async fn login(
     // PostgreSQL reads authentication messages with a 64 kB limit
     // (PG_MAX_AUTH_TOKEN_LENGTH): an unauthenticated peer gets no more.
     let max = cfg.proxy.max_message_size.min(MAX_AUTH_MESSAGE);
-    let cred = match Box::pin(auth::authenticate(
-        &mut stream,
-        &mut buf,
-        method,
-        &user,
-        secret,
-        max,
-        &state.verifiers,
-    ))
-    .await
-    {
+    let exchange = async {
+        if method == HbaMethod::Trust {
+            // Nothing to exchange: no future to make for it.
+            return Ok(secret
+                .as_ref()
+                .map_or(ServerCredential::None, Secret::server_credential));
+        }
+        Box::pin(auth::authenticate(
+            &mut stream,
+            &mut buf,
+            method,
+            &user,
+            secret,
+            max,
+            &state.verifiers,
+        ))
+        .await
+    };
+    let cred = match exchange.await {
         Ok(c) => c,
         Err(f) => {
             state.stats.login_failures.fetch_add(1, Ordering::Relaxed);

@@ -150,6 +150,22 @@ impl Session {
         }
     }
 
+    /// Ends the session at once when nothing is left to send or clean up
+    /// (the client left while holding no server connection: the usual
+    /// end); otherwise gives it back for [`Session::finish`].
+    pub(crate) fn finish_now(self: Box<Self>, end: End) -> Option<(Box<Self>, End)> {
+        if !matches!(end, End::Done | End::ClientIo) || self.server.is_some() {
+            return Some((self, end));
+        }
+        tracing::debug!(
+            client = self.info.id,
+            reason = end.describe(),
+            "session ended"
+        );
+        self.state.unregister_client(&self.info);
+        None
+    }
+
     pub(crate) async fn finish(mut self: Box<Self>, end: End) {
         let clean = matches!(end, End::Done);
         let shutdown = matches!(end, End::Shutdown);

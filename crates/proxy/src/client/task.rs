@@ -29,7 +29,10 @@ impl ClientTask {
 }
 
 fn ending(s: Box<Session>, end: End) -> Stage {
-    Stage::Ending(Box::pin(s.finish(end)))
+    match s.finish_now(end) {
+        None => Stage::Done,
+        Some((s, end)) => Stage::Ending(Box::pin(s.finish(end))),
+    }
 }
 
 impl Future for ClientTask {
