@@ -254,28 +254,7 @@ async fn sighup_reloads_without_dropping_clients() {
     )
     .unwrap();
     signal(&child.0, "-HUP");
-    let admin = |sql: &'static str| {
-        testkit::run_client(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-F",
-                "|",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "pgwarden",
-                "-c",
-                sql,
-            ],
-            &[],
-        )
-    };
+    let admin = |sql: &'static str| testkit::psql(port, "pgwarden", sql);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, out, _) = admin("SHOW CONFIG");

@@ -151,26 +151,7 @@ impl Cluster {
     }
 
     fn psql(&self, port: u16, sql: &str) -> Result<String, String> {
-        let (ok, out, err) = testkit::run_client(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-            &[("PGCONNECT_TIMEOUT", "3")],
-        );
+        let (ok, out, err) = testkit::psql(port, "postgres", sql);
         if ok {
             Ok(out.trim().to_owned())
         } else {

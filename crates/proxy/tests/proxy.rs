@@ -51,25 +51,13 @@ async fn authentication_methods() {
     let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
     // md5 client to proxy, md5 proxy to server
     let c = p.connect("md5user", Some("md5pass"), "app").await.unwrap();
-    assert_eq!(
-        c.query_one("select current_user::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "md5user"
-    );
+    assert_eq!(current_user(&c).await, "md5user");
     // SCRAM both ways
     let c = p
         .connect("scramuser", Some("scrampass"), "app")
         .await
         .unwrap();
-    assert_eq!(
-        c.query_one("select current_user::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "scramuser"
-    );
+    assert_eq!(current_user(&c).await, "scramuser");
     // trust
     p.connect("postgres", None, "app").await.unwrap();
     // wrong passwords
@@ -113,13 +101,7 @@ async fn auth_query_looks_up_unknown_users() {
         .connect("scramuser", Some("scrampass"), "app")
         .await
         .unwrap();
-    assert_eq!(
-        c.query_one("select current_user::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "scramuser"
-    );
+    assert_eq!(current_user(&c).await, "scramuser");
     let e = p
         .connect("scramuser", Some("wrong"), "app")
         .await
@@ -194,6 +176,13 @@ async fn prepared_statements_in_transaction_mode_across_shared_servers() {
         .unwrap()
         .get(0);
     assert!(n <= 2, "{n} server connections");
+}
+
+async fn current_user(c: &tokio_postgres::Client) -> String {
+    c.query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 async fn show(c: &tokio_postgres::Client, what: &str) -> String {

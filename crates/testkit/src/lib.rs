@@ -215,6 +215,33 @@ pub fn run_client(program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, 
     )
 }
 
+/// Runs one SQL command with psql as user `postgres` on 127.0.0.1:`port`
+/// (unaligned, tuples only, fields split by `|`, quiet; 3 s to connect).
+pub fn psql(port: u16, db: &str, sql: &str) -> (bool, String, String) {
+    run_client(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-F",
+            "|",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ],
+        &[("PGCONNECT_TIMEOUT", "3")],
+    )
+}
+
 /// A real etcd server (Debian's etcd-server) on free loopback ports,
 /// killed and deleted on drop.
 pub struct Etcd {
