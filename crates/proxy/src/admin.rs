@@ -357,6 +357,11 @@ fn show_config(state: &Arc<State>) -> Reply {
 fn show_pool_nodes(state: &Arc<State>) -> Reply {
     let primary = state.topology.primary();
     let nodes = state.topology.nodes();
+    let primary_replication = primary
+        .as_ref()
+        .and_then(|p| nodes.get(p.node))
+        .map(|n| n.replication.clone())
+        .unwrap_or_default();
     let weight = format!("{:.6}", 1.0 / nodes.len().max(1) as f64);
     let rows = nodes
         .iter()
@@ -373,6 +378,8 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
                 (NodeStatus::Up, Role::Standby) => "standby",
                 _ => "unknown",
             };
+            let (replication_state, replication_sync_state) =
+                crate::topology::replication_columns(&n.replication, &primary_replication);
             vec![
                 s(i),
                 s(&n.host),
@@ -390,9 +397,8 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
                 // all queries go to the primary until read balancing exists
                 s(is_primary),
                 s(n.replication_delay),
-                // not collected (Pgpool-II leaves them empty without sr_check too)
-                s(""),
-                s(""),
+                s(replication_state),
+                s(replication_sync_state),
                 ts(n.last_status_change),
             ]
         })

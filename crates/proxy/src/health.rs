@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::server::{ConnectOptions, ServerConn, ServerCredential};
 use crate::state::State;
+use crate::topology::{Replication, Sender};
 
 /// What one probe found: the node's answer, or how it failed.
 enum Probe {
@@ -33,10 +34,20 @@ impl From<Failure> for String {
 /// In recovery?, replay lag in bytes, and a primary's timeline (from the
 /// name of the WAL file it writes: it changes with a promotion at once,
 /// where the checkpoint's timeline waits for the next checkpoint).
+/// A standby also reports its WAL receiver's status and the application
+/// name it streams under (what the primary's pg_stat_replication shows;
+/// NULL unless the user may read the conninfo).
 const QUERY: &str = "SELECT pg_is_in_recovery(), \
     COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint, \
     CASE WHEN pg_is_in_recovery() THEN 0 \
-    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
+    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END, \
+    (SELECT status FROM pg_stat_wal_receiver), \
+    (SELECT COALESCE(substring(conninfo from '(?:^| )application_name=([^ ]+)'), \
+        substring(conninfo from 'fallback_application_name=([^ ]+)')) FROM pg_stat_wal_receiver)";
+
+/// A primary's WAL senders.
+const SENDERS: &str =
+    "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY pid";
 
 pub async fn run(state: Arc<State>) {
     let mut conns: HashMap<String, ServerConn> = HashMap::new();
@@ -124,25 +135,46 @@ async fn probe(
             Err(e) => return (Probe::Down(Failure::Broken(e.to_string())), None),
         },
     };
-    match tokio::time::timeout(timeout, conn.simple_query(QUERY)).await {
-        Ok(Ok(rows)) => {
-            let row = rows.first();
-            let in_recovery = row.and_then(|r| r.first()).and_then(|v| v.as_deref()) == Some("t");
-            let number = |i: usize| {
-                row.and_then(|r| r.get(i))
-                    .and_then(|v| v.as_deref())
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0)
-            };
-            (
-                Probe::Up(crate::topology::Probe::Up {
-                    in_recovery,
-                    replication_delay: u64::try_from(number(1)).unwrap_or(0),
-                    timeline: u32::try_from(number(2)).unwrap_or(0),
-                }),
-                Some(conn),
+    let asked = tokio::time::timeout(timeout, async {
+        let rows = conn.simple_query(QUERY).await?;
+        let row = rows.first();
+        let text = |i: usize| row.and_then(|r| r.get(i)).and_then(|v| v.clone());
+        let number = |i: usize| text(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let in_recovery = text(0).as_deref() == Some("t");
+        let replication = if in_recovery {
+            match text(3) {
+                Some(status) => Replication::Receiver {
+                    status,
+                    name: text(4),
+                },
+                None => Replication::Unknown,
+            }
+        } else {
+            Replication::Senders(
+                conn.simple_query(SENDERS)
+                    .await?
+                    .into_iter()
+                    .map(|r| {
+                        let col = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                        Sender {
+                            application_name: col(0),
+                            state: col(1),
+                            sync_state: col(2),
+                        }
+                    })
+                    .collect(),
             )
-        }
+        };
+        Ok::<_, crate::server::ServerError>(crate::topology::Probe::Up {
+            in_recovery,
+            replication_delay: u64::try_from(number(1)).unwrap_or(0),
+            timeline: u32::try_from(number(2)).unwrap_or(0),
+            replication,
+        })
+    })
+    .await;
+    match asked {
+        Ok(Ok(up)) => (Probe::Up(up), Some(conn)),
         Ok(Err(e)) => (Probe::Down(Failure::Broken(e.to_string())), None),
         Err(_) => (
             Probe::Down(Failure::Silent(format!("no answer within {timeout:?}"))),

@@ -42,6 +42,8 @@ pub struct Node {
     pub failures: u32,
     pub select_cnt: u64,
     pub replication_delay: u64,
+    /// What the last health check saw of streaming replication.
+    pub replication: Replication,
     pub last_error: Option<String>,
 }
 
@@ -59,6 +61,7 @@ impl Node {
             failures: 0,
             select_cnt: 0,
             replication_delay: 0,
+            replication: Replication::Unknown,
             last_error: None,
         }
     }
@@ -84,8 +87,50 @@ pub enum Probe {
         replication_delay: u64,
         /// A primary's current timeline (0: not known).
         timeline: u32,
+        replication: Replication,
     },
     Down(String),
+}
+
+/// Streaming replication as one node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Replication {
+    #[default]
+    Unknown,
+    /// A primary's WAL senders (pg_stat_replication).
+    Senders(Vec<Sender>),
+    /// A standby's WAL receiver (pg_stat_wal_receiver): its status, and
+    /// the application name it streams under when the server shows it.
+    Receiver {
+        status: String,
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub application_name: String,
+    /// `streaming`, `catchup`, ...
+    pub state: String,
+    /// `async`, `sync`, `quorum`, `potential`
+    pub sync_state: String,
+}
+
+/// A standby's (replication_state, replication_sync_state) for SHOW
+/// POOL_NODES: from the primary's WAL sender that streams to it (matched
+/// by application name, as Pgpool-II does), else the standby's own
+/// receiver status and no sync state; empty for a primary or when unknown.
+pub fn replication_columns(standby: &Replication, primary: &Replication) -> (String, String) {
+    let Replication::Receiver { status, name } = standby else {
+        return (String::new(), String::new());
+    };
+    if let (Some(name), Replication::Senders(senders)) = (name, primary) {
+        let mut matching = senders.iter().filter(|s| s.application_name == *name);
+        if let (Some(s), None) = (matching.next(), matching.next()) {
+            return (s.state.clone(), s.sync_state.clone());
+        }
+    }
+    (status.clone(), String::new())
 }
 
 pub struct Topology {
@@ -198,14 +243,19 @@ impl Topology {
             Probe::Up {
                 replication_delay,
                 timeline,
+                replication,
                 ..
             } => {
                 n.failures = 0;
                 n.replication_delay = replication_delay;
                 n.timeline = timeline;
+                n.replication = replication;
                 n.last_error = None;
             }
-            Probe::Down(e) => n.last_error = Some(e),
+            Probe::Down(e) => {
+                n.replication = Replication::Unknown;
+                n.last_error = Some(e);
+            }
         }
         if self.external.load(Ordering::Acquire) {
             return;
@@ -312,7 +362,51 @@ mod tests {
             in_recovery,
             replication_delay: 0,
             timeline,
+            replication: Replication::Unknown,
         }
+    }
+
+    #[test]
+    fn standbys_are_matched_to_the_primary_s_senders_by_name() {
+        let sender = |n: &str, sync: &str| Sender {
+            application_name: n.into(),
+            state: "streaming".into(),
+            sync_state: sync.into(),
+        };
+        let primary = Replication::Senders(vec![sender("n1", "sync"), sender("n2", "async")]);
+        let receiver = |name: Option<&str>| Replication::Receiver {
+            status: "streaming".into(),
+            name: name.map(Into::into),
+        };
+        let cols = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            replication_columns(&receiver(Some("n1")), &primary),
+            cols("streaming", "sync")
+        );
+        assert_eq!(
+            replication_columns(&receiver(Some("n2")), &primary),
+            cols("streaming", "async")
+        );
+        // not found, not shown or not unique: the standby's own status only
+        assert_eq!(
+            replication_columns(&receiver(Some("n3")), &primary),
+            cols("streaming", "")
+        );
+        assert_eq!(
+            replication_columns(&receiver(None), &primary),
+            cols("streaming", "")
+        );
+        let twins = Replication::Senders(vec![sender("w", "async"), sender("w", "sync")]);
+        assert_eq!(
+            replication_columns(&receiver(Some("w")), &twins),
+            cols("streaming", "")
+        );
+        // a primary has none
+        assert_eq!(replication_columns(&primary, &primary), cols("", ""));
+        assert_eq!(
+            replication_columns(&receiver(Some("n1")), &Replication::Unknown),
+            cols("streaming", "")
+        );
     }
 
     const A: &str = "127.0.0.1:5000";

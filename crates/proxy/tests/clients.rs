@@ -5,31 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use testkit::run_client;
-
-fn psql(port: u16, db: &str, sql: &str) -> (bool, String, String) {
-    run_client(
-        "psql",
-        &[
-            "-X",
-            "-A",
-            "-t",
-            "-F",
-            "|",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ],
-        &[],
-    )
-}
+use proxy::topology::Replication;
+use testkit::{psql, run_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_in_transaction_mode_all_protocols() {
@@ -172,6 +149,13 @@ async fn admin_console_shows_and_controls() {
     .await;
     let c = p.connect("postgres", None, "app").await.unwrap();
     c.batch_execute("select 1").await.unwrap();
+    // the health checks have seen the standby stream from the primary
+    wait_for(Duration::from_secs(5), || {
+        let nodes = p.state.topology.nodes();
+        matches!(&nodes[0].replication, Replication::Senders(s) if !s.is_empty())
+            && matches!(&nodes[1].replication, Replication::Receiver { status, .. } if status == "streaming")
+    })
+    .await;
 
     let out = tokio::task::spawn_blocking(move || {
         let show = |what: &str| {
@@ -207,6 +191,17 @@ async fn admin_console_shows_and_controls() {
         )),
         "{nodes}"
     );
+    // replication_state and replication_sync_state: the primary's WAL
+    // sender for the standby (a primary has none)
+    let replication = |line: &str| {
+        line.split('|')
+            .skip(11)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    assert_eq!(replication(node_lines[0]), "|", "{nodes}");
+    assert_eq!(replication(node_lines[1]), "streaming|async", "{nodes}");
     assert!(pools.contains("app|postgres|"), "{pools}");
     assert!(pools.contains("|4|transaction"), "{pools}");
     assert!(clients.contains("|postgres|app|"), "{clients}");
