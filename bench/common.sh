@@ -41,7 +41,6 @@ fresh_data() {
   as_pg "$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p $PG_PORT -U postgres "$DB" 2>&1 | tail -1 >&2
   as_pg "$BIN/psql" -h 127.0.0.1 -p $PG_PORT -U postgres -Xqc checkpoint "$DB"
 }
-fresh_data
 
 start_pgwarden() {
   cat >"$B/pgwarden.toml" <<EOC

@@ -14,6 +14,8 @@ ROUNDS=${ROUNDS:-5}
 # shellcheck source=bench/common.sh
 . "$(dirname "$0")/common.sh"
 
+fresh_data
+
 start_pgwarden
 start_pgbouncer
 wait_port "$PGW_PORT"

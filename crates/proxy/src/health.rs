@@ -35,8 +35,10 @@ impl From<Failure> for String {
 /// name of the WAL file it writes: it changes with a promotion at once,
 /// where the checkpoint's timeline waits for the next checkpoint).
 /// A standby also reports its WAL receiver's status and the application
-/// name it streams under (what the primary's pg_stat_replication shows;
-/// NULL unless the user may read the conninfo).
+/// name it streams under (what the primary's pg_stat_replication shows).
+/// Both views show these only to superusers and members of
+/// pg_read_all_stats: for another health-check user the replication
+/// columns of SHOW POOL_NODES stay empty.
 const QUERY: &str = "SELECT pg_is_in_recovery(), \
     COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint, \
     CASE WHEN pg_is_in_recovery() THEN 0 \
@@ -79,7 +81,9 @@ pub async fn run(state: Arc<State>) {
                     // The kept connection may be what failed (terminated,
                     // idle_session_timeout): ask again on a new one. Not
                     // after a timeout: a node that does not answer would
-                    // take twice as long to be noticed.
+                    // take twice as long to be noticed. (A kept connection
+                    // dropped silently on the way counts one failure; the
+                    // next check opens a new one.)
                     (result, conn) = probe(None, &addr, &user, &db, &cred, tls, timeout).await;
                 }
                 let result = match result {

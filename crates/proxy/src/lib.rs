@@ -54,7 +54,7 @@ impl Proxy {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until [`State::shutdown`] is set, then stops accepting, lets
+    /// Serves until [`State::begin_shutdown`] is called, then stops accepting, lets
     /// transactions in flight finish up to `shutdown_timeout`, and returns.
     /// `external_primary`: the primary comes from elsewhere (the DCS), so
     /// health checks only report.

@@ -200,6 +200,10 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
     ];
     let start = sql.iter().position(|b| !b.is_ascii_whitespace());
     let t = &sql[start.unwrap_or(sql.len())..];
+    if t.starts_with(b"/*") || t.starts_with(b"--") {
+        // a comment first (added by an ORM or a driver): read it all
+        return true;
+    }
     let verb_initial = matches!(
         t.first().map(u8::to_ascii_uppercase),
         Some(b'S' | b'R' | b'L' | b'U' | b'D')
@@ -265,7 +269,12 @@ fn split_statements(sql: &str) -> Vec<String> {
                 let escapes = after_ident
                     && matches!(b[i - 1], b'e' | b'E')
                     && !(i > 1 && is_ident_byte(b[i - 2]));
-                quoted_end(b, i, b'\'', escapes)
+                let mut end = quoted_end(b, i, b'\'', escapes);
+                // 'a'<newline>'b' is one string, in the same mode
+                while let Some(next) = string_continues(b, end) {
+                    end = quoted_end(b, next, b'\'', escapes);
+                }
+                end
             }
             b'"' => quoted_end(b, i, b'"', false),
             // $1 is a parameter, a$b$ an identifier: neither opens a string
@@ -274,7 +283,7 @@ fn split_statements(sql: &str) -> Vec<String> {
                 None => i + 1,
             },
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
                     i += 1;
                 }
                 cur.push(b' ');
@@ -300,6 +309,18 @@ fn split_statements(sql: &str) -> Vec<String> {
         .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// Where a string literal that ended at `end` goes on: PostgreSQL joins
+/// two literals separated by whitespace that holds a newline.
+fn string_continues(b: &[u8], end: usize) -> Option<usize> {
+    let mut newline = false;
+    let mut i = end;
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b') {
+        newline |= matches!(b[i], b'\n' | b'\r');
+        i += 1;
+    }
+    (newline && b.get(i) == Some(&b'\'')).then_some(i)
 }
 
 /// Bytes that continue an identifier or keyword (PostgreSQL's ident_cont,
@@ -749,6 +770,30 @@ mod tests {
         assert_eq!(
             parse_effects("/* a /* b */ ; SET x = 1 */ SET \"q\"\";\" = 3"),
             vec![set("q\";", "3")]
+        );
+        // -- ends at \r too; 'a'<newline>'b' is one string, E'' escapes and all
+        assert_eq!(
+            parse_effects("SELECT 1 -- c\r; SET a = 1"),
+            vec![set("a", "1")]
+        );
+        assert_eq!(
+            parse_effects("SELECT E'a'\n'\\''; SET b = 2"),
+            vec![set("b", "2")]
+        );
+        assert_eq!(
+            parse_effects("SELECT E'a'\n  '\\'; SET x.y = 1; SELECT '"),
+            vec![]
+        );
+        assert_eq!(
+            split_statements("SELECT 'a' 'b'; SELECT 1"),
+            vec!["SELECT 'a' 'b'", "SELECT 1"]
+        );
+        // a leading comment does not hide a SET
+        assert!(may_have_effects(b"/* app:web */ SET search_path = x"));
+        assert!(may_have_effects(b"-- c\nSET search_path = x"));
+        assert_eq!(
+            parse_effects("/* app:web */ SET search_path = x"),
+            vec![set("search_path", "x")]
         );
         // unterminated: the rest belongs to the open token
         assert_eq!(

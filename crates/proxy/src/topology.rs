@@ -125,7 +125,13 @@ pub fn replication_columns(standby: &Replication, primary: &Replication) -> (Str
         return (String::new(), String::new());
     };
     if let (Some(name), Replication::Senders(senders)) = (name, primary) {
-        let mut matching = senders.iter().filter(|s| s.application_name == *name);
+        // the primary shows application names cut to NAMEDATALEN - 1 bytes
+        let mut cut = name.len().min(63);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let name = &name[..cut];
+        let mut matching = senders.iter().filter(|s| s.application_name == name);
         if let (Some(s), None) = (matching.next(), matching.next()) {
             return (s.state.clone(), s.sync_state.clone());
         }
@@ -379,6 +385,12 @@ mod tests {
             name: name.map(Into::into),
         };
         let cols = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        let long = "n".repeat(70);
+        let cut = Replication::Senders(vec![sender(&long[..63], "sync")]);
+        assert_eq!(
+            replication_columns(&receiver(Some(&long)), &cut),
+            cols("streaming", "sync")
+        );
         assert_eq!(
             replication_columns(&receiver(Some("n1")), &primary),
             cols("streaming", "sync")
