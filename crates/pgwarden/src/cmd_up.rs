@@ -80,6 +80,9 @@ fn write_configs(l: &Layout, args: &UpArgs, dcs_url: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// How often `pgwarden up` restarts an agent that keeps exiting.
+const AGENT_RESTART_EVERY: Duration = Duration::from_secs(5);
+
 fn spawn_agent(l: &Layout, i: usize) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -147,12 +150,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         if args.until_ready || ready.is_err() {
             state.begin_shutdown();
         } else {
-            status_loop(&store, &state, args.nodes).await;
+            status_loop(&store, &state, &l, &mut agents).await;
         }
         let _ = proxy_task.await;
         ready
     });
     stop_agents(&mut agents);
+    stop_orphans(&l, agents.len());
+    eprintln!("pgwarden: stopped");
     r
 }
 
@@ -234,11 +239,32 @@ async fn status_line(store: &dcs::AnyDcs) -> String {
     }
 }
 
-async fn status_loop(store: &dcs::AnyDcs, state: &proxy::State, _n: usize) {
+/// Until Ctrl-C: prints the cluster's state when it changes, and restarts
+/// an agent that exited (the new one adopts its PostgreSQL if that still
+/// runs), at most once every few seconds per node.
+async fn status_loop(store: &dcs::AnyDcs, state: &proxy::State, l: &Layout, agents: &mut [Child]) {
     use std::io::Write;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut last = String::new();
+    let mut restarted: Vec<Option<Instant>> = vec![None; agents.len()];
     while !state.is_shutting_down() {
+        for (i, a) in agents.iter_mut().enumerate() {
+            let Ok(Some(st)) = a.try_wait() else {
+                continue;
+            };
+            if restarted[i].is_some_and(|t| t.elapsed() < AGENT_RESTART_EVERY) {
+                continue;
+            }
+            if tty {
+                println!();
+            }
+            println!("pgwarden: the agent of node{i} exited ({st}); restarting it");
+            restarted[i] = Some(Instant::now());
+            match spawn_agent(l, i) {
+                Ok(c) => *a = c,
+                Err(e) => println!("pgwarden: {e:#}"),
+            }
+        }
         let line = format!(
             "{} | clients {}",
             status_line(store).await,
@@ -277,5 +303,30 @@ fn stop_agents(agents: &mut [Child]) {
         let _ = a.kill();
         let _ = a.wait();
     }
-    eprintln!("pgwarden: stopped");
+}
+
+/// Stops (fast shutdown) a PostgreSQL still running once its agent is gone:
+/// one whose agent died and could not be restarted.
+fn stop_orphans(l: &Layout, nodes: usize) {
+    for i in 0..nodes {
+        let pidfile = l.dir.join(format!("node{i}")).join("postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = || Path::new(&format!("/proc/{pid}")).exists() && pidfile.exists();
+        if !alive() {
+            continue;
+        }
+        eprintln!("pgwarden: stopping node{i}'s PostgreSQL (pid {pid}), left without its agent");
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -1,0 +1,192 @@
+//! `pgwarden up`, the README's main job: a local cluster (agents, the
+//! embedded DCS, PostgreSQL) with the proxy in front, run as the binary.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::TempDir;
+
+/// The `up` process, stopped (SIGINT, as Ctrl-C) and reaped on drop.
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// PIDs of the agent processes `up` started for `node_conf`.
+fn agents_of(up: u32, node_conf: &Path) -> Vec<u32> {
+    let conf = node_conf.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            ppid == Some(up) && cmd.contains(" agent ") && cmd.contains(&conf)
+        })
+        .collect()
+}
+
+/// The agent's REST health check answers 200.
+fn agent_healthy(api: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(api) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
+
+fn api_listen(node_conf: &Path) -> String {
+    let text = std::fs::read_to_string(node_conf).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("api_listen = "))
+        .expect("api_listen in the node's config")
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// Starts `pgwarden up` with two nodes in `tmp` and waits for it to be up:
+/// (the process, the cluster's directory, the proxy's port, its output file).
+fn start_up(tmp: &TempDir) -> (Up, std::path::PathBuf, u16, std::path::PathBuf) {
+    let dir = tmp.path().join("cluster");
+    let port = testkit::free_port();
+    let log = tmp.path().join("up.out");
+    let out = std::fs::File::create(&log).unwrap();
+    let up = Up(Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["up", "--nodes", "2", "--port", &port.to_string(), "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap());
+    wait_until(Duration::from_secs(180), "cluster up", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("pgwarden is up")
+    });
+    (up, dir, port, log)
+}
+
+/// `pgwarden up` brings up a cluster that takes writes through the proxy;
+/// an agent that dies is restarted and its node is managed again; Ctrl-C
+/// stops everything, a PostgreSQL whose agent could not be restarted too.
+/// (One test: two `up`s at once would pick the same free ports.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_through_the_proxy_and_restarts_a_dead_agent() {
+    let tmp = TempDir::new("up");
+    let (up, dir, port, log) = start_up(&tmp);
+    let output = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect through the proxy: {e}\n{}", output()));
+    tokio::spawn(conn);
+    c.batch_execute("CREATE TABLE up_t (id int); INSERT INTO up_t VALUES (1)")
+        .await
+        .unwrap();
+    let in_recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!in_recovery, "writes go to the primary");
+
+    // kill -9 the agent of node1: `up` starts a new one, which manages the
+    // node again
+    let conf = dir.join("node1.toml");
+    let api = api_listen(&conf);
+    let old = agents_of(up.0.id(), &conf);
+    assert_eq!(old.len(), 1, "one agent for node1: {old:?}");
+    assert!(agent_healthy(&api), "node1's agent answers before the kill");
+    Command::new("kill")
+        .args(["-KILL", &old[0].to_string()])
+        .status()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "agent restarted", || {
+        let now = agents_of(up.0.id(), &conf);
+        now.len() == 1 && now[0] != old[0] && agent_healthy(&api)
+    });
+    assert!(
+        output().contains("the agent of node1 exited"),
+        "{}",
+        output()
+    );
+    c.batch_execute("INSERT INTO up_t VALUES (2)")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM up_t", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
+    drop(c);
+
+    // an agent that cannot be restarted (its config broken) leaves its
+    // PostgreSQL running, until Ctrl-C stops it with the rest
+    let restarts = output().matches("the agent of node1 exited").count();
+    std::fs::write(&conf, "this is not toml").unwrap();
+    let now = agents_of(up.0.id(), &conf);
+    Command::new("kill")
+        .args(["-KILL", &now[0].to_string()])
+        .status()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "restart tried", || {
+        output().matches("the agent of node1 exited").count() > restarts
+    });
+    let pidfile = dir.join("node1").join("postmaster.pid");
+    assert!(
+        pidfile.exists(),
+        "node1's PostgreSQL runs on without its agent"
+    );
+
+    // Ctrl-C: `up` exits, and with it the agents and PostgreSQL
+    let pid = up.0.id();
+    drop(up);
+    assert!(
+        agents_of(pid, &dir.join("node0.toml")).is_empty() && agents_of(pid, &conf).is_empty(),
+        "agents left running"
+    );
+    for node in ["node0", "node1"] {
+        assert!(
+            !dir.join(node).join("postmaster.pid").exists(),
+            "{node}'s PostgreSQL still runs"
+        );
+    }
+}
