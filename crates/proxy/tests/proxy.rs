@@ -263,6 +263,12 @@ async fn set_tracking_reads_statements_as_the_server_does() {
     assert_eq!(show(&b, "statement_timeout").await, "0");
     assert_eq!(show(&a, "statement_timeout").await, "6s");
     assert_eq!(show(&a, "work_mem").await, "5MB");
+    // a comment before the SET (as ORMs add them)
+    a.batch_execute("/* app:web */ SET lock_timeout = '8s'")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+    assert_eq!(show(&a, "lock_timeout").await, "8s");
 }
 
 /// `current_user, session_user` of a client.
