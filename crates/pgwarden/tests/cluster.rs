@@ -431,25 +431,10 @@ async fn synchronous_mode_loses_no_acknowledged_write() {
             let mut seq = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 seq += 1;
-                let (ok, out, _) = testkit::run_client(
-                    "psql",
-                    &[
-                        "-X",
-                        "-A",
-                        "-t",
-                        "-q",
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "-U",
-                        "postgres",
-                        "-d",
-                        "postgres",
-                        "-c",
-                        &format!("INSERT INTO acked VALUES ({seq}) RETURNING seq"),
-                    ],
-                    &[("PGCONNECT_TIMEOUT", "3")],
+                let (ok, out, _) = testkit::psql(
+                    port,
+                    "postgres",
+                    &format!("INSERT INTO acked VALUES ({seq}) RETURNING seq"),
                 );
                 if ok && out.trim() == seq.to_string() {
                     acked.push(seq);

@@ -197,8 +197,13 @@ async fn show(c: &tokio_postgres::Client, what: &str) -> String {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_is_isolated_between_clients_in_transaction_mode() {
+/// Clients a and b of a transaction-mode pool of one server connection.
+async fn two_clients_one_server() -> (
+    PgServer,
+    TestProxy,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+) {
     let pg = PgServer::primary();
     let p = start_proxy(
         &format!("{TRUST}default_pool_size = 1\n"),
@@ -207,6 +212,12 @@ async fn set_is_isolated_between_clients_in_transaction_mode() {
     .await;
     let a = p.connect("postgres", None, "app").await.unwrap();
     let b = p.connect("postgres", None, "app").await.unwrap();
+    (pg, p, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_is_isolated_between_clients_in_transaction_mode() {
+    let (_pg, _p, a, b) = two_clients_one_server().await;
     a.batch_execute("SET search_path TO a_schema, public; SET statement_timeout = '4s'; SET application_name = 'client_a'")
         .await
         .unwrap();
@@ -240,14 +251,7 @@ async fn set_is_isolated_between_clients_in_transaction_mode() {
 /// a DO block or an E'' string is not a statement of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tracking_reads_statements_as_the_server_does() {
-    let pg = PgServer::primary();
-    let p = start_proxy(
-        &format!("{TRUST}default_pool_size = 1\n"),
-        &backends(&[&pg]),
-    )
-    .await;
-    let a = p.connect("postgres", None, "app").await.unwrap();
-    let b = p.connect("postgres", None, "app").await.unwrap();
+    let (_pg, _p, a, b) = two_clients_one_server().await;
     let default = show(&b, "work_mem").await;
     a.batch_execute(
         "DO $$ BEGIN PERFORM 1; SET LOCAL work_mem = '3MB'; END $$; SET work_mem = '5MB'",
