@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use config::AgentConfig;
+use pg::pid_alive;
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -523,15 +524,4 @@ impl Node {
 
 pub fn slot_name(member: &str) -> String {
     format!("pgw_{}", member.replace('-', "_").to_lowercase())
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // a zombie (exited, not yet reaped) does not count
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().starts_with('Z'))
-            .unwrap_or(true),
-        Err(_) => false,
-    }
 }

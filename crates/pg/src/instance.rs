@@ -160,8 +160,7 @@ impl Instance {
 
     /// The postmaster's PID from postmaster.pid, if the file is there.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        let s = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
-        s.lines().next()?.trim().parse().ok()
+        postmaster_pid(&self.cfg.data_dir)
     }
 
     pub fn is_running(&self) -> bool {
@@ -247,4 +246,22 @@ pub fn tail(path: &Path, n: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The PID in `data_dir`'s postmaster.pid, if the file is there.
+pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
+    let s = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    s.lines().next()?.trim().parse().ok()
+}
+
+/// Whether process `pid` runs (a zombie, exited but not yet reaped, does
+/// not count).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
 }

@@ -7,7 +7,7 @@
 mod instance;
 mod user;
 
-pub use instance::{tail, Instance, InstanceConfig};
+pub use instance::{pid_alive, postmaster_pid, tail, Instance, InstanceConfig};
 pub use user::{make_dir, OsUser};
 
 use std::path::PathBuf;

@@ -309,14 +309,11 @@ fn stop_agents(agents: &mut [Child]) {
 /// one whose agent died and could not be restarted.
 fn stop_orphans(l: &Layout, nodes: usize) {
     for i in 0..nodes {
-        let pidfile = l.dir.join(format!("node{i}")).join("postmaster.pid");
-        let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
-        else {
+        let data = l.dir.join(format!("node{i}"));
+        let Some(pid) = pg::postmaster_pid(&data) else {
             continue;
         };
-        let alive = || Path::new(&format!("/proc/{pid}")).exists() && pidfile.exists();
+        let alive = || pg::pid_alive(pid) && pg::postmaster_pid(&data) == Some(pid);
         if !alive() {
             continue;
         }

@@ -152,10 +152,7 @@ pub async fn authenticate(
         (m, _) => m,
     };
     let cred = match method {
-        HbaMethod::Trust => secret
-            .as_ref()
-            .map(Secret::server_credential)
-            .unwrap_or(ServerCredential::None),
+        HbaMethod::Trust => trust_credential(secret.as_ref()),
         HbaMethod::Reject => unreachable!("rejected before authentication"),
         HbaMethod::Password => {
             send(
@@ -270,6 +267,12 @@ pub async fn authenticate(
     };
     // AuthenticationOk goes out with the rest of the greeting (one write).
     Ok(cred)
+}
+
+/// What a trusted client's login gives the proxy to log in to servers
+/// with: the user's configured secret, if any.
+pub fn trust_credential(secret: Option<&Secret>) -> ServerCredential {
+    secret.map_or(ServerCredential::None, Secret::server_credential)
 }
 
 /// AuthenticationOk, for the caller to send with what follows it.

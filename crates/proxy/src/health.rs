@@ -8,12 +8,12 @@ use tokio::task::JoinSet;
 
 use crate::server::{ConnectOptions, ServerConn, ServerCredential};
 use crate::state::State;
-use crate::topology::{Replication, Sender};
+use crate::topology::{Probe, Replication, Sender};
 
 /// What one probe found: the node's answer, or how it failed.
-enum Probe {
-    Up(crate::topology::Probe),
-    Down(Failure),
+enum Outcome {
+    Answered(Probe),
+    Failed(Failure),
 }
 
 enum Failure {
@@ -77,7 +77,7 @@ pub async fn run(state: Arc<State>) {
                 let reused = conn.is_some();
                 let (mut result, mut conn) =
                     probe(conn, &addr, &user, &db, &cred, tls, timeout).await;
-                if reused && matches!(result, Probe::Down(Failure::Broken(_))) {
+                if reused && matches!(result, Outcome::Failed(Failure::Broken(_))) {
                     // The kept connection may be what failed (terminated,
                     // idle_session_timeout): ask again on a new one. Not
                     // after a timeout: a node that does not answer would
@@ -87,8 +87,8 @@ pub async fn run(state: Arc<State>) {
                     (result, conn) = probe(None, &addr, &user, &db, &cred, tls, timeout).await;
                 }
                 let result = match result {
-                    Probe::Down(f) => crate::topology::Probe::Down(f.into()),
-                    Probe::Up(up) => up,
+                    Outcome::Failed(f) => Probe::Down(f.into()),
+                    Outcome::Answered(up) => up,
                 };
                 (addr, result, conn)
             });
@@ -96,7 +96,7 @@ pub async fn run(state: Arc<State>) {
         let retries = p.health_check_max_retries;
         while let Some(r) = set.join_next().await {
             if let Ok((addr, probe, conn)) = r {
-                if let crate::topology::Probe::Down(e) = &probe {
+                if let Probe::Down(e) = &probe {
                     tracing::debug!(%addr, error = %e, "health check failed");
                 }
                 state.topology.report(&addr, probe, retries);
@@ -120,7 +120,7 @@ async fn probe(
     cred: &ServerCredential,
     tls: config::ServerTls,
     timeout: Duration,
-) -> (Probe, Option<ServerConn>) {
+) -> (Outcome, Option<ServerConn>) {
     let mut conn = match conn {
         Some(c) => c,
         None => match ServerConn::connect(ConnectOptions {
@@ -136,7 +136,7 @@ async fn probe(
         .await
         {
             Ok(c) => c,
-            Err(e) => return (Probe::Down(Failure::Broken(e.to_string())), None),
+            Err(e) => return (Outcome::Failed(Failure::Broken(e.to_string())), None),
         },
     };
     let asked = tokio::time::timeout(timeout, async {
@@ -169,7 +169,7 @@ async fn probe(
                     .collect(),
             )
         };
-        Ok::<_, crate::server::ServerError>(crate::topology::Probe::Up {
+        Ok::<_, crate::server::ServerError>(Probe::Up {
             in_recovery,
             replication_delay: u64::try_from(number(1)).unwrap_or(0),
             timeline: u32::try_from(number(2)).unwrap_or(0),
@@ -178,10 +178,10 @@ async fn probe(
     })
     .await;
     match asked {
-        Ok(Ok(up)) => (Probe::Up(up), Some(conn)),
-        Ok(Err(e)) => (Probe::Down(Failure::Broken(e.to_string())), None),
+        Ok(Ok(up)) => (Outcome::Answered(up), Some(conn)),
+        Ok(Err(e)) => (Outcome::Failed(Failure::Broken(e.to_string())), None),
         Err(_) => (
-            Probe::Down(Failure::Silent(format!("no answer within {timeout:?}"))),
+            Outcome::Failed(Failure::Silent(format!("no answer within {timeout:?}"))),
             None,
         ),
     }

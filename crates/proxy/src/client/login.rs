@@ -346,9 +346,7 @@ async fn login(
     let exchange = async {
         if method == HbaMethod::Trust {
             // Nothing to exchange: no future to make for it.
-            return Ok(secret
-                .as_ref()
-                .map_or(ServerCredential::None, Secret::server_credential));
+            return Ok(auth::trust_credential(secret.as_ref()));
         }
         Box::pin(auth::authenticate(
             &mut stream,

@@ -157,23 +157,23 @@ impl Session {
         if !matches!(end, End::Done | End::ClientIo) || self.server.is_some() {
             return Some((self, end));
         }
+        self.log_end(&end);
+        self.state.unregister_client(&self.info);
+        None
+    }
+
+    fn log_end(&self, end: &End) {
         tracing::debug!(
             client = self.info.id,
             reason = end.describe(),
             "session ended"
         );
-        self.state.unregister_client(&self.info);
-        None
     }
 
     pub(crate) async fn finish(mut self: Box<Self>, end: End) {
         let clean = matches!(end, End::Done);
         let shutdown = matches!(end, End::Shutdown);
-        tracing::debug!(
-            client = self.info.id,
-            reason = end.describe(),
-            "session ended"
-        );
+        self.log_end(&end);
         let end = if self.relay.mid_message() {
             // Part of a large row went out: an error appended now would be
             // read as the rest of it. The client sees the connection close.
