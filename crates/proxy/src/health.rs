@@ -1,10 +1,12 @@
-//! Periodic health checks of every backend: one persistent connection per
-//! backend, `pg_is_in_recovery()` and replay lag, reported to the topology.
-use std::collections::HashMap;
+//! Periodic health checks of every backend: one checker task and one
+//! persistent connection per backend, `pg_is_in_recovery()`, replay lag
+//! and streaming replication, reported to the topology.
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::server::{ConnectOptions, ServerConn, ServerCredential};
 use crate::state::State;
@@ -51,9 +53,41 @@ const QUERY: &str = "SELECT pg_is_in_recovery(), \
 const SENDERS: &str =
     "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY pid";
 
+/// Keeps one checker running per backend: started for a backend that
+/// appears (config reload), stopped for one that goes. Each checker has its
+/// own rhythm, so a backend that does not answer delays no other's checks.
 pub async fn run(state: Arc<State>) {
-    let mut conns: HashMap<String, ServerConn> = HashMap::new();
+    let mut checkers: HashMap<String, AbortHandle> = HashMap::new();
+    let mut tasks = JoinSet::new();
     let mut shutdown = state.shutdown_signal();
+    loop {
+        let addrs: HashSet<String> = state.topology.nodes().iter().map(|n| n.addr()).collect();
+        checkers.retain(|addr, task| {
+            let keep = addrs.contains(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for addr in addrs {
+            if let Entry::Vacant(v) = checkers.entry(addr) {
+                let addr = v.key().clone();
+                v.insert(tasks.spawn(check(state.clone(), addr)));
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        let period = state.config().proxy.health_check_period;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+/// Checks one backend every `health_check_period` on a kept connection and
+/// reports each result to the topology.
+async fn check(state: Arc<State>, addr: String) {
+    let mut conn: Option<ServerConn> = None;
     loop {
         let cfg = state.config();
         let p = &cfg.proxy;
@@ -62,53 +96,33 @@ pub async fn run(state: Arc<State>) {
             .as_deref()
             .map(|s| crate::auth::Secret::parse(s).server_credential())
             .unwrap_or(ServerCredential::None);
-        let mut set = JoinSet::new();
-        for node in state.topology.nodes() {
-            let addr = node.addr();
-            let conn = conns.remove(&addr);
-            let (user, db, cred, tls, timeout) = (
-                p.health_check_user.clone(),
-                p.health_check_database.clone(),
-                cred.clone(),
-                p.server_tls,
-                p.health_check_timeout,
-            );
-            set.spawn(async move {
-                let reused = conn.is_some();
-                let (mut result, mut conn) =
-                    probe(conn, &addr, &user, &db, &cred, tls, timeout).await;
-                if reused && matches!(result, Outcome::Failed(Failure::Broken(_))) {
-                    // The kept connection may be what failed (terminated,
-                    // idle_session_timeout): ask again on a new one. Not
-                    // after a timeout: a node that does not answer would
-                    // take twice as long to be noticed. (A kept connection
-                    // dropped silently on the way counts one failure; the
-                    // next check opens a new one.)
-                    (result, conn) = probe(None, &addr, &user, &db, &cred, tls, timeout).await;
-                }
-                let result = match result {
-                    Outcome::Failed(f) => Probe::Down(f.into()),
-                    Outcome::Answered(up) => up,
-                };
-                (addr, result, conn)
-            });
+        let (user, db) = (&p.health_check_user, &p.health_check_database);
+        let (tls, timeout) = (p.server_tls, p.health_check_timeout);
+        let reused = conn.is_some();
+        let (mut result, mut kept) = probe(conn.take(), &addr, user, db, &cred, tls, timeout).await;
+        if reused && matches!(result, Outcome::Failed(Failure::Broken(_))) {
+            // The kept connection may be what failed (terminated,
+            // idle_session_timeout): ask again on a new one. Not after a
+            // timeout: a node that does not answer would take twice as
+            // long to be noticed. (A kept connection dropped silently on
+            // the way counts one failure; the next check opens a new one.)
+            (result, kept) = probe(None, &addr, user, db, &cred, tls, timeout).await;
         }
-        let retries = p.health_check_max_retries;
-        while let Some(r) = set.join_next().await {
-            if let Ok((addr, probe, conn)) = r {
-                if let Probe::Down(e) = &probe {
-                    tracing::debug!(%addr, error = %e, "health check failed");
-                }
-                state.topology.report(&addr, probe, retries);
-                if let Some(c) = conn {
-                    conns.insert(addr, c);
-                }
+        let result = match result {
+            Outcome::Failed(f) => {
+                let e: String = f.into();
+                tracing::debug!(%addr, error = %e, "health check failed");
+                Probe::Down(e)
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(p.health_check_period) => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-        }
+            Outcome::Answered(up) => up,
+        };
+        state
+            .topology
+            .report(&addr, result, p.health_check_max_retries);
+        conn = kept;
+        let period = p.health_check_period;
+        drop(cfg);
+        tokio::time::sleep(period).await;
     }
 }
 

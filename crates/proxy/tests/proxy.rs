@@ -528,6 +528,43 @@ async fn follows_a_promoted_standby() {
     );
 }
 
+/// A backend that hangs (the kernel accepts connections, nothing answers)
+/// must not hold up the checks of the others: the promoted standby is
+/// found within 2 s, long before the hung node's check times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_does_not_delay_finding_the_new_primary() {
+    let primary = PgServer::primary();
+    let standby = PgServer::standby_of(&primary);
+    let hung = PgServer::standby_of(&primary);
+    let p = start_proxy(
+        &format!("{TRUST}health_check_timeout = \"30s\"\n"),
+        &backends(&[&primary, &standby, &hung]),
+    )
+    .await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.batch_execute("CREATE TABLE hb (id int)").await.unwrap();
+    standby.wait_caught_up(&primary);
+
+    primary.stop();
+    hung.freeze();
+    // Checks of the hung node are now waiting for an answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = std::time::Instant::now();
+    standby.promote();
+    wait_for(Duration::from_secs(2), || {
+        p.state.topology.primary().is_some_and(|t| t.node == 1)
+    })
+    .await;
+    let found = t0.elapsed();
+    c.batch_execute("INSERT INTO hb VALUES (1)").await.unwrap();
+    assert_eq!(standby.sql("app", "select count(*) from hb"), "1");
+    assert!(
+        found < Duration::from_secs(2),
+        "new primary found after {found:?}"
+    );
+    hung.thaw();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_health_check_connection_does_not_end_transactions() {
     let pg = PgServer::primary();

@@ -170,6 +170,39 @@ impl PgServer {
         self.dir.path()
     }
 
+    /// SIGSTOP to the postmaster and every process it started: the
+    /// kernel still accepts connections, but nothing answers (a hung
+    /// node). Undone by `thaw`, and on drop.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let Some(pm) = self.inst.postmaster_pid() else {
+            return;
+        };
+        let mut pids = vec![pm.to_string()];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pm) {
+                pids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let _ = std::process::Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status();
+    }
+
     /// Waits until the standby has replayed everything the primary had
     /// written when this was called.
     pub fn wait_caught_up(&self, primary: &PgServer) {
@@ -192,6 +225,7 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
+        self.thaw();
         let _ = self.inst.stop("immediate");
     }
 }
