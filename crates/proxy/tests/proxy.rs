@@ -89,6 +89,53 @@ async fn authentication_methods() {
     assert_eq!(code(&e).as_deref(), Some("3D000"));
 }
 
+/// A SCRAM password with characters SASLprep changes (U+2168 ROMAN
+/// NUMERAL NINE becomes "IX", a no-break space a space): libpq and
+/// PostgreSQL hash the normalised form, so must the proxy, when it checks
+/// the client (psql) and when it logs in to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_passwords_are_normalised_as_postgresql_does() {
+    let pg = PgServer::primary();
+    let password = "\u{2168}\u{a0}pass";
+    pg.sql(
+        "postgres",
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; ALTER ROLE scramuser PASSWORD '{password}'"
+        ),
+    );
+    let hba = "hba = [\"host all all 127.0.0.1/32 scram-sha-256\"]\n";
+    let users = format!("[[users]]\nname = \"scramuser\"\npassword = \"{password}\"\n");
+    let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
+    let port = p.port().to_string();
+    let login = |pw: &str| {
+        testkit::run_client(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "scramuser",
+                "-d",
+                "app",
+                "-XAtc",
+                "select current_user",
+            ],
+            &[("PGPASSWORD", pw), ("PGCONNECT_TIMEOUT", "5")],
+        )
+    };
+    let (ok, out, err) = login(password);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "scramuser");
+    // the normalised form is the same password
+    let (ok, _, err) = login("IX pass");
+    assert!(ok, "{err}");
+    let (ok, _, err) = login("\u{2168}pass");
+    assert!(!ok);
+    assert!(err.contains("password authentication failed"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_looks_up_unknown_users() {
     let pg = PgServer::primary();

@@ -3,8 +3,8 @@
 //! a stored verifier, [`ScramClient`] logs in to a server either with the
 //! password or with the keys recovered from a client's exchange (so a proxy
 //! can pass SCRAM through without knowing the password). Channel binding is
-//! not offered (only `SCRAM-SHA-256`, not `-PLUS`). Passwords are not
-//! SASLprep-normalised: ASCII passwords, the usual case, are unaffected.
+//! not offered (only `SCRAM-SHA-256`, not `-PLUS`). Passwords are
+//! SASLprep-normalised as PostgreSQL and libpq do it.
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -39,8 +39,22 @@ fn err(msg: impl Into<String>) -> ProtocolError {
     ProtocolError::Auth(msg.into())
 }
 
+/// The password as PostgreSQL and libpq hash it: normalised with SASLprep
+/// (RFC 4013), or as it is when that fails (a prohibited or unassigned
+/// character) or leaves nothing. ASCII passwords are taken as they are.
+fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
+    if password.is_ascii() {
+        return password.into();
+    }
+    match stringprep::saslprep(password) {
+        Ok(p) if !p.is_empty() => p,
+        _ => password.into(),
+    }
+}
+
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
+    let password = prepared(password);
     pbkdf2::pbkdf2::<HmacSha256>(password.as_bytes(), salt, iterations, &mut out)
         .expect("HMAC accepts any key length");
     out
@@ -425,6 +439,22 @@ mod tests {
             .unwrap();
         let v = Verifier::with_salt("pencil", &salt, 4096);
         assert_eq!(Verifier::parse(&v.to_string()), Some(v));
+    }
+
+    #[test]
+    fn passwords_are_saslprep_normalised_as_postgresql_does() {
+        // ASCII as it is, control characters included (PostgreSQL's fast path)
+        assert_eq!(prepared("pa\tss"), "pa\tss");
+        // NFKC, non-ASCII spaces to a space, "mapped to nothing" removed
+        assert_eq!(prepared("\u{2168}\u{a0}pa\u{ad}ss"), "IX pass");
+        // prohibited (a bidi violation) or nothing left: the raw password
+        assert_eq!(prepared("\u{627}1"), "\u{627}1");
+        assert_eq!(prepared("\u{ad}"), "\u{ad}");
+        let salt = [7u8; 16];
+        assert_eq!(
+            Verifier::with_salt("\u{2168}", &salt, 4096),
+            Verifier::with_salt("IX", &salt, 4096)
+        );
     }
 
     fn exchange(server_pw: &str, client: Credential) -> Result<ClientKeys, ProtocolError> {
