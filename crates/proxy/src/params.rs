@@ -23,6 +23,10 @@ impl ParamSet {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
+    pub fn is_unknown(&self) -> bool {
+        self.1
+    }
+
     /// The real session state is not known any more.
     pub fn mark_unknown(&mut self) {
         self.0.clear();
@@ -223,19 +227,74 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
     }
 }
 
-/// The effects of each tracked statement of a query, in order.
-pub fn parse_effects(sql: &str) -> Vec<Effect> {
-    split_statements(sql)
-        .iter()
-        .filter_map(|s| statement_effect(s))
-        .collect()
+/// How the server reads string literals: `standard_conforming_strings`
+/// on (a backslash is a character) or off (it escapes, as in `E''`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strings {
+    #[default]
+    Standard,
+    Backslash,
+    /// Not known (a change is under way, a value not understood).
+    Either,
+}
+
+impl Strings {
+    /// The mode a `standard_conforming_strings` value (as SQL text, or as
+    /// the server reports it) sets; `None`: the server's default.
+    pub fn of_setting(value: Option<&str>, default: Strings) -> Strings {
+        let Some(v) = value else {
+            return default;
+        };
+        let v = v.trim().trim_matches('\'').to_ascii_lowercase();
+        match v.as_str() {
+            "on" | "true" | "yes" | "1" | "t" | "y" => Strings::Standard,
+            "off" | "false" | "no" | "0" | "f" | "n" => Strings::Backslash,
+            "default" => default,
+            _ => Strings::Either,
+        }
+    }
+}
+
+/// The effects of each tracked statement of a query, in order, for a
+/// server that reads strings as `strings` says.
+///
+/// When that is not known and the query has a backslash, it is read both
+/// ways. Where the two readings disagree, the proxy cannot tell which
+/// statements the server ran: every tracked statement of either reading
+/// counts as unmodelled, and the server connection is cleaned up before
+/// another client gets it.
+pub fn parse_effects(sql: &str, strings: Strings) -> Vec<Effect> {
+    let effects = |backslash: bool| -> Vec<Effect> {
+        split_statements(sql, backslash)
+            .iter()
+            .filter_map(|s| statement_effect(s))
+            .collect()
+    };
+    let has_backslash = || sql.contains('\\');
+    let standard = match strings {
+        Strings::Standard => return effects(false),
+        Strings::Backslash if has_backslash() => return effects(true),
+        Strings::Backslash => return effects(false),
+        Strings::Either => effects(false),
+    };
+    if !has_backslash() {
+        return standard;
+    }
+    let legacy = effects(true);
+    if legacy == standard {
+        return standard;
+    }
+    let mut verbs: Vec<Verb> = standard.iter().chain(&legacy).map(Effect::verb).collect();
+    verbs.sort_unstable_by_key(|v| *v as u8);
+    verbs.dedup();
+    verbs.into_iter().map(Effect::Unmodelled).collect()
 }
 
 /// The statement name of a query that is exactly one `DEALLOCATE
 /// [PREPARE] name` (as PostgreSQL reads the name: folded to lower case
 /// unless quoted).
 pub fn deallocate_name(sql: &str) -> Option<String> {
-    let stmts = split_statements(sql);
+    let stmts = split_statements(sql, false);
     let [one] = stmts.as_slice() else {
         return None;
     };
@@ -258,7 +317,9 @@ pub fn deallocate_name(sql: &str) -> Option<String> {
 /// strings (`$$...$$`, `$tag$...$tag$`: function bodies and DO blocks) or
 /// comments (`--`, nested `/* */`), which are dropped. An unterminated
 /// quote or comment runs to the end (the server will reject the query).
-fn split_statements(sql: &str) -> Vec<String> {
+/// `backslash`: every string literal takes backslash escapes, as with
+/// `standard_conforming_strings = off`.
+fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
     let b = sql.as_bytes();
     let (mut out, mut cur, mut i) = (Vec::new(), Vec::new(), 0);
     while i < b.len() {
@@ -266,9 +327,10 @@ fn split_statements(sql: &str) -> Vec<String> {
         let end = match b[i] {
             b'\'' => {
                 // E'...': the E must start a token (not end a word like "type")
-                let escapes = after_ident
-                    && matches!(b[i - 1], b'e' | b'E')
-                    && !(i > 1 && is_ident_byte(b[i - 2]));
+                let escapes = backslash
+                    || (after_ident
+                        && matches!(b[i - 1], b'e' | b'E')
+                        && !(i > 1 && is_ident_byte(b[i - 2])));
                 let mut end = quoted_end(b, i, b'\'', escapes);
                 // 'a'<newline>'b' is one string, in the same mode
                 while let Some(next) = string_continues(b, end) {
@@ -617,6 +679,10 @@ fn parse_options(s: &str) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    fn effects(sql: &str) -> Vec<Effect> {
+        parse_effects(sql, Strings::Standard)
+    }
+
     fn set(n: &str, v: &str) -> Effect {
         Effect::Param(ParamChange::Set {
             name: n.into(),
@@ -627,40 +693,37 @@ mod tests {
     #[test]
     fn set_forms() {
         assert_eq!(
-            parse_effects("SET search_path TO public, app"),
+            effects("SET search_path TO public, app"),
             vec![set("search_path", "public, app")]
         );
         assert_eq!(
-            parse_effects("set statement_timeout = '5s';"),
+            effects("set statement_timeout = '5s';"),
             vec![set("statement_timeout", "'5s'")]
         );
         assert_eq!(
-            parse_effects("SET SESSION TimeZone='UTC'"),
+            effects("SET SESSION TimeZone='UTC'"),
             vec![set("timezone", "'UTC'")]
         );
         assert_eq!(
-            parse_effects("SET TIME ZONE 'Europe/Paris'"),
+            effects("SET TIME ZONE 'Europe/Paris'"),
             vec![set("timezone", "'Europe/Paris'")]
         );
         assert_eq!(
-            parse_effects("SET application_name TO DEFAULT"),
+            effects("SET application_name TO DEFAULT"),
             vec![Effect::Param(ParamChange::Reset {
                 name: "application_name".into()
             })]
         );
         assert_eq!(
-            parse_effects("SET LOCAL work_mem = '1MB'"),
+            effects("SET LOCAL work_mem = '1MB'"),
             vec![Effect::Untracked(Verb::Set)]
         );
         assert_eq!(
-            parse_effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
             vec![Effect::Untracked(Verb::Set)]
         );
-        assert_eq!(
-            parse_effects("SET \"my.Var\" = 1"),
-            vec![set("my.Var", "1")]
-        );
-        assert_eq!(parse_effects("SET ROLE app"), vec![set("role", "app")]);
+        assert_eq!(effects("SET \"my.Var\" = 1"), vec![set("my.Var", "1")]);
+        assert_eq!(effects("SET ROLE app"), vec![set("role", "app")]);
         assert_eq!(
             deallocate_name("DEALLOCATE _pg3_1").as_deref(),
             Some("_pg3_1")
@@ -673,29 +736,27 @@ mod tests {
         assert_eq!(deallocate_name("DEALLOCATE ALL"), None);
         assert_eq!(deallocate_name("DEALLOCATE a; SELECT 1"), None);
         assert_eq!(
-            parse_effects("SET SESSION AUTHORIZATION bob"),
+            effects("SET SESSION AUTHORIZATION bob"),
             vec![Effect::Unmodelled(Verb::Set)]
         );
         assert_eq!(
-            parse_effects(
-                "set session characteristics as transaction isolation level serializable"
-            ),
+            effects("set session characteristics as transaction isolation level serializable"),
             vec![Effect::Unmodelled(Verb::Set)]
         );
         assert_eq!(
-            parse_effects("RESET SESSION AUTHORIZATION"),
+            effects("RESET SESSION AUTHORIZATION"),
             vec![Effect::Unmodelled(Verb::Reset)]
         );
         assert_eq!(
-            parse_effects("SET session_authorization TO bob"),
+            effects("SET session_authorization TO bob"),
             vec![Effect::Unmodelled(Verb::Set)]
         );
         assert_eq!(
-            parse_effects("RESET ALL"),
+            effects("RESET ALL"),
             vec![Effect::Param(ParamChange::ResetAll)]
         );
         assert_eq!(
-            parse_effects("reset work_mem"),
+            effects("reset work_mem"),
             vec![Effect::Param(ParamChange::Reset {
                 name: "work_mem".into()
             })]
@@ -705,7 +766,7 @@ mod tests {
     #[test]
     fn multi_statement_and_others() {
         assert_eq!(
-            parse_effects(
+            effects(
                 "SELECT ';'; SET a.b = 'x;y'; LISTEN Chan; UNLISTEN *; DISCARD ALL -- ; SET x=1\n"
             ),
             vec![
@@ -715,7 +776,7 @@ mod tests {
                 Effect::DiscardAll
             ]
         );
-        assert!(parse_effects("select 1").is_empty());
+        assert!(effects("select 1").is_empty());
         assert!(!may_have_effects(b"  select 1"));
         assert!(may_have_effects(b"select 1; set x = 1"));
         assert!(may_have_effects(b"SET x = 1"));
@@ -724,7 +785,7 @@ mod tests {
         assert!(!may_have_effects(
             b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;\n"
         ));
-        assert_eq!(parse_effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
+        assert_eq!(effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
         assert_eq!(Verb::of_tag(b"DISCARD ALL"), Some(Verb::Discard));
         assert_eq!(Verb::of_tag(b"SET"), Some(Verb::Set));
         assert_eq!(Verb::of_tag(b"SELECT 1"), None);
@@ -742,14 +803,17 @@ mod tests {
     fn statements_split_like_the_server_lexer() {
         // a function body and a DO block hold ';' and SETs of their own
         assert_eq!(
-            parse_effects(
+            effects(
                 "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SET search_path = evil; END $$; \
                  DO $body$ BEGIN PERFORM 1; SET work_mem = '1GB'; END $body$; SET search_path = good"
             ),
             vec![set("search_path", "good")]
         );
         assert_eq!(
-            split_statements("select $1; select a$b$c; select $x$;$y$;$x$; select 'a''b;'"),
+            split_statements(
+                "select $1; select a$b$c; select $x$;$y$;$x$; select 'a''b;'",
+                false
+            ),
             vec![
                 "select $1",
                 "select a$b$c",
@@ -759,49 +823,89 @@ mod tests {
         );
         // E'' strings take backslash escapes; other strings do not
         assert_eq!(
-            parse_effects("SELECT E'it\\'s; SET a = 1'; SET b = 2"),
+            effects("SELECT E'it\\'s; SET a = 1'; SET b = 2"),
             vec![set("b", "2")]
         );
         assert_eq!(
-            split_statements("SELECT type'\\'; SELECT 1"),
+            split_statements("SELECT type'\\'; SELECT 1", false),
             vec!["SELECT type'\\'", "SELECT 1"]
+        );
+        // standard_conforming_strings = off: every string takes backslash
+        // escapes
+        let q = "SELECT 'x\\'';SET a = 1;--'";
+        assert_eq!(effects(q), vec![]);
+        assert_eq!(parse_effects(q, Strings::Backslash), vec![set("a", "1")]);
+        // not known which: where the readings differ, nothing is modelled
+        assert_eq!(
+            parse_effects(q, Strings::Either),
+            vec![Effect::Unmodelled(Verb::Set)]
+        );
+        assert_eq!(
+            parse_effects("SELECT 'x\\'; RESET b; SET a = 1; --'", Strings::Either),
+            vec![
+                Effect::Unmodelled(Verb::Set),
+                Effect::Unmodelled(Verb::Reset)
+            ]
+        );
+        // ... and where they agree, it is as it reads
+        assert_eq!(
+            parse_effects("SET search_path = 'a\\b'; SET b = 2", Strings::Either),
+            vec![set("search_path", "'a\\b'"), set("b", "2")]
+        );
+        let off = Some("'off'");
+        assert_eq!(
+            Strings::of_setting(off, Strings::Standard),
+            Strings::Backslash
+        );
+        assert_eq!(
+            Strings::of_setting(Some("TRUE"), Strings::Backslash),
+            Strings::Standard
+        );
+        assert_eq!(
+            Strings::of_setting(None, Strings::Backslash),
+            Strings::Backslash
+        );
+        assert_eq!(
+            Strings::of_setting(Some("DEFAULT"), Strings::Standard),
+            Strings::Standard
+        );
+        assert_eq!(
+            Strings::of_setting(Some("maybe"), Strings::Standard),
+            Strings::Either
         );
         // block comments nest; quoted identifiers double their quotes
         assert_eq!(
-            parse_effects("/* a /* b */ ; SET x = 1 */ SET \"q\"\";\" = 3"),
+            effects("/* a /* b */ ; SET x = 1 */ SET \"q\"\";\" = 3"),
             vec![set("q\";", "3")]
         );
         // -- ends at \r too; 'a'<newline>'b' is one string, E'' escapes and all
+        assert_eq!(effects("SELECT 1 -- c\r; SET a = 1"), vec![set("a", "1")]);
         assert_eq!(
-            parse_effects("SELECT 1 -- c\r; SET a = 1"),
-            vec![set("a", "1")]
-        );
-        assert_eq!(
-            parse_effects("SELECT E'a'\n'\\''; SET b = 2"),
+            effects("SELECT E'a'\n'\\''; SET b = 2"),
             vec![set("b", "2")]
         );
         assert_eq!(
-            parse_effects("SELECT E'a'\n  '\\'; SET x.y = 1; SELECT '"),
+            effects("SELECT E'a'\n  '\\'; SET x.y = 1; SELECT '"),
             vec![]
         );
         assert_eq!(
-            split_statements("SELECT 'a' 'b'; SELECT 1"),
+            split_statements("SELECT 'a' 'b'; SELECT 1", false),
             vec!["SELECT 'a' 'b'", "SELECT 1"]
         );
         // a leading comment does not hide a SET
         assert!(may_have_effects(b"/* app:web */ SET search_path = x"));
         assert!(may_have_effects(b"-- c\nSET search_path = x"));
         assert_eq!(
-            parse_effects("/* app:web */ SET search_path = x"),
+            effects("/* app:web */ SET search_path = x"),
             vec![set("search_path", "x")]
         );
         // unterminated: the rest belongs to the open token
         assert_eq!(
-            split_statements("SELECT $$ ; SET a = 1"),
+            split_statements("SELECT $$ ; SET a = 1", false),
             vec!["SELECT $$ ; SET a = 1"]
         );
         assert_eq!(
-            split_statements("SELECT 1 /* ; SET a = 1"),
+            split_statements("SELECT 1 /* ; SET a = 1", false),
             vec!["SELECT 1"]
         );
     }

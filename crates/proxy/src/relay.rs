@@ -19,7 +19,7 @@ use wire::frame::{peek_header, split_message};
 use wire::frontend::{self, Target};
 use wire::ProtocolError;
 
-use crate::params::{self, Effect, ParamChange, ParamSet, Verb};
+use crate::params::{self, Effect, ParamChange, ParamSet, Strings, Verb};
 use crate::server::ServerSession;
 
 /// A statement prepared under a proxy-wide name.
@@ -66,8 +66,11 @@ impl Registry {
             b.put_u8(0);
             b.put_slice(rest);
         });
+        // Shared by every client: read as the servers read by default. A
+        // client that reads strings otherwise gets its server connection
+        // cleaned up instead (`Relay::client_messages`, Parse).
         let effects = if params::may_have_effects(query.as_bytes()) {
-            params::parse_effects(query)
+            params::parse_effects(query, Strings::Standard)
         } else {
             Vec::new()
         };
@@ -361,8 +364,9 @@ impl Relay {
                     let effects = if params::may_have_effects(sql) {
                         // Tracked statements are parsed as text; a query
                         // that is not UTF-8 cannot be one we track.
+                        let strings = self.strings(srv);
                         std::str::from_utf8(sql)
-                            .map(params::parse_effects)
+                            .map(|q| params::parse_effects(q, strings))
                             .unwrap_or_default()
                     } else {
                         Vec::new()
@@ -396,6 +400,11 @@ impl Relay {
                     if self.rewrite && !name.is_empty() {
                         frontend::FrontendMessage::decode(b'P', body)?;
                         let stmt = registry.get(&body[name.len() + 1..], query);
+                        if !stmt.effects.is_empty() || params::may_have_effects(query.as_bytes()) {
+                            // the registry read it with standard strings
+                            self.unmodelled_seen |=
+                                self.strings(srv) != Strings::Standard && query.contains('\\');
+                        }
                         self.x().stmts.insert(name.to_owned(), stmt.clone());
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
@@ -403,7 +412,7 @@ impl Relay {
                     } else {
                         if name.is_empty() {
                             let effects = if params::may_have_effects(query.as_bytes()) {
-                                params::parse_effects(query)
+                                params::parse_effects(query, self.strings(srv))
                             } else {
                                 Vec::new()
                             };
@@ -798,6 +807,23 @@ impl Relay {
         to_client.extend_from_slice(&input[run..pos]);
         input.advance(pos);
         Ok(())
+    }
+
+    /// How the server will read string literals in the client's next
+    /// query: as its session stands after the proxy synced it to the
+    /// client, unless this transaction is changing that.
+    fn strings(&self, srv: &ServerSession) -> Strings {
+        const SCS: &str = "standard_conforming_strings";
+        let changing = self.x.as_ref().is_some_and(|x| {
+            x.pending_changes.iter().any(|c| match c {
+                ParamChange::Set { name, .. } | ParamChange::Reset { name } => name == SCS,
+                ParamChange::ResetAll | ParamChange::ResetSession => true,
+            })
+        });
+        if changing || srv.applied.is_unknown() {
+            return Strings::Either;
+        }
+        Strings::of_setting(srv.applied.get(SCS), srv.strings_default)
     }
 
     fn on_tag(&mut self, verb: Verb, srv: &mut ServerSession) {

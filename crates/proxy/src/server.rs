@@ -16,7 +16,7 @@ use wire::scram::{ClientKeys, Credential, ScramClient};
 use wire::startup::StartupPacket;
 use wire::ErrorFields;
 
-use crate::params::ParamSet;
+use crate::params::{ParamSet, Strings};
 use crate::stream::Stream;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -76,6 +76,9 @@ pub struct ServerSession {
     /// The [`crate::relay::ClientParams`] stamp this connection was last
     /// synced with (0: none).
     pub synced_with: u64,
+    /// How the server reads string literals when no client has set
+    /// `standard_conforming_strings` (what it reported at startup).
+    pub strings_default: Strings,
 }
 
 pub struct ServerConn {
@@ -167,7 +170,15 @@ impl ServerConn {
                     conn.pid = pid;
                     conn.secret = secret;
                 }
-                BackendMessage::ReadyForQuery(_) => return Ok(conn),
+                BackendMessage::ReadyForQuery(_) => {
+                    let scs = conn
+                        .reported
+                        .iter()
+                        .find(|(n, _)| n == "standard_conforming_strings")
+                        .map(|(_, v)| v.as_str());
+                    conn.session.strings_default = Strings::of_setting(scs, Strings::Standard);
+                    return Ok(conn);
+                }
                 BackendMessage::ErrorResponse(f) => return Err(ServerError::Rejected(f)),
                 BackendMessage::NoticeResponse(_)
                 | BackendMessage::NegotiateProtocolVersion { .. } => {}

@@ -251,7 +251,19 @@ async fn two_clients_one_server() -> (
     tokio_postgres::Client,
     tokio_postgres::Client,
 ) {
-    let pg = PgServer::primary();
+    two_clients_one_server_with("").await
+}
+
+/// The same, on a server with extra postgresql.conf lines.
+async fn two_clients_one_server_with(
+    conf: &str,
+) -> (
+    PgServer,
+    TestProxy,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+) {
+    let pg = PgServer::primary_with(conf);
     let p = start_proxy(
         &format!("{TRUST}default_pool_size = 1\n"),
         &backends(&[&pg]),
@@ -320,6 +332,32 @@ async fn set_tracking_reads_statements_as_the_server_does() {
         .unwrap();
     assert_eq!(show(&b, "lock_timeout").await, "0");
     assert_eq!(show(&a, "lock_timeout").await, "8s");
+    // With standard_conforming_strings = off a backslash escapes a quote
+    // in any string: here the SET is a statement of its own.
+    a.batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT 'x\\'';SET idle_in_transaction_session_timeout = '7s';--'")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "idle_in_transaction_session_timeout").await, "0");
+    assert_eq!(show(&b, "standard_conforming_strings").await, "on");
+    assert_eq!(show(&a, "standard_conforming_strings").await, "off");
+    assert_eq!(show(&a, "idle_in_transaction_session_timeout").await, "7s");
+}
+
+/// A server configured with `standard_conforming_strings = off` (as old
+/// applications need) reads a backslash in any string as an escape; the
+/// proxy reads the client's queries the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tracking_follows_a_server_without_standard_strings() {
+    let (_pg, _p, a, b) = two_clients_one_server_with("standard_conforming_strings = off").await;
+    assert_eq!(show(&b, "standard_conforming_strings").await, "off");
+    a.batch_execute("SELECT 'x\\'';SET lock_timeout = '7s';--'")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+    assert_eq!(show(&a, "lock_timeout").await, "7s");
 }
 
 /// `current_user, session_user` of a client.
