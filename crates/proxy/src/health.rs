@@ -99,6 +99,7 @@ async fn check(state: Arc<State>, addr: String) {
         let (user, db) = (&p.health_check_user, &p.health_check_database);
         let (tls, timeout) = (p.server_tls, p.health_check_timeout);
         let reused = conn.is_some();
+        let started = crate::clock::now_ms();
         let (mut result, mut kept) = probe(conn.take(), &addr, user, db, &cred, tls, timeout).await;
         if reused && matches!(result, Outcome::Failed(Failure::Broken(_))) {
             // The kept connection may be what failed (terminated,
@@ -108,17 +109,21 @@ async fn check(state: Arc<State>, addr: String) {
             // the way counts one failure; the next check opens a new one.)
             (result, kept) = probe(None, &addr, user, db, &cred, tls, timeout).await;
         }
-        let result = match result {
+        let retries = p.health_check_max_retries;
+        match result {
+            // On a saturated machine the scheduler can keep the check's
+            // backend waiting for over a second while the node serves its
+            // clients: a node the data path hears from is slow, not down.
+            Outcome::Failed(Failure::Silent(e)) if state.topology.heard_since(&addr, started) => {
+                tracing::debug!(%addr, error = %e, "health check unanswered while clients are served: not counted");
+            }
             Outcome::Failed(f) => {
                 let e: String = f.into();
                 tracing::debug!(%addr, error = %e, "health check failed");
-                Probe::Down(e)
+                state.topology.report(&addr, Probe::Down(e), retries);
             }
-            Outcome::Answered(up) => up,
-        };
-        state
-            .topology
-            .report(&addr, result, p.health_check_max_retries);
+            Outcome::Answered(up) => state.topology.report(&addr, up, retries),
+        }
         conn = kept;
         let period = p.health_check_period;
         drop(cfg);

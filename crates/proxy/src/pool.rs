@@ -285,7 +285,8 @@ impl Pool {
         })
         .await;
         match r {
-            Ok(c) => {
+            Ok(mut c) => {
+                c.heard = self.topology.heard_cell(addr);
                 let mut sp = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
                 if sp.is_none() {
                     *sp = Some(c.reported.clone().into());

@@ -108,6 +108,9 @@ pub struct ServerConn {
     pub session: ServerSession,
     /// Set when the connection must not go back to a pool.
     pub broken: bool,
+    /// The backend's "last heard from" time, for pooled connections
+    /// ([`crate::topology::Topology::heard_since`]).
+    pub heard: Option<Arc<AtomicU64>>,
 }
 
 impl ServerConn {
@@ -146,6 +149,7 @@ impl ServerConn {
             reported: Vec::new(),
             session: ServerSession::default(),
             broken: false,
+            heard: None,
         };
         let mut params = vec![
             ("user".to_owned(), o.user.to_owned()),
@@ -296,6 +300,15 @@ impl ServerConn {
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(ServerError::Closed);
             }
+        }
+    }
+
+    /// Notes that the data path read bytes from this server: it is alive,
+    /// whatever a health check waiting for its answer may think.
+    #[inline]
+    pub fn note_heard(&self) {
+        if let Some(h) = &self.heard {
+            h.store(crate::clock::now_ms(), Ordering::Relaxed);
         }
     }
 

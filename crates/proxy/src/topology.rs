@@ -45,6 +45,9 @@ pub struct Node {
     /// What the last health check saw of streaming replication.
     pub replication: Replication,
     pub last_error: Option<String>,
+    /// When the data path last read bytes from this backend (coarse clock
+    /// ms, [`crate::clock`]): shared with its pooled server connections.
+    pub heard: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -63,6 +66,7 @@ impl Node {
             replication_delay: 0,
             replication: Replication::Unknown,
             last_error: None,
+            heard: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -177,6 +181,26 @@ impl Topology {
 
     pub fn nodes(&self) -> Vec<Node> {
         self.lock().clone()
+    }
+
+    /// Where the data path notes what it reads from backend `addr`.
+    pub fn heard_cell(&self, addr: &str) -> Option<Arc<AtomicU64>> {
+        self.lock()
+            .iter()
+            .find(|n| n.addr() == addr)
+            .map(|n| n.heard.clone())
+    }
+
+    /// Whether the data path read from backend `addr` at or after coarse
+    /// clock time `since_ms`.
+    pub fn heard_since(&self, addr: &str, since_ms: u64) -> bool {
+        self.lock()
+            .iter()
+            .find(|n| n.addr() == addr)
+            .is_some_and(|n| {
+                let heard = n.heard.load(Ordering::Relaxed);
+                heard != 0 && heard >= since_ms
+            })
     }
 
     pub fn node_count(&self) -> usize {

@@ -650,6 +650,47 @@ async fn a_hung_backend_does_not_delay_finding_the_new_primary() {
     hung.thaw();
 }
 
+/// On a saturated machine a health check can go unanswered for over a
+/// second while the primary serves its clients (the scheduler starves the
+/// check's backend). Such a primary must not be marked down, which would
+/// end every open transaction; one that nobody hears from still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_serving_clients_is_not_marked_down_for_slow_health_checks() {
+    let pg = PgServer::primary();
+    // The health-check user's pg_is_in_recovery() sleeps while slow.flag
+    // has a row (its search_path puts a schema before pg_catalog).
+    pg.sql(
+        "postgres",
+        "CREATE ROLE hc LOGIN; CREATE SCHEMA slow; CREATE TABLE slow.flag (x int); \
+         CREATE FUNCTION slow.pg_is_in_recovery() RETURNS bool LANGUAGE sql AS \
+         $$ SELECT pg_sleep(CASE WHEN EXISTS (SELECT 1 FROM slow.flag) THEN 3 ELSE 0 END); \
+            SELECT pg_catalog.pg_is_in_recovery() $$; \
+         GRANT USAGE ON SCHEMA slow TO hc; GRANT SELECT ON slow.flag TO hc; \
+         ALTER ROLE hc SET search_path = slow, pg_catalog",
+    );
+    let p = start_proxy(
+        &format!("{TRUST}health_check_user = \"hc\"\nhealth_check_timeout = \"500ms\"\n"),
+        &backends(&[&pg]),
+    )
+    .await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    let epoch = p.state.topology.current_epoch();
+    pg.sql("postgres", "INSERT INTO slow.flag VALUES (1)");
+    // 4 s of client traffic: six or more unanswered checks
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        c.batch_execute("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.state.topology.current_epoch(), epoch);
+    assert!(p.state.topology.primary().is_some());
+    // Without clients, the silence counts: the node is marked down.
+    wait_for(Duration::from_secs(10), || {
+        p.state.topology.primary().is_none()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_health_check_connection_does_not_end_transactions() {
     let pg = PgServer::primary();

@@ -326,6 +326,9 @@ impl Session {
         if let Poll::Ready(r) =
             tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf)
         {
+            if matches!(r, Ok(n) if n > 0) {
+                conn.note_heard();
+            }
             return Poll::Ready(Event::Server(r));
         }
         if conn.sout.is_empty() && !self.relay.awaits_server() {
