@@ -41,15 +41,60 @@ fn err(msg: impl Into<String>) -> ProtocolError {
 
 /// The password as PostgreSQL and libpq hash it: normalised with SASLprep
 /// (RFC 4013), or as it is when that fails (a prohibited or unassigned
-/// character) or leaves nothing. ASCII passwords are taken as they are.
+/// character, a bidi violation) or leaves nothing. ASCII passwords are
+/// taken as they are.
 fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
     if password.is_ascii() {
         return password.into();
     }
-    match stringprep::saslprep(password) {
-        Ok(p) if !p.is_empty() => p,
-        _ => password.into(),
+    match saslprep(password) {
+        Some(p) => p.into(),
+        None => password.into(),
     }
+}
+
+/// SASLprep as PostgreSQL's `pg_saslprep` (src/common/saslprep.c) does it,
+/// which libpq shares: map, then check the *mapped* characters (before
+/// NFKC, where RFC 4013 checks the normalised ones: PostgreSQL's rule is
+/// the one that must be matched), then normalise. `None`: prohibited.
+fn saslprep(password: &str) -> Option<String> {
+    use stringprep::tables as t;
+    use unicode_normalization::UnicodeNormalization;
+    let mapped: Vec<char> = password
+        .chars()
+        .filter(|&c| !t::commonly_mapped_to_nothing(c))
+        .map(|c| {
+            if t::non_ascii_space_character(c) {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    let prohibited = |c: char| {
+        t::ascii_control_character(c)
+            || t::non_ascii_control_character(c)
+            || t::private_use(c)
+            || t::non_character_code_point(c)
+            || t::surrogate_code(c)
+            || t::inappropriate_for_plain_text(c)
+            || t::inappropriate_for_canonical_representation(c)
+            || t::change_display_properties_or_deprecated(c)
+            || t::tagging_character(c)
+            || t::unassigned_code_point(c)
+    };
+    let (first, last) = (*mapped.first()?, *mapped.last()?);
+    if mapped.iter().any(|&c| prohibited(c)) {
+        return None;
+    }
+    if mapped.iter().any(|&c| t::bidi_r_or_al(c))
+        && (mapped.iter().any(|&c| t::bidi_l(c))
+            || !t::bidi_r_or_al(first)
+            || !t::bidi_r_or_al(last))
+    {
+        return None;
+    }
+    Some(mapped.into_iter().nfkc().collect())
 }
 
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
@@ -450,6 +495,10 @@ mod tests {
         // prohibited (a bidi violation) or nothing left: the raw password
         assert_eq!(prepared("\u{627}1"), "\u{627}1");
         assert_eq!(prepared("\u{ad}"), "\u{ad}");
+        // checked before NFKC, as PostgreSQL does: U+0340 is prohibited
+        // (it normalises to U+0300), U+2090 unassigned in Unicode 3.2
+        assert_eq!(prepared("a\u{340}"), "a\u{340}");
+        assert_eq!(prepared("x\u{2090}"), "x\u{2090}");
         let salt = [7u8; 16];
         assert_eq!(
             Verifier::with_salt("\u{2168}", &salt, 4096),
