@@ -62,12 +62,13 @@ pub async fn run(state: Arc<State>) {
     let mut shutdown = state.shutdown_signal();
     loop {
         let addrs: HashSet<String> = state.topology.nodes().iter().map(|n| n.addr()).collect();
+        // (a checker that ended, which only a panic does, is started again)
         checkers.retain(|addr, task| {
             let keep = addrs.contains(addr);
             if !keep {
                 task.abort();
             }
-            keep
+            keep && !task.is_finished()
         });
         for addr in addrs {
             if let Entry::Vacant(v) = checkers.entry(addr) {
@@ -155,6 +156,11 @@ async fn probe(
         .await
         {
             Ok(c) => c,
+            // no answer to the connection attempt in time: silence, as a
+            // query's (a refused or broken connection is not)
+            Err(e @ crate::server::ServerError::Timeout(_)) => {
+                return (Outcome::Failed(Failure::Silent(e.to_string())), None)
+            }
             Err(e) => return (Outcome::Failed(Failure::Broken(e.to_string())), None),
         },
     };

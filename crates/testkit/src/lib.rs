@@ -185,7 +185,13 @@ impl PgServer {
         let Some(pm) = self.inst.postmaster_pid() else {
             return;
         };
-        let mut pids = vec![pm.to_string()];
+        // The postmaster first: a stopped postmaster starts no new child
+        // between the scan below and the signal.
+        let _ = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pm.to_string())
+            .status();
+        let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
             // pid (comm) state ppid ...
@@ -197,10 +203,12 @@ impl PgServer {
                 pids.push(e.file_name().to_string_lossy().into_owned());
             }
         }
-        let _ = std::process::Command::new("kill")
-            .arg(signal)
-            .args(&pids)
-            .status();
+        if !pids.is_empty() {
+            let _ = std::process::Command::new("kill")
+                .arg(signal)
+                .args(&pids)
+                .status();
+        }
     }
 
     /// Waits until the standby has replayed everything the primary had
