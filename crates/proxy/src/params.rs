@@ -23,10 +23,6 @@ impl ParamSet {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
-    pub fn is_unknown(&self) -> bool {
-        self.1
-    }
-
     /// The real session state is not known any more.
     pub fn mark_unknown(&mut self) {
         self.0.clear();
@@ -234,60 +230,118 @@ pub enum Strings {
     #[default]
     Standard,
     Backslash,
-    /// Not known (a change is under way, a value not understood).
+    /// Not known (a value not understood).
     Either,
 }
 
 impl Strings {
-    /// The mode a `standard_conforming_strings` value (as SQL text, or as
-    /// the server reports it) sets; `None`: the server's default.
-    pub fn of_setting(value: Option<&str>, default: Strings) -> Strings {
-        let Some(v) = value else {
-            return default;
-        };
-        let v = v.trim().trim_matches('\'').to_ascii_lowercase();
-        match v.as_str() {
-            "on" | "true" | "yes" | "1" | "t" | "y" => Strings::Standard,
-            "off" | "false" | "no" | "0" | "f" | "n" => Strings::Backslash,
-            "default" => default,
+    /// The mode a `standard_conforming_strings` value (as the server
+    /// reports it: `on` or `off`) sets.
+    pub fn of_setting(value: &str) -> Strings {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" => Strings::Standard,
+            "off" | "false" | "no" | "0" => Strings::Backslash,
             _ => Strings::Either,
         }
     }
 }
 
 /// The effects of each tracked statement of a query, in order, for a
-/// server that reads strings as `strings` says.
+/// server that reads strings as `strings` says. SET values are kept in a
+/// form that means the same in either mode ([`portable_value`]): they are
+/// replayed on other server connections.
 ///
-/// When that is not known and the query has a backslash, it is read both
-/// ways. Where the two readings disagree, the proxy cannot tell which
-/// statements the server ran: every tracked statement of either reading
-/// counts as unmodelled, and the server connection is cleaned up before
-/// another client gets it.
+/// When the mode is not known and the query has a backslash, it is read
+/// both ways. Where the two readings disagree, or a SET value depends on
+/// the mode, the proxy cannot tell what the server did: every tracked
+/// statement counts as unmodelled.
 pub fn parse_effects(sql: &str, strings: Strings) -> Vec<Effect> {
     let effects = |backslash: bool| -> Vec<Effect> {
         split_statements(sql, backslash)
             .iter()
             .filter_map(|s| statement_effect(s))
+            .map(|mut e| {
+                if let Effect::Param(ParamChange::Set { value, .. }) = &mut e {
+                    if value.contains('\\') {
+                        *value = portable_value(value, backslash);
+                    }
+                }
+                e
+            })
             .collect()
     };
-    let has_backslash = || sql.contains('\\');
-    let standard = match strings {
-        Strings::Standard => return effects(false),
-        Strings::Backslash if has_backslash() => return effects(true),
-        Strings::Backslash => return effects(false),
-        Strings::Either => effects(false),
-    };
-    if !has_backslash() {
-        return standard;
+    if !sql.contains('\\') {
+        return effects(false);
     }
-    let legacy = effects(true);
-    if legacy == standard {
-        return standard;
+    match strings {
+        Strings::Standard => effects(false),
+        Strings::Backslash => effects(true),
+        Strings::Either => {
+            let (standard, legacy) = (effects(false), effects(true));
+            if legacy == standard {
+                return standard;
+            }
+            let mut verbs: Vec<Verb> = standard.iter().chain(&legacy).map(Effect::verb).collect();
+            verbs.sort_unstable_by_key(|v| *v as u8);
+            verbs.dedup();
+            verbs.into_iter().map(Effect::Unmodelled).collect()
+        }
     }
-    let mut verbs: Vec<Verb> = standard.iter().chain(&legacy).map(Effect::verb).collect();
-    verbs.sort_unstable_by_key(|v| *v as u8);
-    verbs.dedup();
-    verbs.into_iter().map(Effect::Unmodelled).collect()
+}
+
+/// A SET value (SQL text) that means the same whatever the server's
+/// `standard_conforming_strings`: it is replayed on other connections, in
+/// one query with other SETs, where it is read in the mode of that moment.
+/// A plain string literal with a backslash becomes an `E''` literal: read
+/// with backslash escapes (`backslash`) it already was one; read as
+/// standard, its backslashes are doubled. Other tokens stay as they are.
+fn portable_value(value: &str, backslash: bool) -> String {
+    let b = value.as_bytes();
+    let mut out = Vec::with_capacity(b.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        let after_ident = i > 0 && is_ident_byte(b[i - 1]);
+        let end = match b[i] {
+            b'\'' => {
+                let plain = !after_ident;
+                let end = quoted_end(b, i, b'\'', plain && backslash || string_escapes(b, i));
+                let body = &b[i + 1..end.saturating_sub(1).max(i + 1)];
+                if plain && body.contains(&b'\\') {
+                    out.push(b'E');
+                    if backslash {
+                        out.extend_from_slice(&b[i..end]);
+                    } else {
+                        out.push(b'\'');
+                        for &c in body {
+                            if c == b'\\' {
+                                out.push(b'\\');
+                            }
+                            out.push(c);
+                        }
+                        out.push(b'\'');
+                    }
+                    i = end;
+                    continue;
+                }
+                end
+            }
+            b'"' => quoted_end(b, i, b'"', false),
+            b'$' if !after_ident => match dollar_tag(&b[i..]) {
+                Some(tag) => dollar_end(b, i, tag),
+                None => i + 1,
+            },
+            _ => i + 1,
+        };
+        out.extend_from_slice(&b[i..end]);
+        i = end;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
+}
+
+/// Whether the string literal opened at `b[i] == '\''` is an `E''` one
+/// (the E starts a token: it does not end a word like "type").
+fn string_escapes(b: &[u8], i: usize) -> bool {
+    i > 0 && matches!(b[i - 1], b'e' | b'E') && !(i > 1 && is_ident_byte(b[i - 2]))
 }
 
 /// The statement name of a query that is exactly one `DEALLOCATE
@@ -326,11 +380,10 @@ fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
         let after_ident = i > 0 && is_ident_byte(b[i - 1]);
         let end = match b[i] {
             b'\'' => {
-                // E'...': the E must start a token (not end a word like "type")
-                let escapes = backslash
-                    || (after_ident
-                        && matches!(b[i - 1], b'e' | b'E')
-                        && !(i > 1 && is_ident_byte(b[i - 2])));
+                // E'...' takes backslash escapes; so does a plain literal
+                // with `backslash` (not B'' or X'' bit strings, nor U&'')
+                let escapes = string_escapes(b, i)
+                    || (backslash && !after_ident && (i == 0 || b[i - 1] != b'&'));
                 let mut end = quoted_end(b, i, b'\'', escapes);
                 // 'a'<newline>'b' is one string, in the same mode
                 while let Some(next) = string_continues(b, end) {
@@ -849,30 +902,25 @@ mod tests {
         );
         // ... and where they agree, it is as it reads
         assert_eq!(
-            parse_effects("SET search_path = 'a\\b'; SET b = 2", Strings::Either),
-            vec![set("search_path", "'a\\b'"), set("b", "2")]
+            parse_effects("SET a = 'x'; SET b = E'\\\\'", Strings::Either),
+            vec![set("a", "'x'"), set("b", "E'\\\\'")]
         );
-        let off = Some("'off'");
+        // SET values are kept in a form read the same in both modes
         assert_eq!(
-            Strings::of_setting(off, Strings::Standard),
-            Strings::Backslash
-        );
-        assert_eq!(
-            Strings::of_setting(Some("TRUE"), Strings::Backslash),
-            Strings::Standard
+            effects("SET search_path = 'a\\b', 'c''d'"),
+            vec![set("search_path", "E'a\\\\b', 'c''d'")]
         );
         assert_eq!(
-            Strings::of_setting(None, Strings::Backslash),
-            Strings::Backslash
+            parse_effects("SET application_name = 'O\\'Brien'", Strings::Backslash),
+            vec![set("application_name", "E'O\\'Brien'")]
         );
         assert_eq!(
-            Strings::of_setting(Some("DEFAULT"), Strings::Standard),
-            Strings::Standard
+            parse_effects("SET x.y = B'101', $$a\\b$$", Strings::Backslash),
+            vec![set("x.y", "B'101', $$a\\b$$")]
         );
-        assert_eq!(
-            Strings::of_setting(Some("maybe"), Strings::Standard),
-            Strings::Either
-        );
+        assert_eq!(Strings::of_setting("off"), Strings::Backslash);
+        assert_eq!(Strings::of_setting("on"), Strings::Standard);
+        assert_eq!(Strings::of_setting("maybe"), Strings::Either);
         // block comments nest; quoted identifiers double their quotes
         assert_eq!(
             effects("/* a /* b */ ; SET x = 1 */ SET \"q\"\";\" = 3"),

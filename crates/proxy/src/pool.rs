@@ -303,6 +303,7 @@ impl Pool {
     fn checkin(&self, mut c: Box<ServerConn>) {
         let now = crate::clock::now_ms();
         if c.broken
+            || c.session.unknowable
             || c.epoch != self.topology.current_epoch()
             || c.session.prepared.len() > crate::relay::MAX_SERVER_PREPARED
             || now.saturating_sub(c.created_ms) >= self.lifetime_ms.load(Ordering::Relaxed)

@@ -143,6 +143,9 @@ struct Pending {
     /// the Parse fails.
     prepared: Option<Arc<str>>,
     effects: Vec<Effect>,
+    /// The string mode the effects were read in, for a query whose
+    /// reading depends on it (it has a backslash).
+    lexed_as: Option<Strings>,
 }
 
 impl Pending {
@@ -152,6 +155,7 @@ impl Pending {
             action: Action::Forward,
             prepared: None,
             effects: Vec::new(),
+            lexed_as: None,
         }
     }
 }
@@ -361,18 +365,19 @@ impl Relay {
                 b'Q' => {
                     self.flushed = true;
                     let sql = frontend::query_bytes(body)?;
-                    let effects = if params::may_have_effects(sql) {
+                    let (effects, lexed_as) = if params::may_have_effects(sql) {
                         // Tracked statements are parsed as text; a query
                         // that is not UTF-8 cannot be one we track.
-                        let strings = self.strings(srv);
-                        std::str::from_utf8(sql)
-                            .map(|q| params::parse_effects(q, strings))
-                            .unwrap_or_default()
+                        let effects = std::str::from_utf8(sql)
+                            .map(|q| params::parse_effects(q, srv.strings))
+                            .unwrap_or_default();
+                        (effects, Self::lexed_as(sql, srv))
                     } else {
-                        Vec::new()
+                        (Vec::new(), None)
                     };
                     self.queue.push_back(Pending {
                         effects,
+                        lexed_as,
                         ..Pending::new(Kind::Query)
                     });
                 }
@@ -403,16 +408,18 @@ impl Relay {
                         if !stmt.effects.is_empty() || params::may_have_effects(query.as_bytes()) {
                             // the registry read it with standard strings
                             self.unmodelled_seen |=
-                                self.strings(srv) != Strings::Standard && query.contains('\\');
+                                srv.strings != Strings::Standard && query.contains('\\');
                         }
                         self.x().stmts.insert(name.to_owned(), stmt.clone());
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
                         self.ensure_prepared(&stmt, srv, to_server, false);
                     } else {
+                        let mut lexed_as = None;
                         if name.is_empty() {
                             let effects = if params::may_have_effects(query.as_bytes()) {
-                                params::parse_effects(query, self.strings(srv))
+                                lexed_as = Self::lexed_as(query.as_bytes(), srv);
+                                params::parse_effects(query, srv.strings)
                             } else {
                                 Vec::new()
                             };
@@ -420,7 +427,10 @@ impl Relay {
                                 self.x().unnamed_effects = effects;
                             }
                         }
-                        self.queue.push_back(Pending::new(Kind::Parse));
+                        self.queue.push_back(Pending {
+                            lexed_as,
+                            ..Pending::new(Kind::Parse)
+                        });
                     }
                     self.unsynced = true;
                     self.flushed = false;
@@ -793,6 +803,15 @@ impl Relay {
                         self.queue.pop_front();
                     }
                 }
+                b'S' => {
+                    if let BackendMessage::ParameterStatus { name, value } =
+                        BackendMessage::decode(b'S', body)?
+                    {
+                        if name == "standard_conforming_strings" {
+                            self.strings_changed(Strings::of_setting(&value), srv);
+                        }
+                    }
+                }
                 b'I' | b's' if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) => {
                     self.queue.pop_front();
                 }
@@ -809,21 +828,29 @@ impl Relay {
         Ok(())
     }
 
-    /// How the server will read string literals in the client's next
-    /// query: as its session stands after the proxy synced it to the
-    /// client, unless this transaction is changing that.
-    fn strings(&self, srv: &ServerSession) -> Strings {
-        const SCS: &str = "standard_conforming_strings";
-        let changing = self.x.as_ref().is_some_and(|x| {
-            x.pending_changes.iter().any(|c| match c {
-                ParamChange::Set { name, .. } | ParamChange::Reset { name } => name == SCS,
-                ParamChange::ResetAll | ParamChange::ResetSession => true,
-            })
-        });
-        if changing || srv.applied.is_unknown() {
-            return Strings::Either;
+    /// The mode a query's effects are read in, when its reading depends
+    /// on it (see [`Relay::strings_changed`]).
+    fn lexed_as(sql: &[u8], srv: &ServerSession) -> Option<Strings> {
+        (srv.strings != Strings::Either && sql.contains(&b'\\')).then_some(srv.strings)
+    }
+
+    /// The server reports a new `standard_conforming_strings` (a SET, SET
+    /// LOCAL, set_config(), a reload...). Queries still waiting behind the
+    /// one being answered will be read in the new mode: if one was read in
+    /// the old one and depended on it, the proxy no longer knows what this
+    /// server session holds, and the connection is closed when it comes
+    /// back. (The query being answered was read before the change.)
+    fn strings_changed(&mut self, now: Strings, srv: &mut ServerSession) {
+        if now != srv.strings
+            && self
+                .queue
+                .iter()
+                .skip(1)
+                .any(|p| p.lexed_as.is_some_and(|m| m != now))
+        {
+            srv.unknowable = true;
         }
-        Strings::of_setting(srv.applied.get(SCS), srv.strings_default)
+        srv.strings = now;
     }
 
     fn on_tag(&mut self, verb: Verb, srv: &mut ServerSession) {
@@ -854,7 +881,12 @@ impl Relay {
                 srv.prepared.clear();
                 self.x().stmts.clear();
             }
-            Effect::Unmodelled(_) => self.unmodelled_seen = true,
+            Effect::Unmodelled(v) => {
+                self.unmodelled_seen = true;
+                // A cleanup (RESET ALL) undoes parameters, not a LISTEN or
+                // a DEALLOCATE: such a connection is closed instead.
+                srv.unknowable |= !matches!(v, Verb::Set | Verb::Reset);
+            }
             Effect::Untracked(_) => {}
         }
     }

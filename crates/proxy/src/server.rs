@@ -76,9 +76,12 @@ pub struct ServerSession {
     /// The [`crate::relay::ClientParams`] stamp this connection was last
     /// synced with (0: none).
     pub synced_with: u64,
-    /// How the server reads string literals when no client has set
-    /// `standard_conforming_strings` (what it reported at startup).
-    pub strings_default: Strings,
+    /// How the server reads string literals now (the
+    /// `standard_conforming_strings` it last reported).
+    pub strings: Strings,
+    /// The proxy cannot tell what this session holds (a statement it could
+    /// not model): the connection is closed when it comes back.
+    pub unknowable: bool,
 }
 
 pub struct ServerConn {
@@ -175,12 +178,13 @@ impl ServerConn {
                     conn.secret = secret;
                 }
                 BackendMessage::ReadyForQuery(_) => {
-                    let scs = conn
+                    if let Some((_, v)) = conn
                         .reported
                         .iter()
                         .find(|(n, _)| n == "standard_conforming_strings")
-                        .map(|(_, v)| v.as_str());
-                    conn.session.strings_default = Strings::of_setting(scs, Strings::Standard);
+                    {
+                        conn.session.strings = Strings::of_setting(v);
+                    }
                     return Ok(conn);
                 }
                 BackendMessage::ErrorResponse(f) => return Err(ServerError::Rejected(f)),
@@ -308,7 +312,11 @@ impl ServerConn {
     #[inline]
     pub fn note_heard(&self) {
         if let Some(h) = &self.heard {
-            h.store(crate::clock::now_ms(), Ordering::Relaxed);
+            // written once per clock tick, not on every read
+            let now = crate::clock::now_ms();
+            if h.load(Ordering::Relaxed) != now {
+                h.store(now, Ordering::Relaxed);
+            }
         }
     }
 
@@ -331,6 +339,11 @@ impl ServerConn {
                         .collect(),
                 ),
                 BackendMessage::ErrorResponse(f) => error = Some(f),
+                BackendMessage::ParameterStatus { name, value }
+                    if name == "standard_conforming_strings" =>
+                {
+                    self.session.strings = Strings::of_setting(&value);
+                }
                 BackendMessage::ReadyForQuery(s) => {
                     if s != TxStatus::Idle && error.is_none() {
                         self.broken = true;

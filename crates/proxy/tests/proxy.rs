@@ -360,6 +360,39 @@ async fn set_tracking_follows_a_server_without_standard_strings() {
     assert_eq!(show(&a, "lock_timeout").await, "7s");
 }
 
+/// The string mode changes in ways the proxy does not parse (SET LOCAL
+/// here); it follows what the server reports. A value read with backslash
+/// escapes is replayed on other server connections so that it means the
+/// same there (it used to be replayed as SQL that ran a hidden SET).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tracking_follows_the_reported_string_mode() {
+    let (_pg, _p, a, b) = two_clients_one_server().await;
+    a.batch_execute("BEGIN; SET LOCAL standard_conforming_strings = off")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT 'x\\'';SET lock_timeout = '9s';--'")
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+    assert_eq!(show(&a, "lock_timeout").await, "9s");
+
+    a.batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    a.batch_execute("SET application_name = 'x\\'; SET statement_timeout = 7000; --'")
+        .await
+        .unwrap();
+    // b, then a again (its SETs replayed), then b
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(
+        show(&a, "application_name").await,
+        "x'; SET statement_timeout = 7000; --"
+    );
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+}
+
 /// `current_user, session_user` of a client.
 async fn whoami(c: &tokio_postgres::Client) -> String {
     let r = c
