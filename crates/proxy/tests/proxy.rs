@@ -134,6 +134,36 @@ async fn scram_passwords_are_normalised_as_postgresql_does() {
     let (ok, _, err) = login("\u{2168}pass");
     assert!(!ok);
     assert!(err.contains("password authentication failed"), "{err}");
+    drop(p);
+
+    // PostgreSQL checks for prohibited characters before normalising:
+    // U+0340 (deprecated; NFKC makes it U+0300) keeps the password as it is.
+    let password = "a\u{340}b";
+    pg.sql(
+        "postgres",
+        &format!("ALTER ROLE scramuser PASSWORD '{password}'"),
+    );
+    let users = format!("[[users]]\nname = \"scramuser\"\npassword = \"{password}\"\n");
+    let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
+    let port = p.port().to_string();
+    let (ok, out, err) = testkit::run_client(
+        "psql",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "scramuser",
+            "-d",
+            "app",
+            "-XAtc",
+            "select current_user",
+        ],
+        &[("PGPASSWORD", password), ("PGCONNECT_TIMEOUT", "5")],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "scramuser");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
