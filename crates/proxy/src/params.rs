@@ -289,6 +289,26 @@ pub fn parse_effects(sql: &str, strings: Strings) -> Vec<Effect> {
     }
 }
 
+/// [`parse_effects`] for a query in the client's encoding, which need not
+/// be UTF-8 (the server converts it before reading it): quotes, semicolons
+/// and keywords are ASCII in every encoding a client may use, so the text
+/// is read with replacement characters; a SET whose value lost bytes that
+/// way cannot be replayed, and counts as unmodelled.
+pub fn parse_effects_bytes(sql: &[u8], strings: Strings) -> Vec<Effect> {
+    match std::str::from_utf8(sql) {
+        Ok(q) => parse_effects(q, strings),
+        Err(_) => parse_effects(&String::from_utf8_lossy(sql), strings)
+            .into_iter()
+            .map(|e| match e {
+                Effect::Param(ParamChange::Set { value, .. }) if value.contains('\u{fffd}') => {
+                    Effect::Unmodelled(Verb::Set)
+                }
+                e => e,
+            })
+            .collect(),
+    }
+}
+
 /// A SET value (SQL text) that means the same whatever the server's
 /// `standard_conforming_strings`: it is replayed on other connections, in
 /// one query with other SETs, where it is read in the mode of that moment.

@@ -53,7 +53,7 @@ pub struct Registry {
 
 impl Registry {
     /// `rest` is the Parse body after the statement name.
-    fn get(&self, rest: &[u8], query: &str) -> Arc<Stmt> {
+    fn get(&self, rest: &[u8], query: &[u8]) -> Arc<Stmt> {
         let mut map = self.by_body.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = map.get(rest) {
             return s.clone();
@@ -69,8 +69,8 @@ impl Registry {
         // Shared by every client: read as the servers read by default. A
         // client that reads strings otherwise gets its server connection
         // cleaned up instead (`Relay::client_messages`, Parse).
-        let effects = if params::may_have_effects(query.as_bytes()) {
-            params::parse_effects(query, Strings::Standard)
+        let effects = if params::may_have_effects(query) {
+            params::parse_effects_bytes(query, Strings::Standard)
         } else {
             Vec::new()
         };
@@ -366,11 +366,7 @@ impl Relay {
                     self.flushed = true;
                     let sql = frontend::query_bytes(body)?;
                     let (effects, lexed_as) = if params::may_have_effects(sql) {
-                        // Tracked statements are parsed as text; a query
-                        // that is not UTF-8 cannot be one we track.
-                        let effects = std::str::from_utf8(sql)
-                            .map(|q| params::parse_effects(q, srv.strings))
-                            .unwrap_or_default();
+                        let effects = params::parse_effects_bytes(sql, srv.strings);
                         (effects, Self::lexed_as(sql, srv))
                     } else {
                         (Vec::new(), None)
@@ -403,12 +399,11 @@ impl Relay {
                 b'P' => {
                     let (name, query, _) = frontend::parse_name_and_query(body)?;
                     if self.rewrite && !name.is_empty() {
-                        frontend::FrontendMessage::decode(b'P', body)?;
                         let stmt = registry.get(&body[name.len() + 1..], query);
-                        if !stmt.effects.is_empty() || params::may_have_effects(query.as_bytes()) {
+                        if !stmt.effects.is_empty() || params::may_have_effects(query) {
                             // the registry read it with standard strings
                             self.unmodelled_seen |=
-                                srv.strings != Strings::Standard && query.contains('\\');
+                                srv.strings != Strings::Standard && query.contains(&b'\\');
                         }
                         self.x().stmts.insert(name.to_owned(), stmt.clone());
                         forward = false;
@@ -417,9 +412,9 @@ impl Relay {
                     } else {
                         let mut lexed_as = None;
                         if name.is_empty() {
-                            let effects = if params::may_have_effects(query.as_bytes()) {
-                                lexed_as = Self::lexed_as(query.as_bytes(), srv);
-                                params::parse_effects(query, srv.strings)
+                            let effects = if params::may_have_effects(query) {
+                                lexed_as = Self::lexed_as(query, srv);
+                                params::parse_effects_bytes(query, srv.strings)
                             } else {
                                 Vec::new()
                             };
@@ -636,7 +631,7 @@ impl Relay {
                     return Ok(false);
                 }
                 // every unnamed Parse replaces the unnamed statement
-                let fake = self.deallocates_own(query.as_bytes());
+                let fake = self.deallocates_own(query);
                 if fake || faking {
                     self.x().fake_unnamed = fake;
                 }

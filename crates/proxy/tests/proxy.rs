@@ -423,6 +423,36 @@ async fn set_tracking_follows_the_reported_string_mode() {
     assert_eq!(show(&b, "statement_timeout").await, "0");
 }
 
+/// A client in another encoding than UTF-8 (LATIN1, psycopg): its
+/// extended-protocol queries pass (the proxy used to end the session on
+/// them), and a SET after a LATIN1 string is seen (it leaked to the next
+/// client: a query that was not UTF-8 was not read at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_in_other_encodings_than_utf8() {
+    let (_pg, p, _a, b) = two_clients_one_server().await;
+    let script = r#"
+import sys, psycopg
+c = psycopg.connect(sys.argv[1], autocommit=True)
+c.execute("SET client_encoding = 'LATIN1'")
+print(c.execute("SELECT %s::text || '\u00e9'", ["x"], prepare=True).fetchone()[0] == "x\u00e9")
+r = c.pgconn.exec_(b"SELECT '\xe9'; SET lock_timeout = '6s'")
+print(r.status == psycopg.pq.ExecStatus.COMMAND_OK)
+print(c.execute("SHOW lock_timeout").fetchone()[0])
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &p.url("postgres", None, "app")])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "True\nTrue\n6s",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+}
+
 /// `current_user, session_user` of a client.
 async fn whoami(c: &tokio_postgres::Client) -> String {
     let r = c

@@ -68,6 +68,19 @@ impl<'a> Cursor<'a> {
     }
 
     /// A NUL-terminated UTF-8 string.
+    /// A NUL-terminated string as bytes (text in the client's encoding,
+    /// which need not be UTF-8).
+    pub(crate) fn cbytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let pos = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(ProtocolError::UnterminatedString { tag: self.tag })?;
+        let s = &self.buf[..pos];
+        self.buf = &self.buf[pos + 1..];
+        Ok(s)
+    }
+
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let pos = self
             .buf

@@ -254,12 +254,27 @@ pub fn bind_statement_name(body: &[u8]) -> Result<(&str, &str, usize), ProtocolE
     Ok((portal, stmt, consumed))
 }
 
-/// Reads the name and query text of a Parse body without copying.
-pub fn parse_name_and_query(body: &[u8]) -> Result<(&str, &str, usize), ProtocolError> {
+/// Reads the name and query text of a Parse body without copying, and
+/// checks the rest of it; also returns the length of name and query. The
+/// query is bytes in the client's encoding (LATIN1, say: not UTF-8).
+pub fn parse_name_and_query(body: &[u8]) -> Result<(&str, &[u8], usize), ProtocolError> {
     let mut c = Cursor::new(b'P', body);
     let name = c.cstr()?;
-    let query = c.cstr()?;
+    let query = c.cbytes()?;
     let consumed = body.len() - c.remaining();
+    let n = c.count16("parameter type count")?;
+    if c.remaining() < n * 4 {
+        return Err(ProtocolError::Truncated {
+            tag: 'P',
+            what: "parameter types",
+        });
+    }
+    if c.remaining() > n * 4 {
+        return Err(ProtocolError::TrailingBytes {
+            tag: 'P',
+            extra: c.remaining() - n * 4,
+        });
+    }
     Ok((name, query, consumed))
 }
 

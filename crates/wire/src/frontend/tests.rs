@@ -113,7 +113,11 @@ fn borrowed_readers() {
     })
     .encode(&mut b);
     let (n, q, used) = parse_name_and_query(&b[5..]).unwrap();
-    assert_eq!((n, q, used), ("n", "q", 4));
+    assert_eq!((n, q, used), ("n", &b"q"[..], 4));
+    // a query in another encoding than UTF-8 (LATIN1 'é')
+    let (_, q, _) = parse_name_and_query(b"\0SELECT '\xe9'\0\0\0").unwrap();
+    assert_eq!(q, b"SELECT '\xe9'");
+    assert!(parse_name_and_query(b"\0q\0\0\x01").is_err());
     let mut b = BytesMut::new();
     encode_sasl_initial(&mut b, "SCRAM-SHA-256", b"n,,n=,r=x");
     assert_eq!(
