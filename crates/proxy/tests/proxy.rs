@@ -96,74 +96,63 @@ async fn authentication_methods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_passwords_are_normalised_as_postgresql_does() {
     let pg = PgServer::primary();
-    let password = "\u{2168}\u{a0}pass";
-    pg.sql(
-        "postgres",
-        &format!(
-            "SET password_encryption = 'scram-sha-256'; ALTER ROLE scramuser PASSWORD '{password}'"
-        ),
-    );
     let hba = "hba = [\"host all all 127.0.0.1/32 scram-sha-256\"]\n";
-    let users = format!("[[users]]\nname = \"scramuser\"\npassword = \"{password}\"\n");
-    let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
-    let port = p.port().to_string();
-    let login = |pw: &str| {
-        testkit::run_client(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "scramuser",
-                "-d",
-                "app",
-                "-XAtc",
-                "select current_user",
-            ],
-            &[("PGPASSWORD", pw), ("PGCONNECT_TIMEOUT", "5")],
-        )
+    // The server's and the proxy's password for scramuser; psql logs in
+    // through the proxy with each of `tries`.
+    let login_with = |password: &str, tries: &[&str]| {
+        pg.sql(
+            "postgres",
+            &format!("SET password_encryption = 'scram-sha-256'; ALTER ROLE scramuser PASSWORD '{password}'"),
+        );
+        let users = format!("[[users]]\nname = \"scramuser\"\npassword = \"{password}\"\n");
+        let rest = format!("{}{users}", backends(&[&pg]));
+        let tries: Vec<String> = tries.iter().map(|t| t.to_string()).collect();
+        async move {
+            let p = start_proxy(hba, &rest).await;
+            let port = p.port().to_string();
+            tries
+                .iter()
+                .map(|pw| {
+                    testkit::run_client(
+                        "psql",
+                        &[
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            &port,
+                            "-U",
+                            "scramuser",
+                            "-d",
+                            "app",
+                            "-XAtc",
+                            "select current_user",
+                        ],
+                        &[("PGPASSWORD", pw), ("PGCONNECT_TIMEOUT", "5")],
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
     };
-    let (ok, out, err) = login(password);
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "scramuser");
-    // the normalised form is the same password
-    let (ok, _, err) = login("IX pass");
-    assert!(ok, "{err}");
-    let (ok, _, err) = login("\u{2168}pass");
-    assert!(!ok);
-    assert!(err.contains("password authentication failed"), "{err}");
-    drop(p);
+    let password = "\u{2168}\u{a0}pass";
+    // the normalised form is the same password; without the no-break
+    // space it is another
+    let r = login_with(password, &[password, "IX pass", "\u{2168}pass"]).await;
+    assert!(r[0].0, "{}", r[0].2);
+    assert_eq!(r[0].1.trim(), "scramuser");
+    assert!(r[1].0, "{}", r[1].2);
+    assert!(!r[2].0);
+    assert!(
+        r[2].2.contains("password authentication failed"),
+        "{}",
+        r[2].2
+    );
 
     // PostgreSQL checks for prohibited characters before normalising:
     // U+0340 (deprecated; NFKC makes it U+0300) keeps the password as it is.
     let password = "a\u{340}b";
-    pg.sql(
-        "postgres",
-        &format!("ALTER ROLE scramuser PASSWORD '{password}'"),
-    );
-    let users = format!("[[users]]\nname = \"scramuser\"\npassword = \"{password}\"\n");
-    let p = start_proxy(hba, &format!("{}{users}", backends(&[&pg]))).await;
-    let port = p.port().to_string();
-    let (ok, out, err) = testkit::run_client(
-        "psql",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "scramuser",
-            "-d",
-            "app",
-            "-XAtc",
-            "select current_user",
-        ],
-        &[("PGPASSWORD", password), ("PGCONNECT_TIMEOUT", "5")],
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "scramuser");
+    let r = login_with(password, &[password]).await;
+    assert!(r[0].0, "{}", r[0].2);
+    assert_eq!(r[0].1.trim(), "scramuser");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
