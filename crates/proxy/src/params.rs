@@ -260,13 +260,14 @@ pub fn parse_effects(sql: &str, strings: Strings) -> Vec<Effect> {
         split_statements(sql, backslash)
             .iter()
             .filter_map(|s| statement_effect(s))
-            .map(|mut e| {
-                if let Effect::Param(ParamChange::Set { value, .. }) = &mut e {
-                    if value.contains('\\') {
-                        *value = portable_value(value, backslash);
+            .map(|e| match e {
+                Effect::Param(ParamChange::Set { name, value }) if value.contains('\\') => {
+                    match portable_value(&value, backslash) {
+                        Some(value) => Effect::Param(ParamChange::Set { name, value }),
+                        None => Effect::Unmodelled(Verb::Set),
                     }
                 }
-                e
+                e => e,
             })
             .collect()
     };
@@ -290,23 +291,48 @@ pub fn parse_effects(sql: &str, strings: Strings) -> Vec<Effect> {
 }
 
 /// [`parse_effects`] for a query in the client's encoding, which need not
-/// be UTF-8 (the server converts it before reading it): quotes, semicolons
-/// and keywords are ASCII in every encoding a client may use, so the text
-/// is read with replacement characters; a SET whose value lost bytes that
-/// way cannot be replayed, and counts as unmodelled.
+/// be UTF-8 (the server converts it before reading it). Text that is not
+/// UTF-8 is read with replacement characters: quotes, semicolons and
+/// keywords are ASCII in the encodings clients use. A name, channel or
+/// value that lost bytes that way cannot be followed: unmodelled. In SJIS,
+/// BIG5, GBK and the like a backslash byte can be the second half of a
+/// character: such a query cannot be read at all, and any tracked
+/// statement it runs counts as unmodelled.
 pub fn parse_effects_bytes(sql: &[u8], strings: Strings) -> Vec<Effect> {
-    match std::str::from_utf8(sql) {
-        Ok(q) => parse_effects(q, strings),
-        Err(_) => parse_effects(&String::from_utf8_lossy(sql), strings)
-            .into_iter()
-            .map(|e| match e {
-                Effect::Param(ParamChange::Set { value, .. }) if value.contains('\u{fffd}') => {
-                    Effect::Unmodelled(Verb::Set)
-                }
-                e => e,
-            })
-            .collect(),
+    let lossy = match std::str::from_utf8(sql) {
+        Ok(q) => return parse_effects(q, strings),
+        Err(_) => String::from_utf8_lossy(sql),
+    };
+    if sql.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\') {
+        return [
+            Verb::Set,
+            Verb::Reset,
+            Verb::Listen,
+            Verb::Unlisten,
+            Verb::Discard,
+            Verb::Deallocate,
+        ]
+        .into_iter()
+        .map(Effect::Unmodelled)
+        .collect();
     }
+    let lost = |t: &str| t.contains('\u{fffd}');
+    parse_effects(&lossy, strings)
+        .into_iter()
+        .map(|e| {
+            let garbled = match &e {
+                Effect::Param(ParamChange::Set { name, value }) => lost(name) || lost(value),
+                Effect::Param(ParamChange::Reset { name }) => lost(name),
+                Effect::Listen(ch) | Effect::Unlisten(Some(ch)) => lost(ch),
+                _ => false,
+            };
+            if garbled {
+                Effect::Unmodelled(e.verb())
+            } else {
+                e
+            }
+        })
+        .collect()
 }
 
 /// A SET value (SQL text) that means the same whatever the server's
@@ -315,18 +341,28 @@ pub fn parse_effects_bytes(sql: &[u8], strings: Strings) -> Vec<Effect> {
 /// A plain string literal with a backslash becomes an `E''` literal: read
 /// with backslash escapes (`backslash`) it already was one; read as
 /// standard, its backslashes are doubled. Other tokens stay as they are.
-fn portable_value(value: &str, backslash: bool) -> String {
+fn portable_value(value: &str, backslash: bool) -> Option<String> {
     let b = value.as_bytes();
+    if b.iter().any(|&c| c == b'\n' || c == b'\r') {
+        // perhaps a literal continued on the next line ('a'<newline>'b'),
+        // which cannot simply become E'..'
+        return None;
+    }
     let mut out = Vec::with_capacity(b.len() + 8);
     let mut i = 0;
     while i < b.len() {
         let after_ident = i > 0 && is_ident_byte(b[i - 1]);
         let end = match b[i] {
             b'\'' => {
-                let plain = !after_ident;
-                let end = quoted_end(b, i, b'\'', plain && backslash || string_escapes(b, i));
-                let body = &b[i + 1..end.saturating_sub(1).max(i + 1)];
+                let e = string_escapes(b, i);
+                let plain = !e && !no_escapes_ever(b, i);
+                let end = quoted_end(b, i, b'\'', e || (plain && backslash));
+                let body = &b[(i + 1).min(end)..end.saturating_sub(1).max(i + 1)];
                 if plain && body.contains(&b'\\') {
+                    // nor can `text'..'`
+                    if after_ident {
+                        return None;
+                    }
                     out.push(b'E');
                     if backslash {
                         out.extend_from_slice(&b[i..end]);
@@ -343,6 +379,10 @@ fn portable_value(value: &str, backslash: bool) -> String {
                     i = end;
                     continue;
                 }
+                if !plain && !e && body.contains(&b'\\') && prefixed(b, i, b"u&") {
+                    // U&'\0041' is refused where strings take escapes
+                    return None;
+                }
                 end
             }
             b'"' => quoted_end(b, i, b'"', false),
@@ -355,13 +395,26 @@ fn portable_value(value: &str, backslash: bool) -> String {
         out.extend_from_slice(&b[i..end]);
         i = end;
     }
-    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
+    String::from_utf8(out).ok()
 }
 
 /// Whether the string literal opened at `b[i] == '\''` is an `E''` one
 /// (the E starts a token: it does not end a word like "type").
 fn string_escapes(b: &[u8], i: usize) -> bool {
-    i > 0 && matches!(b[i - 1], b'e' | b'E') && !(i > 1 && is_ident_byte(b[i - 2]))
+    prefixed(b, i, b"e")
+}
+
+/// A bit string (`B''`, `X''`) or a `U&''` string: these never take
+/// backslash escapes. (After any other word, `text'...'` or `TO'...'`,
+/// the literal is a plain one.)
+fn no_escapes_ever(b: &[u8], i: usize) -> bool {
+    prefixed(b, i, b"b") || prefixed(b, i, b"x") || prefixed(b, i, b"u&")
+}
+
+/// Whether the token before `b[i]` is exactly `prefix` (ASCII, any case).
+fn prefixed(b: &[u8], i: usize, prefix: &[u8]) -> bool {
+    let n = prefix.len();
+    i >= n && b[i - n..i].eq_ignore_ascii_case(prefix) && !(i > n && is_ident_byte(b[i - n - 1]))
 }
 
 /// The statement name of a query that is exactly one `DEALLOCATE
@@ -402,8 +455,7 @@ fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
             b'\'' => {
                 // E'...' takes backslash escapes; so does a plain literal
                 // with `backslash` (not B'' or X'' bit strings, nor U&'')
-                let escapes = string_escapes(b, i)
-                    || (backslash && !after_ident && (i == 0 || b[i - 1] != b'&'));
+                let escapes = string_escapes(b, i) || (backslash && !no_escapes_ever(b, i));
                 let mut end = quoted_end(b, i, b'\'', escapes);
                 // 'a'<newline>'b' is one string, in the same mode
                 while let Some(next) = string_continues(b, end) {
@@ -533,13 +585,17 @@ fn comment_end(b: &[u8], start: usize) -> usize {
     b.len()
 }
 
-/// Splits off the first whitespace-separated word.
+/// Splits off the first word: a quoted identifier, or up to whitespace,
+/// `=` or a quote (`SET search_path TO'x'`, `SET"x" = 1` are valid SQL).
 fn word(s: &str) -> (&str, &str) {
     let s = s.trim_start();
-    match s.find(|c: char| c.is_whitespace() || c == '=') {
-        Some(i) => (&s[..i], s[i..].trim_start()),
-        None => (s, ""),
-    }
+    let end = if s.starts_with('"') {
+        quoted_end(s.as_bytes(), 0, b'"', false)
+    } else {
+        s.find(|c: char| c.is_whitespace() || matches!(c, '=' | '\'' | '"'))
+            .unwrap_or(s.len())
+    };
+    (&s[..end], s[end..].trim_start())
 }
 
 fn normalize_name(name: &str) -> String {
@@ -561,11 +617,19 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
         {
             Some(Effect::Unmodelled(Verb::Set))
         }
-        "SET" => Some(
-            parse_set(rest)
-                .map(Effect::Param)
-                .unwrap_or(Effect::Untracked(Verb::Set)),
-        ),
+        "SET" => Some(parse_set(rest).map(Effect::Param).unwrap_or_else(|| {
+            // SET LOCAL / TRANSACTION / CONSTRAINTS end with the
+            // transaction; a SET this reader does not follow may not
+            let (scope, _) = word(rest);
+            if ["LOCAL", "TRANSACTION", "CONSTRAINTS"]
+                .iter()
+                .any(|w| scope.eq_ignore_ascii_case(w))
+            {
+                Effect::Untracked(Verb::Set)
+            } else {
+                Effect::Unmodelled(Verb::Set)
+            }
+        })),
         "RESET" => {
             let (name, tail) = word(rest);
             if name.eq_ignore_ascii_case("SESSION") {
@@ -797,6 +861,25 @@ mod tests {
         );
         assert_eq!(effects("SET \"my.Var\" = 1"), vec![set("my.Var", "1")]);
         assert_eq!(effects("SET ROLE app"), vec![set("role", "app")]);
+        // words end at quotes too
+        assert_eq!(
+            effects("SET search_path TO'evil'"),
+            vec![set("search_path", "'evil'")]
+        );
+        assert_eq!(
+            effects("SET\"work_mem\"='1MB'"),
+            vec![set("work_mem", "'1MB'")]
+        );
+        assert_eq!(
+            effects("SET TIME ZONE'UTC'"),
+            vec![set("timezone", "'UTC'")]
+        );
+        // a SET this reader cannot follow is not taken for a local one
+        assert_eq!(
+            effects("SET LOCAL work_mem = 1"),
+            vec![Effect::Untracked(Verb::Set)]
+        );
+        assert_eq!(effects("SET work_mem"), vec![Effect::Unmodelled(Verb::Set)]);
         assert_eq!(
             deallocate_name("DEALLOCATE _pg3_1").as_deref(),
             Some("_pg3_1")
@@ -937,6 +1020,48 @@ mod tests {
         assert_eq!(
             parse_effects("SET x.y = B'101', $$a\\b$$", Strings::Backslash),
             vec![set("x.y", "B'101', $$a\\b$$")]
+        );
+        // after a word (`text'..'`) a literal is a plain one and takes
+        // escapes; bit strings never do
+        let q = "SELECT text'\\' '; SET a = 1; --'";
+        assert_eq!(parse_effects(q, Strings::Backslash), vec![set("a", "1")]);
+        assert_eq!(parse_effects(q, Strings::Standard), vec![]);
+        assert_eq!(
+            parse_effects(
+                "SELECT B'1'; SELECT x'\\'; SET a = 1; --'",
+                Strings::Backslash
+            ),
+            vec![set("a", "1")]
+        );
+        assert_eq!(
+            parse_effects("SELECT b'\\'; SET a = 1", Strings::Backslash),
+            vec![set("a", "1")]
+        );
+        // values that cannot be made portable are not followed
+        assert_eq!(
+            parse_effects("SET application_name = U&'\\0041'", Strings::Standard),
+            vec![Effect::Unmodelled(Verb::Set)]
+        );
+        assert_eq!(
+            parse_effects("SET application_name = 'a'\n'\\'", Strings::Standard),
+            vec![Effect::Unmodelled(Verb::Set)]
+        );
+        // queries in other encodings than UTF-8
+        assert_eq!(
+            parse_effects_bytes(b"SELECT '\xe9'; SET a = 1", Strings::Standard),
+            vec![set("a", "1")]
+        );
+        assert_eq!(
+            parse_effects_bytes(b"LISTEN \"\xe9\"; SET a = '\xe8'", Strings::Standard),
+            vec![
+                Effect::Unmodelled(Verb::Listen),
+                Effect::Unmodelled(Verb::Set)
+            ]
+        );
+        // SJIS: 0x95 0x5C is one character, not a backslash
+        assert!(
+            parse_effects_bytes(b"SELECT E'\x95\\'; SET a = 1; --'", Strings::Standard)
+                .contains(&Effect::Unmodelled(Verb::Set))
         );
         assert_eq!(Strings::of_setting("off"), Strings::Backslash);
         assert_eq!(Strings::of_setting("on"), Strings::Standard);

@@ -53,9 +53,19 @@ pub struct Registry {
 
 impl Registry {
     /// `rest` is the Parse body after the statement name.
-    fn get(&self, rest: &[u8], query: &[u8]) -> Arc<Stmt> {
+    /// `strings`: how the server reads it. A text whose meaning depends on
+    /// that (it has a backslash) is shared only among clients reading
+    /// strings the same way.
+    fn get(&self, rest: &[u8], query: &[u8], strings: Strings) -> Arc<Stmt> {
+        let keyed;
+        let key = if strings != Strings::Standard && query.contains(&b'\\') {
+            keyed = [rest, &[0xff, strings as u8]].concat();
+            &keyed[..]
+        } else {
+            rest
+        };
         let mut map = self.by_body.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(rest) {
+        if let Some(s) = map.get(key) {
             return s.clone();
         }
         let server_name: Arc<str> =
@@ -66,11 +76,8 @@ impl Registry {
             b.put_u8(0);
             b.put_slice(rest);
         });
-        // Shared by every client: read as the servers read by default. A
-        // client that reads strings otherwise gets its server connection
-        // cleaned up instead (`Relay::client_messages`, Parse).
         let effects = if params::may_have_effects(query) {
-            params::parse_effects_bytes(query, Strings::Standard)
+            params::parse_effects_bytes(query, strings)
         } else {
             Vec::new()
         };
@@ -88,7 +95,7 @@ impl Registry {
             map.retain(|_, s| Arc::strong_count(s) > 1);
             self.sweep_at.store(map.len() * 2, Ordering::Relaxed);
         }
-        map.insert(rest.into(), stmt.clone());
+        map.insert(key.into(), stmt.clone());
         stmt
     }
 
@@ -143,9 +150,6 @@ struct Pending {
     /// the Parse fails.
     prepared: Option<Arc<str>>,
     effects: Vec<Effect>,
-    /// The string mode the effects were read in, for a query whose
-    /// reading depends on it (it has a backslash).
-    lexed_as: Option<Strings>,
 }
 
 impl Pending {
@@ -155,7 +159,6 @@ impl Pending {
             action: Action::Forward,
             prepared: None,
             effects: Vec::new(),
-            lexed_as: None,
         }
     }
 }
@@ -365,15 +368,13 @@ impl Relay {
                 b'Q' => {
                     self.flushed = true;
                     let sql = frontend::query_bytes(body)?;
-                    let (effects, lexed_as) = if params::may_have_effects(sql) {
-                        let effects = params::parse_effects_bytes(sql, srv.strings);
-                        (effects, Self::lexed_as(sql, srv))
+                    let effects = if params::may_have_effects(sql) {
+                        params::parse_effects_bytes(sql, self.strings(srv))
                     } else {
-                        (Vec::new(), None)
+                        Vec::new()
                     };
                     self.queue.push_back(Pending {
                         effects,
-                        lexed_as,
                         ..Pending::new(Kind::Query)
                     });
                 }
@@ -399,22 +400,16 @@ impl Relay {
                 b'P' => {
                     let (name, query, _) = frontend::parse_name_and_query(body)?;
                     if self.rewrite && !name.is_empty() {
-                        let stmt = registry.get(&body[name.len() + 1..], query);
-                        if !stmt.effects.is_empty() || params::may_have_effects(query) {
-                            // the registry read it with standard strings
-                            self.unmodelled_seen |=
-                                srv.strings != Strings::Standard && query.contains(&b'\\');
-                        }
+                        let strings = self.strings(srv);
+                        let stmt = registry.get(&body[name.len() + 1..], query, strings);
                         self.x().stmts.insert(name.to_owned(), stmt.clone());
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
                         self.ensure_prepared(&stmt, srv, to_server, false);
                     } else {
-                        let mut lexed_as = None;
                         if name.is_empty() {
                             let effects = if params::may_have_effects(query) {
-                                lexed_as = Self::lexed_as(query, srv);
-                                params::parse_effects_bytes(query, srv.strings)
+                                params::parse_effects_bytes(query, self.strings(srv))
                             } else {
                                 Vec::new()
                             };
@@ -422,10 +417,7 @@ impl Relay {
                                 self.x().unnamed_effects = effects;
                             }
                         }
-                        self.queue.push_back(Pending {
-                            lexed_as,
-                            ..Pending::new(Kind::Parse)
-                        });
+                        self.queue.push_back(Pending::new(Kind::Parse));
                     }
                     self.unsynced = true;
                     self.flushed = false;
@@ -799,12 +791,12 @@ impl Relay {
                     }
                 }
                 b'S' => {
-                    if let BackendMessage::ParameterStatus { name, value } =
-                        BackendMessage::decode(b'S', body)?
-                    {
-                        if name == "standard_conforming_strings" {
-                            self.strings_changed(Strings::of_setting(&value), srv);
-                        }
+                    // (names and values are in the client's encoding: only
+                    // this ASCII one is read)
+                    const SCS: &[u8] = b"standard_conforming_strings\0";
+                    if let Some(value) = body.strip_prefix(SCS) {
+                        let value = value.strip_suffix(b"\0").unwrap_or(value);
+                        srv.strings = Strings::of_setting(&String::from_utf8_lossy(value));
                     }
                 }
                 b'I' | b's' if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) => {
@@ -823,29 +815,18 @@ impl Relay {
         Ok(())
     }
 
-    /// The mode a query's effects are read in, when its reading depends
-    /// on it (see [`Relay::strings_changed`]).
-    fn lexed_as(sql: &[u8], srv: &ServerSession) -> Option<Strings> {
-        (srv.strings != Strings::Either && sql.contains(&b'\\')).then_some(srv.strings)
-    }
-
-    /// The server reports a new `standard_conforming_strings` (a SET, SET
-    /// LOCAL, set_config(), a reload...). Queries still waiting behind the
-    /// one being answered will be read in the new mode: if one was read in
-    /// the old one and depended on it, the proxy no longer knows what this
-    /// server session holds, and the connection is closed when it comes
-    /// back. (The query being answered was read before the change.)
-    fn strings_changed(&mut self, now: Strings, srv: &mut ServerSession) {
-        if now != srv.strings
-            && self
-                .queue
-                .iter()
-                .skip(1)
-                .any(|p| p.lexed_as.is_some_and(|m| m != now))
-        {
-            srv.unknowable = true;
+    /// How the server will read the strings of the request being read
+    /// now. With nothing queued the server is idle, and its mode is the one
+    /// it last reported (since PostgreSQL 14 a change is reported just
+    /// before ReadyForQuery). Behind other requests it is not known: one
+    /// of them may change it (`SET LOCAL`, `set_config()`) and be reported
+    /// only after this one has run, so such a request is read both ways.
+    fn strings(&self, srv: &ServerSession) -> Strings {
+        if self.queue.is_empty() {
+            srv.strings
+        } else {
+            Strings::Either
         }
-        srv.strings = now;
     }
 
     fn on_tag(&mut self, verb: Verb, srv: &mut ServerSession) {

@@ -37,37 +37,6 @@ async fn read_error(s: &mut TcpStream) -> (String, String) {
     panic!("no ErrorResponse in {buf:?}");
 }
 
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    m.extend(body);
-    m
-}
-
-/// Logs in as postgres (trust) and reads up to ReadyForQuery.
-async fn logged_in(p: &TestProxy) -> TcpStream {
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&startup("postgres", "app")).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed during login");
-        buf.extend_from_slice(&chunk[..n]);
-        // ReadyForQuery is the last message of the login
-        if buf.len() >= 6 && buf[buf.len() - 6] == b'Z' {
-            return s;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_clear_error_and_others_keep_working() {
     let pg = PgServer::primary();

@@ -421,6 +421,54 @@ async fn set_tracking_follows_the_reported_string_mode() {
     assert_eq!(show(&b, "statement_timeout").await, "0");
 }
 
+/// Requests sent together: the string mode may change between them, and
+/// PostgreSQL (14 and later) reports it only before ReadyForQuery, after
+/// the requests behind have run. Here a Parse/Bind/Execute turns standard
+/// strings back on, and a Query behind it (read by the server in standard
+/// mode) runs a SET that a reading in the old mode puts inside a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_mode_change_inside_a_pipeline_hides_no_set() {
+    use tokio::io::AsyncWriteExt;
+    use wire::frontend::{Bind, FrontendMessage as F, Parse};
+    let (_pg, p, _a, b) = two_clients_one_server().await;
+    let mut s = logged_in(&p).await;
+    let mut out = bytes::BytesMut::new();
+    F::Query("SET standard_conforming_strings = off".into()).encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    until_ready(&mut s, 1).await;
+    out.clear();
+    F::Parse(Parse {
+        name: String::new(),
+        query: "SET standard_conforming_strings = on".into(),
+        param_types: vec![],
+    })
+    .encode(&mut out);
+    F::Bind(Bind {
+        portal: String::new(),
+        statement: String::new(),
+        param_formats: vec![],
+        params: vec![],
+        result_formats: vec![],
+    })
+    .encode(&mut out);
+    F::Execute {
+        portal: String::new(),
+        max_rows: 0,
+    }
+    .encode(&mut out);
+    F::Query("SELECT 'x\\'; SET lock_timeout = '5s'; --'".into()).encode(&mut out);
+    F::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let answer = until_ready(&mut s, 2).await;
+    // the server ran the SET (two SET tags: the Execute's and the Query's)
+    let tags = answer
+        .windows(5)
+        .filter(|w| w == b"SET\0S" || w == b"SET\0T")
+        .count();
+    assert!(tags >= 1, "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+}
+
 /// A client in another encoding than UTF-8 (LATIN1, psycopg): its
 /// extended-protocol queries pass (the proxy used to end the session on
 /// them), and a SET after a LATIN1 string is seen (it leaked to the next

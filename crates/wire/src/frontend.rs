@@ -262,7 +262,8 @@ pub fn parse_name_and_query(body: &[u8]) -> Result<(&str, &[u8], usize), Protoco
     let name = c.cstr()?;
     let query = c.cbytes()?;
     let consumed = body.len() - c.remaining();
-    let n = c.count16("parameter type count")?;
+    // an unsigned count, as the server reads it (up to 65535)
+    let n = usize::from(c.i16("parameter type count")? as u16);
     if c.remaining() < n * 4 {
         return Err(ProtocolError::Truncated {
             tag: 'P',

@@ -7,6 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 pub use testkit::PgServer;
 
 pub struct TestProxy {
@@ -140,4 +143,59 @@ pub fn self_signed_cert(dir: &testkit::TempDir) -> (std::path::PathBuf, std::pat
         u.chown(&key).unwrap();
     }
     (crt, key)
+}
+
+/// A protocol 3.0 startup packet.
+pub fn startup(user: &str, db: &str) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    m.extend(body);
+    m
+}
+
+/// Logs in as postgres (trust) and reads up to ReadyForQuery.
+pub async fn logged_in(p: &TestProxy) -> TcpStream {
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup("postgres", "app")).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed during login");
+        buf.extend_from_slice(&chunk[..n]);
+        // ReadyForQuery is the last message of the login
+        if buf.len() >= 6 && buf[buf.len() - 6] == b'Z' {
+            return s;
+        }
+    }
+}
+
+/// Reads until `n` ReadyForQuery messages have come; returns what came.
+pub async fn until_ready(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut seen = 0;
+    let mut pos = 0;
+    while seen < n {
+        let got = s.read(&mut chunk).await.unwrap();
+        assert!(got > 0, "closed");
+        buf.extend_from_slice(&chunk[..got]);
+        while buf.len() >= pos + 5 {
+            let len = u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]])
+                as usize;
+            if buf.len() < pos + 1 + len {
+                break;
+            }
+            seen += usize::from(buf[pos] == b'Z');
+            pos += 1 + len;
+        }
+    }
+    buf
 }
