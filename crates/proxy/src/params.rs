@@ -238,7 +238,7 @@ impl Strings {
     /// The mode a `standard_conforming_strings` value (as the server
     /// reports it: `on` or `off`) sets.
     pub fn of_setting(value: &str) -> Strings {
-        match value.trim().to_ascii_lowercase().as_str() {
+        match value.trim_matches(SQL_SPACE).to_ascii_lowercase().as_str() {
             "on" | "true" | "yes" | "1" => Strings::Standard,
             "off" | "false" | "no" | "0" => Strings::Backslash,
             _ => Strings::Either,
@@ -295,15 +295,12 @@ pub fn parse_effects(sql: &str, strings: Strings) -> Vec<Effect> {
 /// UTF-8 is read with replacement characters: quotes, semicolons and
 /// keywords are ASCII in the encodings clients use. A name, channel or
 /// value that lost bytes that way cannot be followed: unmodelled. In SJIS,
-/// BIG5, GBK and the like a backslash byte can be the second half of a
-/// character: such a query cannot be read at all, and any tracked
-/// statement it runs counts as unmodelled.
-pub fn parse_effects_bytes(sql: &[u8], strings: Strings) -> Vec<Effect> {
-    let lossy = match std::str::from_utf8(sql) {
-        Ok(q) => return parse_effects(q, strings),
-        Err(_) => String::from_utf8_lossy(sql),
-    };
-    if sql.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\') {
+/// BIG5, GBK and the like (`multibyte_backslash`) a backslash byte can be
+/// the second half of a character, even in text that is valid UTF-8: such
+/// a query cannot be read at all, and any tracked statement it runs counts
+/// as unmodelled.
+pub fn parse_effects_bytes(sql: &[u8], strings: Strings, multibyte_backslash: bool) -> Vec<Effect> {
+    if multibyte_backslash && sql.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\') {
         return [
             Verb::Set,
             Verb::Reset,
@@ -316,6 +313,10 @@ pub fn parse_effects_bytes(sql: &[u8], strings: Strings) -> Vec<Effect> {
         .map(Effect::Unmodelled)
         .collect();
     }
+    let lossy = match std::str::from_utf8(sql) {
+        Ok(q) => return parse_effects(q, strings),
+        Err(_) => String::from_utf8_lossy(sql),
+    };
     let lost = |t: &str| t.contains('\u{fffd}');
     parse_effects(&lossy, strings)
         .into_iter()
@@ -493,7 +494,11 @@ fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
     }
     out.push(cur);
     out.into_iter()
-        .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
+        .map(|v| {
+            String::from_utf8_lossy(&v)
+                .trim_matches(SQL_SPACE)
+                .to_owned()
+        })
         .filter(|s| !s.is_empty())
         .collect()
 }
@@ -585,17 +590,21 @@ fn comment_end(b: &[u8], start: usize) -> usize {
     b.len()
 }
 
+/// What PostgreSQL's lexer takes for white space (not U+2003 and the like:
+/// those are part of an identifier).
+const SQL_SPACE: [char; 6] = [' ', '\t', '\n', '\r', '\x0c', '\x0b'];
+
 /// Splits off the first word: a quoted identifier, or up to whitespace,
 /// `=` or a quote (`SET search_path TO'x'`, `SET"x" = 1` are valid SQL).
 fn word(s: &str) -> (&str, &str) {
-    let s = s.trim_start();
+    let s = s.trim_start_matches(SQL_SPACE);
     let end = if s.starts_with('"') {
         quoted_end(s.as_bytes(), 0, b'"', false)
     } else {
-        s.find(|c: char| c.is_whitespace() || matches!(c, '=' | '\'' | '"'))
+        s.find(|c: char| SQL_SPACE.contains(&c) || matches!(c, '=' | '\'' | '"'))
             .unwrap_or(s.len())
     };
-    (&s[..end], s[end..].trim_start())
+    (&s[..end], s[end..].trim_start_matches(SQL_SPACE))
 }
 
 fn normalize_name(name: &str) -> String {
@@ -636,8 +645,18 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
                 // RESET SESSION AUTHORIZATION
                 return Some(Effect::Unmodelled(Verb::Reset));
             }
-            if name.is_empty() || !tail.is_empty() {
+            if name.eq_ignore_ascii_case("TIME") && tail.eq_ignore_ascii_case("ZONE") {
+                return Some(Effect::Param(ParamChange::Reset {
+                    name: "timezone".into(),
+                }));
+            }
+            if name.eq_ignore_ascii_case("TRANSACTION") {
+                // RESET TRANSACTION ISOLATION LEVEL: this transaction only
                 return Some(Effect::Untracked(Verb::Reset));
+            }
+            if name.is_empty() || !tail.is_empty() {
+                // a RESET this reader does not follow
+                return Some(Effect::Unmodelled(Verb::Reset));
             }
             Some(Effect::Param(match name.to_ascii_uppercase().as_str() {
                 "ALL" => ParamChange::ResetAll,
@@ -646,21 +665,23 @@ fn statement_effect(stmt: &str) -> Option<Effect> {
                 },
             }))
         }
-        "LISTEN" => Some(Effect::Listen(normalize_name(rest.trim()))),
+        "LISTEN" => Some(Effect::Listen(normalize_name(rest.trim_matches(SQL_SPACE)))),
         "UNLISTEN" => {
-            let ch = rest.trim();
+            let ch = rest.trim_matches(SQL_SPACE);
             Some(Effect::Unlisten(if ch == "*" {
                 None
             } else {
                 Some(normalize_name(ch))
             }))
         }
-        "DISCARD" => Some(match rest.trim().to_ascii_uppercase().as_str() {
-            "ALL" => Effect::DiscardAll,
-            _ => Effect::Untracked(Verb::Discard),
-        }),
+        "DISCARD" => Some(
+            match rest.trim_matches(SQL_SPACE).to_ascii_uppercase().as_str() {
+                "ALL" => Effect::DiscardAll,
+                _ => Effect::Untracked(Verb::Discard),
+            },
+        ),
         "DEALLOCATE" => {
-            let r = rest.trim().to_ascii_uppercase();
+            let r = rest.trim_matches(SQL_SPACE).to_ascii_uppercase();
             let r = r
                 .strip_prefix("PREPARE")
                 .map(str::trim)
@@ -712,7 +733,7 @@ fn parse_set(rest: &str) -> Option<ParamChange> {
             if !zone.eq_ignore_ascii_case("ZONE") {
                 return None;
             }
-            let v = v.trim();
+            let v = v.trim_matches(SQL_SPACE);
             if v.eq_ignore_ascii_case("LOCAL") || v.eq_ignore_ascii_case("DEFAULT") {
                 return Some(ParamChange::Reset {
                     name: "timezone".into(),
@@ -720,11 +741,11 @@ fn parse_set(rest: &str) -> Option<ParamChange> {
             }
             ("timezone".to_owned(), v)
         }
-        "ROLE" => ("role".to_owned(), rest.trim()),
-        "SCHEMA" => ("search_path".to_owned(), rest.trim()),
-        "NAMES" => ("client_encoding".to_owned(), rest.trim()),
+        "ROLE" => ("role".to_owned(), rest.trim_matches(SQL_SPACE)),
+        "SCHEMA" => ("search_path".to_owned(), rest.trim_matches(SQL_SPACE)),
+        "NAMES" => ("client_encoding".to_owned(), rest.trim_matches(SQL_SPACE)),
         _ => {
-            let rest = rest.trim_start();
+            let rest = rest.trim_start_matches(SQL_SPACE);
             let v = if let Some(v) = rest.strip_prefix('=') {
                 v
             } else {
@@ -734,7 +755,7 @@ fn parse_set(rest: &str) -> Option<ParamChange> {
                 }
                 v
             };
-            (normalize_name(first), v.trim())
+            (normalize_name(first), v.trim_matches(SQL_SPACE))
         }
     };
     if value.is_empty() {
@@ -1048,20 +1069,50 @@ mod tests {
         );
         // queries in other encodings than UTF-8
         assert_eq!(
-            parse_effects_bytes(b"SELECT '\xe9'; SET a = 1", Strings::Standard),
+            parse_effects_bytes(b"SELECT '\xe9'; SET a = 1", Strings::Standard, false),
             vec![set("a", "1")]
         );
         assert_eq!(
-            parse_effects_bytes(b"LISTEN \"\xe9\"; SET a = '\xe8'", Strings::Standard),
+            parse_effects_bytes(b"LISTEN \"\xe9\"; SET a = '\xe8'", Strings::Standard, false),
             vec![
                 Effect::Unmodelled(Verb::Listen),
                 Effect::Unmodelled(Verb::Set)
             ]
         );
-        // SJIS: 0x95 0x5C is one character, not a backslash
-        assert!(
-            parse_effects_bytes(b"SELECT E'\x95\\'; SET a = 1; --'", Strings::Standard)
-                .contains(&Effect::Unmodelled(Verb::Set))
+        // SJIS: 0x95 0x5C is one character, not a backslash; so is 0x81
+        // 0x5C, whose bytes also end a UTF-8 character (U+4E01, then \)
+        for q in [
+            &b"SELECT E'\x95\\'; SET a = 1; --'"[..],
+            "SELECT E'\u{4e01}\\'; SET a = 1; --'".as_bytes(),
+        ] {
+            let e = parse_effects_bytes(q, Strings::Standard, true);
+            assert!(e.contains(&Effect::Unmodelled(Verb::Set)), "{e:?}");
+        }
+        // in other encodings it is a backslash
+        assert_eq!(
+            parse_effects_bytes(
+                "SELECT '\u{e9}\\'; SET a = 1".as_bytes(),
+                Strings::Standard,
+                false
+            ),
+            vec![set("a", "1")]
+        );
+        // RESET forms
+        assert_eq!(
+            effects("RESET TIME ZONE"),
+            vec![Effect::Param(ParamChange::Reset {
+                name: "timezone".into()
+            })]
+        );
+        assert_eq!(
+            effects("RESET TRANSACTION ISOLATION LEVEL"),
+            vec![Effect::Untracked(Verb::Reset)]
+        );
+        assert_eq!(effects("RESET a b"), vec![Effect::Unmodelled(Verb::Reset)]);
+        // only ASCII white space separates words, as in the server's lexer
+        assert_eq!(
+            effects("LISTEN ch\u{2003}"),
+            vec![Effect::Listen("ch\u{2003}".into())]
         );
         assert_eq!(Strings::of_setting("off"), Strings::Backslash);
         assert_eq!(Strings::of_setting("on"), Strings::Standard);

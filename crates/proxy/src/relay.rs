@@ -56,7 +56,13 @@ impl Registry {
     /// `strings`: how the server reads it. A text whose meaning depends on
     /// that (it has a backslash) is shared only among clients reading
     /// strings the same way.
-    fn get(&self, rest: &[u8], query: &[u8], strings: Strings) -> Arc<Stmt> {
+    fn get(
+        &self,
+        rest: &[u8],
+        query: &[u8],
+        strings: Strings,
+        multibyte_backslash: bool,
+    ) -> Arc<Stmt> {
         let keyed;
         let key = if strings != Strings::Standard && query.contains(&b'\\') {
             keyed = [rest, &[0xff, strings as u8]].concat();
@@ -77,7 +83,7 @@ impl Registry {
             b.put_slice(rest);
         });
         let effects = if params::may_have_effects(query) {
-            params::parse_effects_bytes(query, strings)
+            params::parse_effects_bytes(query, strings, multibyte_backslash)
         } else {
             Vec::new()
         };
@@ -369,7 +375,7 @@ impl Relay {
                     self.flushed = true;
                     let sql = frontend::query_bytes(body)?;
                     let effects = if params::may_have_effects(sql) {
-                        params::parse_effects_bytes(sql, self.strings(srv))
+                        params::parse_effects_bytes(sql, self.strings(srv), srv.multibyte_backslash)
                     } else {
                         Vec::new()
                     };
@@ -400,8 +406,14 @@ impl Relay {
                 b'P' => {
                     let (name, query, _) = frontend::parse_name_and_query(body)?;
                     if self.rewrite && !name.is_empty() {
-                        let strings = self.strings(srv);
-                        let stmt = registry.get(&body[name.len() + 1..], query, strings);
+                        // keyed by the mode the server reported: a client in
+                        // a pipeline is in that mode but for rare changes
+                        let stmt = registry.get(
+                            &body[name.len() + 1..],
+                            query,
+                            srv.strings,
+                            srv.multibyte_backslash,
+                        );
                         self.x().stmts.insert(name.to_owned(), stmt.clone());
                         forward = false;
                         to_server.extend_from_slice(&input[run..pos]);
@@ -409,7 +421,11 @@ impl Relay {
                     } else {
                         if name.is_empty() {
                             let effects = if params::may_have_effects(query) {
-                                params::parse_effects_bytes(query, self.strings(srv))
+                                params::parse_effects_bytes(
+                                    query,
+                                    self.strings(srv),
+                                    srv.multibyte_backslash,
+                                )
                             } else {
                                 Vec::new()
                             };
@@ -791,12 +807,10 @@ impl Relay {
                     }
                 }
                 b'S' => {
-                    // (names and values are in the client's encoding: only
-                    // this ASCII one is read)
-                    const SCS: &[u8] = b"standard_conforming_strings\0";
-                    if let Some(value) = body.strip_prefix(SCS) {
-                        let value = value.strip_suffix(b"\0").unwrap_or(value);
-                        srv.strings = Strings::of_setting(&String::from_utf8_lossy(value));
+                    // (as bytes: they are in the client's encoding)
+                    let mut parts = body.split(|&b| b == 0);
+                    if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+                        srv.reported(name, value);
                     }
                 }
                 b'I' | b's' if self.queue.front().map(|p| p.kind) == Some(Kind::Execute) => {
@@ -816,13 +830,14 @@ impl Relay {
     }
 
     /// How the server will read the strings of the request being read
-    /// now. With nothing queued the server is idle, and its mode is the one
-    /// it last reported (since PostgreSQL 14 a change is reported just
-    /// before ReadyForQuery). Behind other requests it is not known: one
-    /// of them may change it (`SET LOCAL`, `set_config()`) and be reported
-    /// only after this one has run, so such a request is read both ways.
+    /// now. When it has answered everything up to a ReadyForQuery its mode
+    /// is the one it last reported (since PostgreSQL 14 a change is
+    /// reported just before ReadyForQuery). Otherwise it is not known: a
+    /// request before this one (unanswered, or answered but not yet
+    /// synced) may have changed it (`SET LOCAL`, `set_config()`), so this
+    /// one is read both ways.
     fn strings(&self, srv: &ServerSession) -> Strings {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && !self.unsynced {
             srv.strings
         } else {
             Strings::Either

@@ -79,9 +79,30 @@ pub struct ServerSession {
     /// How the server reads string literals now (the
     /// `standard_conforming_strings` it last reported).
     pub strings: Strings,
+    /// The client encoding (as last reported) is one where a backslash
+    /// byte can be the second byte of a character (SJIS, BIG5, GBK...).
+    pub multibyte_backslash: bool,
     /// The proxy cannot tell what this session holds (a statement it could
     /// not model): the connection is closed when it comes back.
     pub unknowable: bool,
+}
+
+impl ServerSession {
+    /// Notes a ParameterStatus (name and value in the client's encoding)
+    /// the proxy reads statements by.
+    pub fn reported(&mut self, name: &[u8], value: &[u8]) {
+        let value = String::from_utf8_lossy(value);
+        match name {
+            b"standard_conforming_strings" => self.strings = Strings::of_setting(&value),
+            b"client_encoding" => {
+                self.multibyte_backslash =
+                    ["SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030", "JOHAB"]
+                        .iter()
+                        .any(|e| value.eq_ignore_ascii_case(e))
+            }
+            _ => {}
+        }
+    }
 }
 
 pub struct ServerConn {
@@ -178,12 +199,8 @@ impl ServerConn {
                     conn.secret = secret;
                 }
                 BackendMessage::ReadyForQuery(_) => {
-                    if let Some((_, v)) = conn
-                        .reported
-                        .iter()
-                        .find(|(n, _)| n == "standard_conforming_strings")
-                    {
-                        conn.session.strings = Strings::of_setting(v);
+                    for (n, v) in &conn.reported {
+                        conn.session.reported(n.as_bytes(), v.as_bytes());
                     }
                     return Ok(conn);
                 }
@@ -339,10 +356,8 @@ impl ServerConn {
                         .collect(),
                 ),
                 BackendMessage::ErrorResponse(f) => error = Some(f),
-                BackendMessage::ParameterStatus { name, value }
-                    if name == "standard_conforming_strings" =>
-                {
-                    self.session.strings = Strings::of_setting(&value);
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.session.reported(name.as_bytes(), value.as_bytes())
                 }
                 BackendMessage::ReadyForQuery(s) => {
                     if s != TxStatus::Idle && error.is_none() {

@@ -530,16 +530,16 @@ fn reset_goes_back_to_the_startup_value() {
 #[test]
 fn the_registry_forgets_statements_no_client_holds() {
     let reg = Registry::default();
-    let held = reg.get(b"select 0\0\0\0", b"select 0", Strings::Standard);
+    let held = reg.get(b"select 0\0\0\0", b"select 0", Strings::Standard, false);
     for i in 1..=3 * REGISTRY_SWEEP_AT {
         let q = format!("select {i}");
         let mut body = q.clone().into_bytes();
         body.extend_from_slice(&[0, 0, 0]);
-        drop(reg.get(&body, q.as_bytes(), Strings::Standard));
+        drop(reg.get(&body, q.as_bytes(), Strings::Standard, false));
     }
     assert!(reg.len() <= REGISTRY_SWEEP_AT, "{}", reg.len());
     // a statement a client holds keeps its name
-    let again = reg.get(b"select 0\0\0\0", b"select 0", Strings::Standard);
+    let again = reg.get(b"select 0\0\0\0", b"select 0", Strings::Standard, false);
     assert_eq!(again.server_name, held.server_name);
 }
 
