@@ -421,6 +421,31 @@ async fn set_tracking_follows_the_reported_string_mode() {
     assert_eq!(show(&b, "statement_timeout").await, "0");
 }
 
+/// Parse, Bind (with `params`) and Execute of `sql` as the unnamed
+/// statement (no Sync).
+fn unnamed_statement(out: &mut bytes::BytesMut, sql: &str, params: Vec<Option<bytes::Bytes>>) {
+    use wire::frontend::{Bind, FrontendMessage as F, Parse};
+    F::Parse(Parse {
+        name: String::new(),
+        query: sql.into(),
+        param_types: vec![],
+    })
+    .encode(out);
+    F::Bind(Bind {
+        portal: String::new(),
+        statement: String::new(),
+        param_formats: vec![],
+        params,
+        result_formats: vec![],
+    })
+    .encode(out);
+    F::Execute {
+        portal: String::new(),
+        max_rows: 0,
+    }
+    .encode(out);
+}
+
 /// Requests sent together: the string mode may change between them, and
 /// PostgreSQL (14 and later) reports it only before ReadyForQuery, after
 /// the requests behind have run. Here a Parse/Bind/Execute turns standard
@@ -429,7 +454,7 @@ async fn set_tracking_follows_the_reported_string_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_string_mode_change_inside_a_pipeline_hides_no_set() {
     use tokio::io::AsyncWriteExt;
-    use wire::frontend::{Bind, FrontendMessage as F, Parse};
+    use wire::frontend::FrontendMessage as F;
     let (_pg, p, _a, b) = two_clients_one_server().await;
     let mut s = logged_in(&p).await;
     let mut out = bytes::BytesMut::new();
@@ -437,25 +462,7 @@ async fn a_string_mode_change_inside_a_pipeline_hides_no_set() {
     s.write_all(&out).await.unwrap();
     until_ready(&mut s, 1).await;
     out.clear();
-    F::Parse(Parse {
-        name: String::new(),
-        query: "SET standard_conforming_strings = on".into(),
-        param_types: vec![],
-    })
-    .encode(&mut out);
-    F::Bind(Bind {
-        portal: String::new(),
-        statement: String::new(),
-        param_formats: vec![],
-        params: vec![],
-        result_formats: vec![],
-    })
-    .encode(&mut out);
-    F::Execute {
-        portal: String::new(),
-        max_rows: 0,
-    }
-    .encode(&mut out);
+    unnamed_statement(&mut out, "SET standard_conforming_strings = on", vec![]);
     F::Query("SELECT 'x\\'; SET lock_timeout = '5s'; --'".into()).encode(&mut out);
     F::Sync.encode(&mut out);
     s.write_all(&out).await.unwrap();
@@ -466,6 +473,39 @@ async fn a_string_mode_change_inside_a_pipeline_hides_no_set() {
         .filter(|w| w == b"SET\0S" || w == b"SET\0T")
         .count();
     assert!(tags >= 1, "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+}
+
+/// The same with the change answered but not yet synced: an Execute that
+/// turns standard strings off, a Flush, its answer (PostgreSQL reports the
+/// new mode only at the next ReadyForQuery), then a Query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_mode_change_before_a_sync_hides_no_set() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wire::frontend::FrontendMessage as F;
+    let (_pg, p, _a, b) = two_clients_one_server().await;
+    let mut s = logged_in(&p).await;
+    let mut out = bytes::BytesMut::new();
+    unnamed_statement(&mut out, "SET standard_conforming_strings = off", vec![]);
+    F::Flush.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"SET\0") {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&chunk[..n]);
+    }
+    out.clear();
+    F::Query("SELECT 'x\\''; SET lock_timeout = '4s'; --'".into()).encode(&mut out);
+    F::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let answer = until_ready(&mut s, 2).await;
+    assert!(
+        answer.windows(4).any(|w| w == b"SET\0"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(show(&b, "lock_timeout").await, "0");
 }
 
@@ -908,7 +948,7 @@ async fn listen_notify_pins_the_connection() {
 async fn big_pipelines_do_not_deadlock() {
     use bytes::{Bytes, BytesMut};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use wire::frontend::{Bind, FrontendMessage as F, Parse};
+    use wire::frontend::FrontendMessage as F;
 
     const N: usize = 4000;
     const SIZE: usize = 10_000;
@@ -976,34 +1016,9 @@ async fn big_pipelines_do_not_deadlock() {
     let value = Bytes::from(vec![b'x'; SIZE]);
     let writer = tokio::spawn(async move {
         let mut out = BytesMut::new();
-        let execute = |out: &mut BytesMut, query: String, params: Vec<Option<Bytes>>| {
-            F::Parse(Parse {
-                name: String::new(),
-                query,
-                param_types: vec![],
-            })
-            .encode(out);
-            F::Bind(Bind {
-                portal: String::new(),
-                statement: String::new(),
-                param_formats: vec![],
-                params,
-                result_formats: vec![],
-            })
-            .encode(out);
-            F::Execute {
-                portal: String::new(),
-                max_rows: 0,
-            }
-            .encode(out);
-        };
-        execute(&mut out, format!("SELECT repeat('y', {BIG})"), vec![]);
+        unnamed_statement(&mut out, &format!("SELECT repeat('y', {BIG})"), vec![]);
         for _ in 0..N {
-            execute(
-                &mut out,
-                "SELECT $1::text".into(),
-                vec![Some(value.clone())],
-            );
+            unnamed_statement(&mut out, "SELECT $1::text", vec![Some(value.clone())]);
             if out.len() > 1 << 20 {
                 wr.write_all(&out).await.unwrap();
                 out.clear();
