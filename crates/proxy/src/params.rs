@@ -380,7 +380,7 @@ fn portable_value(value: &str, backslash: bool) -> Option<String> {
                     i = end;
                     continue;
                 }
-                if !plain && !e && body.contains(&b'\\') && prefixed(b, i, b"u&") {
+                if prefixed(b, i, b"u&") && body.contains(&b'\\') {
                     // U&'\0041' is refused where strings take escapes
                     return None;
                 }

@@ -194,13 +194,10 @@ impl Topology {
     /// Whether the data path read from backend `addr` at or after coarse
     /// clock time `since_ms`.
     pub fn heard_since(&self, addr: &str, since_ms: u64) -> bool {
-        self.lock()
-            .iter()
-            .find(|n| n.addr() == addr)
-            .is_some_and(|n| {
-                let heard = n.heard.load(Ordering::Relaxed);
-                heard != 0 && heard >= since_ms
-            })
+        self.heard_cell(addr).is_some_and(|h| {
+            let heard = h.load(Ordering::Relaxed);
+            heard != 0 && heard >= since_ms
+        })
     }
 
     pub fn node_count(&self) -> usize {

@@ -67,7 +67,6 @@ impl<'a> Cursor<'a> {
         Ok(head)
     }
 
-    /// A NUL-terminated UTF-8 string.
     /// A NUL-terminated string as bytes (text in the client's encoding,
     /// which need not be UTF-8).
     pub(crate) fn cbytes(&mut self) -> Result<&'a [u8], ProtocolError> {
@@ -81,16 +80,10 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
-        let pos = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::UnterminatedString { tag: self.tag })?;
-        let s = std::str::from_utf8(&self.buf[..pos])
-            .map_err(|_| ProtocolError::InvalidUtf8 { tag: self.tag })?;
-        self.buf = &self.buf[pos + 1..];
-        Ok(s)
+        let tag = self.tag;
+        std::str::from_utf8(self.cbytes()?).map_err(|_| ProtocolError::InvalidUtf8 { tag })
     }
 
     pub(crate) fn finish(&self) -> Result<(), ProtocolError> {

@@ -77,13 +77,7 @@ impl FrontendMessage {
             b'P' => {
                 let name = c.cstr()?.to_owned();
                 let query = c.cstr()?.to_owned();
-                let n = c.count16("parameter type count")?;
-                if c.remaining() < n * 4 {
-                    return Err(ProtocolError::Truncated {
-                        tag: 'P',
-                        what: "parameter types",
-                    });
-                }
+                let n = parameter_type_count(&mut c)?;
                 let mut param_types = Vec::with_capacity(n);
                 for _ in 0..n {
                     param_types.push(c.i32("parameter type")? as u32);
@@ -254,6 +248,19 @@ pub fn bind_statement_name(body: &[u8]) -> Result<(&str, &str, usize), ProtocolE
     Ok((portal, stmt, consumed))
 }
 
+/// A Parse's parameter type count, checked against what follows: an
+/// unsigned 16-bit count, as the server reads it (up to 65535).
+fn parameter_type_count(c: &mut Cursor) -> Result<usize, ProtocolError> {
+    let n = usize::from(c.i16("parameter type count")? as u16);
+    if c.remaining() < n * 4 {
+        return Err(ProtocolError::Truncated {
+            tag: 'P',
+            what: "parameter types",
+        });
+    }
+    Ok(n)
+}
+
 /// Reads the name and query text of a Parse body without copying, and
 /// checks the rest of it; also returns the length of name and query. The
 /// query is bytes in the client's encoding (LATIN1, say: not UTF-8).
@@ -262,14 +269,7 @@ pub fn parse_name_and_query(body: &[u8]) -> Result<(&str, &[u8], usize), Protoco
     let name = c.cstr()?;
     let query = c.cbytes()?;
     let consumed = body.len() - c.remaining();
-    // an unsigned count, as the server reads it (up to 65535)
-    let n = usize::from(c.i16("parameter type count")? as u16);
-    if c.remaining() < n * 4 {
-        return Err(ProtocolError::Truncated {
-            tag: 'P',
-            what: "parameter types",
-        });
-    }
+    let n = parameter_type_count(&mut c)?;
     if c.remaining() > n * 4 {
         return Err(ProtocolError::TrailingBytes {
             tag: 'P',
