@@ -59,6 +59,14 @@ impl ParamSet {
         self.apply_with(change, &ParamSet::EMPTY)
     }
 
+    /// What `apply` does with a SET, for values already owned.
+    fn put_owned(&mut self, name: String, value: String) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
     fn put(&mut self, name: &str, value: &str) {
         match self.0.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => value.clone_into(&mut slot.1),
@@ -781,17 +789,11 @@ pub fn startup_params(params: &[(String, String)]) -> ParamSet {
             "user" | "database" | "replication" => {}
             "options" => {
                 for (n, v) in parse_options(v) {
-                    set.apply(&ParamChange::Set {
-                        name: n.to_ascii_lowercase(),
-                        value: crate::server::quote_literal(&v),
-                    });
+                    set.put_owned(n.to_ascii_lowercase(), crate::server::quote_literal(&v));
                 }
             }
             k if k.starts_with("_pq_.") => {}
-            k => set.apply(&ParamChange::Set {
-                name: k.to_ascii_lowercase(),
-                value: crate::server::quote_literal(v),
-            }),
+            k => set.put_owned(k.to_ascii_lowercase(), crate::server::quote_literal(v)),
         }
     }
     set

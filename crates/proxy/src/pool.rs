@@ -64,8 +64,71 @@ pub struct Pool {
     pub open: AtomicUsize,
 }
 
-/// ParameterStatus (name, value) pairs a server reported, shared.
-pub type ServerParams = Arc<[(String, String)]>;
+/// What a server of a pool reported (ParameterStatus), shared.
+pub type ServerParams = Arc<Reported>;
+
+/// ParameterStatus (name, value) pairs a server reported, and the messages
+/// that tell a client of them, encoded once per pool: a login copies them
+/// instead of encoding a dozen messages.
+pub struct Reported {
+    pairs: Vec<(String, String)>,
+    encoded: Vec<u8>,
+    /// Where the message of each pair ends in `encoded`.
+    ends: Vec<usize>,
+    /// Bit `len % 64` is set for the length of every name: a startup
+    /// parameter whose length has no bit here is not reported.
+    name_lengths: u64,
+}
+
+impl Reported {
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        let mut encoded = bytes::BytesMut::new();
+        let mut ends = Vec::with_capacity(pairs.len());
+        for (name, value) in &pairs {
+            parameter_status(&mut encoded, name, value);
+            ends.push(encoded.len());
+        }
+        let name_lengths = pairs.iter().fold(0u64, |m, (n, _)| m | 1 << (n.len() % 64));
+        Reported {
+            pairs,
+            encoded: encoded.to_vec(),
+            ends,
+            name_lengths,
+        }
+    }
+
+    /// Writes a ParameterStatus for every reported parameter, with the
+    /// value the client asked for at startup where it asked for one.
+    pub fn encode_for(&self, startup: &[(String, String)], out: &mut bytes::BytesMut) {
+        if !startup
+            .iter()
+            .any(|(k, _)| self.name_lengths & 1 << (k.len() % 64) != 0)
+        {
+            out.extend_from_slice(&self.encoded);
+            return;
+        }
+        let mut from = 0;
+        for (i, (name, _)) in self.pairs.iter().enumerate() {
+            if let Some((_, v)) = startup.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                let start = if i == 0 { 0 } else { self.ends[i - 1] };
+                out.extend_from_slice(&self.encoded[from..start]);
+                parameter_status(out, name, v);
+                from = self.ends[i];
+            }
+        }
+        out.extend_from_slice(&self.encoded[from..]);
+    }
+}
+
+fn parameter_status(out: &mut bytes::BytesMut, name: &str, value: &str) {
+    use bytes::BufMut;
+    wire::frame::write_message(out, b'S', |b| {
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(value.as_bytes());
+        b.put_u8(0);
+    });
+}
 
 /// A server connection lent to one client. It holds one of the pool's
 /// semaphore permits (forgotten when taken, added back on drop: a
@@ -289,7 +352,7 @@ impl Pool {
                 c.heard = self.topology.heard_cell(addr);
                 let mut sp = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
                 if sp.is_none() {
-                    *sp = Some(c.reported.clone().into());
+                    *sp = Some(Arc::new(Reported::new(c.reported.clone())));
                 }
                 Ok(c)
             }
@@ -412,6 +475,9 @@ pub struct Pools {
 impl Pools {
     pub fn get_or_create(&self, key: &PoolKey, make: impl FnOnce() -> Arc<Pool>) -> Arc<Pool> {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = m.get(key) {
+            return p.clone();
+        }
         m.entry(key.clone()).or_insert_with(make).clone()
     }
 
@@ -438,5 +504,61 @@ impl Pools {
             .unwrap_or_default();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(pairs: &[(String, String)], startup: &[(String, String)]) -> bytes::BytesMut {
+        let mut out = bytes::BytesMut::new();
+        for (name, value) in pairs {
+            let own = startup
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+            parameter_status(&mut out, name, own.unwrap_or(value));
+        }
+        out
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// The pre-encoded messages, with the client's own values put in,
+    /// are the messages encoded one by one.
+    #[test]
+    fn reported_parameters_carry_the_clients_own_values() {
+        let server = pairs(&[
+            ("application_name", ""),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("TimeZone", "UTC"),
+        ]);
+        let r = Reported::new(server.clone());
+        for startup in [
+            pairs(&[]),
+            pairs(&[("user", "u"), ("database", "d")]),
+            pairs(&[("application_name", "pgbench")]),
+            pairs(&[("TimeZone", "Europe/Paris"), ("application_name", "a")]),
+            pairs(&[("datestyle", "German"), ("DateStyle", "SQL"), ("user", "u")]),
+            pairs(&[
+                ("timezone", "x"),
+                ("client_encoding", "LATIN1"),
+                ("application_name", "z"),
+                ("DATESTYLE", "y"),
+            ]),
+        ] {
+            let mut out = bytes::BytesMut::new();
+            r.encode_for(&startup, &mut out);
+            assert_eq!(out, naive(&server, &startup), "startup {startup:?}");
+        }
+        let mut out = bytes::BytesMut::new();
+        Reported::new(Vec::new()).encode_for(&pairs(&[("a", "b")]), &mut out);
+        assert!(out.is_empty());
     }
 }

@@ -454,13 +454,17 @@ pub fn quote_literal(s: &str) -> String {
         out.push('E');
     }
     out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
+    // Quotes and backslashes are doubled; both are ASCII, so the string is
+    // cut at character boundaries.
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b == b'\'' || b == b'\\' {
+            out.push_str(&s[from..=i]);
+            out.push(char::from(b));
+            from = i + 1;
         }
     }
+    out.push_str(&s[from..]);
     out.push('\'');
     out
 }

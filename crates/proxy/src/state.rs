@@ -126,6 +126,36 @@ pub struct Stats {
     pub server_errors: AtomicU64,
 }
 
+/// Hashes the pid half of a cancel key with one multiplication. The proxy
+/// picks these numbers, so the map needs no defence against chosen keys,
+/// and SipHash would cost more than the rest of a login's map operations.
+pub type PidHash = std::hash::BuildHasherDefault<PidHasher>;
+
+#[derive(Default)]
+pub struct PidHasher(u64);
+
+impl std::hash::Hasher for PidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_i32(&mut self, i: i32) {
+        self.write_u64(u64::from(i as u32));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        // Fibonacci hashing: spreads consecutive numbers over the high
+        // bits, which the map's probing reads.
+        self.0 = (self.0 ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 pub struct State {
     config: RwLock<Arc<config::Config>>,
     pub config_path: Option<PathBuf>,
@@ -133,7 +163,7 @@ pub struct State {
     pub topology: Arc<Topology>,
     pub registry: Registry,
     pub verifiers: crate::auth::Verifiers,
-    pub clients: Mutex<HashMap<i32, Arc<ClientInfo>>>,
+    pub clients: Mutex<HashMap<i32, Arc<ClientInfo>, PidHash>>,
     pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     shutdown: watch::Sender<bool>,
     /// Mirrors `shutdown` for the data path's lock-free check.
@@ -160,7 +190,7 @@ impl State {
             pools: Pools::default(),
             registry: Registry::default(),
             verifiers: Default::default(),
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::default()),
             tls: RwLock::new(tls),
             shutdown: watch::channel(false).0,
             shutdown_flag: false.into(),

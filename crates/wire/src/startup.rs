@@ -60,7 +60,8 @@ impl StartupPacket {
                 if major != 3 {
                     return Err(ProtocolError::UnsupportedProtocol { major, minor });
                 }
-                let mut params = Vec::new();
+                // libpq sends a handful of parameters: no regrowing.
+                let mut params = Vec::with_capacity(8);
                 loop {
                     let k = c.cstr().map_err(|_| {
                         ProtocolError::BadStartup("parameter name is not terminated or not UTF-8")

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use config::HbaMethod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -396,7 +396,7 @@ async fn login(
     let reported = match pool.server_params() {
         Some(p) => p,
         None => match Box::pin(pool.checkout(cfg.proxy.query_wait_timeout)).await {
-            Ok(co) => co.conn_ref().reported.clone().into(),
+            Ok(co) => Arc::new(crate::pool::Reported::new(co.conn_ref().reported.clone())),
             Err(CheckoutError::Server(ServerError::Rejected(f))) => {
                 state.pools.forget_unused(&pool);
                 let msg = f.to_string();
@@ -421,19 +421,8 @@ async fn login(
     let info = state.register_client(peer, pool.key.clone(), tls);
     let mut out = BytesMut::with_capacity(1024);
     auth::encode_auth_ok(&mut out);
-    for (name, value) in reported.iter() {
-        // The client sees the values it asked for at startup.
-        let own = params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v);
-        wire::frame::write_message(&mut out, b'S', |b| {
-            b.put_slice(name.as_bytes());
-            b.put_u8(0);
-            b.put_slice(own.unwrap_or(value).as_bytes());
-            b.put_u8(0);
-        });
-    }
+    // The client sees the values it asked for at startup.
+    reported.encode_for(&params, &mut out);
     BackendMessage::BackendKeyData {
         pid: info.key.0,
         secret: info.key.1,
