@@ -98,7 +98,8 @@ impl Reported {
     }
 
     /// Writes a ParameterStatus for every reported parameter, with the
-    /// value the client asked for at startup where it asked for one.
+    /// value the client asked for at startup where it asked for one (the
+    /// last one, if it asked twice: the server applies them in order).
     pub fn encode_for(&self, startup: &[(String, String)], out: &mut bytes::BytesMut) {
         if !startup
             .iter()
@@ -109,7 +110,11 @@ impl Reported {
         }
         let mut from = 0;
         for (i, (name, _)) in self.pairs.iter().enumerate() {
-            if let Some((_, v)) = startup.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            if let Some((_, v)) = startup
+                .iter()
+                .rev()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
                 let start = if i == 0 { 0 } else { self.ends[i - 1] };
                 out.extend_from_slice(&self.encoded[from..start]);
                 parameter_status(out, name, v);
@@ -516,6 +521,7 @@ mod tests {
         for (name, value) in pairs {
             let own = startup
                 .iter()
+                .rev()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v);
             parameter_status(&mut out, name, own.unwrap_or(value));
@@ -552,6 +558,27 @@ mod tests {
                 ("application_name", "z"),
                 ("DATESTYLE", "y"),
             ]),
+        ] {
+            let mut out = bytes::BytesMut::new();
+            r.encode_for(&startup, &mut out);
+            assert_eq!(out, naive(&server, &startup), "startup {startup:?}");
+        }
+        // the last of two values counts, as on the server
+        let mut out = bytes::BytesMut::new();
+        r.encode_for(&pairs(&[("TimeZone", "A"), ("timezone", "B")]), &mut out);
+        let mut want = bytes::BytesMut::new();
+        for (n, v) in &server {
+            parameter_status(&mut want, n, if n == "TimeZone" { "B" } else { v });
+        }
+        assert_eq!(out, want);
+        // names whose lengths agree modulo 64, and a name reported twice
+        let long = "x".repeat(65);
+        let server = pairs(&[("a", "1"), (&long, "2"), ("b", "3"), ("a", "4")]);
+        let r = Reported::new(server.clone());
+        for startup in [
+            pairs(&[("A", "own")]),
+            pairs(&[(&long, "own")]),
+            pairs(&[("c", "none"), (&"y".repeat(65), "none")]),
         ] {
             let mut out = bytes::BytesMut::new();
             r.encode_for(&startup, &mut out);

@@ -126,9 +126,10 @@ pub struct Stats {
     pub server_errors: AtomicU64,
 }
 
-/// Hashes the pid half of a cancel key with one multiplication. The proxy
-/// picks these numbers, so the map needs no defence against chosen keys,
-/// and SipHash would cost more than the rest of a login's map operations.
+/// Hashes the pid half of a cancel key with a multiplication and a
+/// rotation (as rustc-hash does). The proxy picks these numbers, so the map
+/// needs no defence against chosen keys, and SipHash would cost more than
+/// the rest of a login's map operations.
 pub type PidHash = std::hash::BuildHasherDefault<PidHasher>;
 
 #[derive(Default)]
@@ -146,13 +147,14 @@ impl std::hash::Hasher for PidHasher {
     }
 
     fn write_u64(&mut self, i: u64) {
-        // Fibonacci hashing: spreads consecutive numbers over the high
-        // bits, which the map's probing reads.
         self.0 = (self.0 ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // The map takes the bucket from the low bits, which a product
+        // draws from the low bits of the key alone: bring middle bits,
+        // mixed from all of them, down there.
+        self.0.rotate_left(26)
     }
 }
 
