@@ -539,6 +539,49 @@ print(c.execute("SHOW lock_timeout").fetchone()[0])
     assert_eq!(show(&b, "lock_timeout").await, "0");
 }
 
+/// An application name in the client's own encoding (a LATIN1
+/// PGAPPNAME): PostgreSQL lets the client in, with '?' for the bytes that
+/// are not printable ASCII. The proxy refused the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_name_in_latin1_logs_in() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, p, _a, b) = two_clients_one_server().await;
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in [
+        (&b"user"[..], &b"postgres"[..]),
+        (b"database", b"app"),
+        (b"application_name", b"caf\xe9"),
+    ] {
+        body.extend_from_slice(k);
+        body.push(0);
+        body.extend_from_slice(v);
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&packet).await.unwrap();
+    let login = until_ready(&mut s, 1).await;
+    assert!(
+        login.windows(5).any(|w| w == b"caf?\0"),
+        "{:?}",
+        String::from_utf8_lossy(&login)
+    );
+    // the server has the name as PostgreSQL keeps it
+    s.write_all(b"Q\0\0\0\x1aSHOW application_name\0")
+        .await
+        .unwrap();
+    let answer = until_ready(&mut s, 1).await;
+    assert!(
+        answer.windows(4).any(|w| w == b"caf?"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // and another client of the same server connection does not
+    assert_eq!(show(&b, "application_name").await, "");
+}
+
 /// `current_user, session_user` of a client.
 async fn whoami(c: &tokio_postgres::Client) -> String {
     let r = c

@@ -69,10 +69,21 @@ impl StartupPacket {
                     if k.is_empty() {
                         break;
                     }
-                    let v = c.cstr().map_err(|_| {
-                        ProtocolError::BadStartup("parameter value is not terminated or not UTF-8")
+                    let v = c.cbytes().map_err(|_| {
+                        ProtocolError::BadStartup("parameter value is not terminated")
                     })?;
-                    params.push((k.to_owned(), v.to_owned()));
+                    let v = match std::str::from_utf8(v) {
+                        Ok(v) => v.to_owned(),
+                        // PostgreSQL keeps only printable ASCII of an
+                        // application name (pg_clean_ascii): a name in the
+                        // client's own encoding (a LATIN1 PGAPPNAME) logs
+                        // in, with '?' for the other bytes, as it does there.
+                        Err(_) if k == "application_name" => clean_ascii(v),
+                        Err(_) => {
+                            return Err(ProtocolError::BadStartup("parameter value is not UTF-8"))
+                        }
+                    };
+                    params.push((k.to_owned(), v));
                 }
                 StartupPacket::Startup { minor, params }
             }
@@ -110,6 +121,20 @@ impl StartupPacket {
     }
 }
 
+/// Printable ASCII kept, every other byte made '?' (PostgreSQL's
+/// `pg_clean_ascii` up to version 15).
+fn clean_ascii(b: &[u8]) -> String {
+    b.iter()
+        .map(|&b| {
+            if (32..127).contains(&b) {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +166,51 @@ mod tests {
             let mut b = BytesMut::new();
             p.encode(&mut b);
             assert_eq!(StartupPacket::decode(&b).unwrap().unwrap().0, p);
+        }
+    }
+
+    fn packet(params: &[(&[u8], &[u8])]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_i32(PROTOCOL_3_0);
+        for (k, v) in params {
+            body.put_slice(k);
+            body.put_u8(0);
+            body.put_slice(v);
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut b = BytesMut::new();
+        b.put_i32(body.len() as i32 + 4);
+        b.put_slice(&body);
+        b
+    }
+
+    /// An application name in another encoding is cleaned as PostgreSQL
+    /// cleans it; any other parameter must be UTF-8.
+    #[test]
+    fn application_names_in_other_encodings_are_cleaned() {
+        let b = packet(&[(b"user", b"u"), (b"application_name", b"caf\xe9 \x01x")]);
+        let Some((StartupPacket::Startup { params, .. }, _)) = StartupPacket::decode(&b).unwrap()
+        else {
+            panic!("not a startup packet")
+        };
+        assert_eq!(params[1], ("application_name".into(), "caf? ?x".into()));
+        // valid UTF-8 is kept as it is (the server cleans what it is sent)
+        let b = packet(&[(b"application_name", "café".as_bytes())]);
+        let Some((StartupPacket::Startup { params, .. }, _)) = StartupPacket::decode(&b).unwrap()
+        else {
+            panic!("not a startup packet")
+        };
+        assert_eq!(params[0].1, "café");
+        for bad in [
+            packet(&[(b"user", b"caf\xe9")]),
+            packet(&[(b"search_path", b"\xff")]),
+            packet(&[(b"appl\xe9", b"x")]),
+        ] {
+            assert!(matches!(
+                StartupPacket::decode(&bad),
+                Err(ProtocolError::BadStartup(_))
+            ));
         }
     }
 
