@@ -501,11 +501,7 @@ async fn a_string_mode_change_before_a_sync_hides_no_set() {
     F::Sync.encode(&mut out);
     s.write_all(&out).await.unwrap();
     let answer = until_ready(&mut s, 2).await;
-    assert!(
-        answer.windows(4).any(|w| w == b"SET\0"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_has(&answer, b"SET\0");
     assert_eq!(show(&b, "lock_timeout").await, "0");
 }
 
@@ -563,21 +559,13 @@ async fn an_application_name_in_latin1_logs_in() {
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     s.write_all(&packet).await.unwrap();
     let login = until_ready(&mut s, 1).await;
-    assert!(
-        login.windows(5).any(|w| w == b"caf?\0"),
-        "{:?}",
-        String::from_utf8_lossy(&login)
-    );
+    assert_has(&login, b"caf?\0");
     // the server has the name as PostgreSQL keeps it
     s.write_all(b"Q\0\0\0\x1aSHOW application_name\0")
         .await
         .unwrap();
     let answer = until_ready(&mut s, 1).await;
-    assert!(
-        answer.windows(4).any(|w| w == b"caf?"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_has(&answer, b"caf?");
     // and another client of the same server connection does not
     assert_eq!(show(&b, "application_name").await, "");
 }

@@ -199,3 +199,13 @@ pub async fn until_ready(s: &mut TcpStream, n: usize) -> Vec<u8> {
     }
     buf
 }
+
+/// Fails unless `needle` occurs in `haystack` (both shown as text).
+pub fn assert_has(haystack: &[u8], needle: &[u8]) {
+    assert!(
+        haystack.windows(needle.len()).any(|w| w == needle),
+        "{:?} not in {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(haystack)
+    );
+}
