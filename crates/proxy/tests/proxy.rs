@@ -542,20 +542,11 @@ print(c.execute("SHOW lock_timeout").fetchone()[0])
 async fn an_application_name_in_latin1_logs_in() {
     use tokio::io::AsyncWriteExt;
     let (_pg, p, _a, b) = two_clients_one_server().await;
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [
-        (&b"user"[..], &b"postgres"[..]),
+    let packet = startup_with(&[
+        (b"user", b"postgres"),
         (b"database", b"app"),
         (b"application_name", b"caf\xe9"),
-    ] {
-        body.extend_from_slice(k);
-        body.push(0);
-        body.extend_from_slice(v);
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend(body);
+    ]);
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     s.write_all(&packet).await.unwrap();
     let login = until_ready(&mut s, 1).await;

@@ -121,8 +121,8 @@ impl StartupPacket {
     }
 }
 
-/// Printable ASCII kept, every other byte made '?' (PostgreSQL's
-/// `pg_clean_ascii` up to version 15).
+/// Printable ASCII kept, every other byte made '?' (`pg_clean_ascii` in
+/// PostgreSQL 15).
 fn clean_ascii(b: &[u8]) -> String {
     b.iter()
         .map(|&b| {

@@ -147,11 +147,17 @@ pub fn self_signed_cert(dir: &testkit::TempDir) -> (std::path::PathBuf, std::pat
 
 /// A protocol 3.0 startup packet.
 pub fn startup(user: &str, db: &str) -> Vec<u8> {
+    startup_with(&[(b"user", user.as_bytes()), (b"database", db.as_bytes())])
+}
+
+/// A protocol 3.0 startup packet with these parameters, as bytes (not
+/// necessarily UTF-8).
+pub fn startup_with(params: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
+    for (k, v) in params {
+        body.extend_from_slice(k);
         body.push(0);
-        body.extend_from_slice(v.as_bytes());
+        body.extend_from_slice(v);
         body.push(0);
     }
     body.push(0);
