@@ -9,7 +9,8 @@ BIN="$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort 
 DURATION=${DURATION:-20}; REPEAT=${REPEAT:-1}; CLIENTS=${CLIENTS:-16}; THREADS=${THREADS:-2}
 IDLE=${IDLE:-10000}; SCALE=${SCALE:-10}; TARGETS=${TARGETS:-"direct pgwarden pgbouncer pgpool"}
 B=/tmp/pgwarden-bench; DB=bench
-PG_PORT=25432; PGW_PORT=26432; PGB_PORT=27432; PGP_PORT=29999
+PG_PORT=25432; PGW_PORT=26432; PGB_PORT=27432; PGP_PORT=29999; FLOOR_PORT=28432
+FLOOR="${FLOOR:-$ROOT/target/release/pgwarden-floor}"
 as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -57,6 +58,14 @@ port = $PG_PORT
 EOC
   "$PGWARDEN" proxy --config "$B/pgwarden.toml" --log warn 2>"$B/pgwarden.log" &
   PGW_PID=$!; pids+=("$PGW_PID")
+}
+
+# The floor (crates/floor): the least a transaction pooler can do here
+# (one epoll thread, canned login, no checks), to show what any proxy
+# costs on this machine before it does anything useful.
+start_floor() {
+  "$FLOOR" "$FLOOR_PORT" "$PG_PORT" postgres "$DB" 20 2>"$B/floor.log" &
+  FLOOR_PID=$!; pids+=("$FLOOR_PID")
 }
 
 start_pgbouncer() {

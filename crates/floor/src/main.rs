@@ -1,0 +1,348 @@
+//! `pgwarden-floor`: a benchmark instrument, not part of pgwarden.
+//!
+//! The least a transaction-mode pooler can do, so that a benchmark can show
+//! what any proxy costs on this machine before it does anything useful: one
+//! thread, one level-triggered epoll set, no timers, no allocation per
+//! transaction, no checks. Clients get a canned login (no authentication);
+//! server connections are opened at start (trust only); a client's bytes go
+//! to an idle server connection, the server's bytes go back, and the server
+//! connection is given back when its answer ends in ReadyForQuery 'I'.
+//! It reads only the message framing of the server's answers. It has no
+//! error handling beyond ending the client or the process, which is why it
+//! must never be used for anything but a benchmark.
+//!
+//! Usage: pgwarden-floor LISTEN_PORT SERVER_PORT USER DATABASE POOL_SIZE
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+
+const SERVER_TAG: u64 = 1 << 63;
+const LISTENER: u64 = u64::MAX;
+
+struct Server {
+    stream: TcpStream,
+    client: Option<usize>,
+    /// Bytes still to come of the message being read, and the header
+    /// bytes read so far when a header is split between reads.
+    rest: usize,
+    header: [u8; 5],
+    header_len: usize,
+    /// The last complete message was ReadyForQuery with status 'I'.
+    idle_at_end: bool,
+}
+
+enum Phase {
+    Startup,
+    Idle,
+    Waiting,
+    Active(usize),
+}
+
+struct Client {
+    stream: TcpStream,
+    phase: Phase,
+    pending: Vec<u8>,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("pgwarden-floor: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 6 {
+        return Err(io::Error::other(
+            "usage: pgwarden-floor LISTEN_PORT SERVER_PORT USER DATABASE POOL_SIZE",
+        ));
+    }
+    let bad = |what: &str| io::Error::other(format!("bad {what}"));
+    let listen_port: u16 = args[1].parse().map_err(|_| bad("listen port"))?;
+    let server_port: u16 = args[2].parse().map_err(|_| bad("server port"))?;
+    let pool_size: usize = args[5].parse().map_err(|_| bad("pool size"))?;
+
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let listener = TcpListener::bind(("127.0.0.1", listen_port))?;
+    listener.set_nonblocking(true)?;
+    watch(epoll, listener.as_raw_fd(), LISTENER)?;
+
+    let mut servers = Vec::with_capacity(pool_size);
+    for i in 0..pool_size {
+        let stream = server_login(server_port, &args[3], &args[4])?;
+        watch(epoll, stream.as_raw_fd(), SERVER_TAG | i as u64)?;
+        servers.push(Server {
+            stream,
+            client: None,
+            rest: 0,
+            header: [0; 5],
+            header_len: 0,
+            idle_at_end: false,
+        });
+    }
+    let mut idle: Vec<usize> = (0..pool_size).collect();
+    let mut waiting: VecDeque<usize> = VecDeque::new();
+    let mut clients: Vec<Option<Client>> = Vec::new();
+    let mut free_slots: Vec<usize> = Vec::new();
+    let login = canned_login();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+
+    loop {
+        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            if token == LISTENER {
+                while let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true)?;
+                    stream.set_nodelay(true)?;
+                    let slot = free_slots.pop().unwrap_or_else(|| {
+                        clients.push(None);
+                        clients.len() - 1
+                    });
+                    watch(epoll, stream.as_raw_fd(), slot as u64)?;
+                    clients[slot] = Some(Client {
+                        stream,
+                        phase: Phase::Startup,
+                        pending: Vec::new(),
+                    });
+                }
+            } else if token & SERVER_TAG != 0 {
+                let s = (token & !SERVER_TAG) as usize;
+                let got = match servers[s].stream.read(&mut buf) {
+                    Ok(0) => return Err(io::Error::other("a server connection closed")),
+                    Ok(got) => got,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                };
+                let server = &mut servers[s];
+                server.scan(&buf[..got]);
+                let Some(c) = server.client else { continue };
+                let done = server.idle_at_end && server.rest == 0 && server.header_len == 0;
+                if let Some(client) = clients[c].as_mut() {
+                    if client.stream.write_all(&buf[..got]).is_err() {
+                        // The client is gone; the server finishes its answer alone.
+                    }
+                    if done {
+                        client.phase = Phase::Idle;
+                    }
+                }
+                if done {
+                    server.client = None;
+                    hand_over(s, &mut servers, &mut idle, &mut waiting, &mut clients)?;
+                }
+            } else {
+                let c = token as usize;
+                let Some(client) = clients[c].as_mut() else {
+                    continue;
+                };
+                let got = match client.stream.read(&mut buf) {
+                    Ok(got) => got,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => 0,
+                };
+                if got == 0 || (matches!(client.phase, Phase::Idle) && buf[0] == b'X') {
+                    end_client(c, &mut clients, &mut free_slots, &mut servers, &mut waiting);
+                    continue;
+                }
+                match client.phase {
+                    Phase::Startup => {
+                        client.pending.extend_from_slice(&buf[..got]);
+                        if client.pending.len() < 8 {
+                            continue;
+                        }
+                        let len = u32::from_be_bytes(client.pending[..4].try_into().unwrap());
+                        if client.pending.len() < len as usize {
+                            continue;
+                        }
+                        let code = u32::from_be_bytes(client.pending[4..8].try_into().unwrap());
+                        client.pending.clear();
+                        if code == 80877103 || code == 80877104 {
+                            let _ = client.stream.write_all(b"N");
+                        } else {
+                            let _ = client.stream.write_all(&login);
+                            client.phase = Phase::Idle;
+                        }
+                    }
+                    Phase::Idle => match idle.pop() {
+                        Some(s) => {
+                            client.phase = Phase::Active(s);
+                            servers[s].client = Some(c);
+                            servers[s].idle_at_end = false;
+                            servers[s].stream.write_all(&buf[..got])?;
+                        }
+                        None => {
+                            client.phase = Phase::Waiting;
+                            client.pending.extend_from_slice(&buf[..got]);
+                            waiting.push_back(c);
+                        }
+                    },
+                    Phase::Waiting => client.pending.extend_from_slice(&buf[..got]),
+                    Phase::Active(s) => {
+                        servers[s].idle_at_end = false;
+                        servers[s].stream.write_all(&buf[..got])?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Follows the framing of the server's bytes and notes whether the last
+    /// complete message was ReadyForQuery 'I'.
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.rest > 0 {
+                let take = self.rest.min(bytes.len());
+                if self.header[0] == b'Z' && take == self.rest {
+                    self.idle_at_end = bytes[take - 1] == b'I';
+                }
+                self.rest -= take;
+                bytes = &bytes[take..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
+            bytes = &bytes[take..];
+            if self.header_len == 5 {
+                let len = u32::from_be_bytes(self.header[1..5].try_into().unwrap()) as usize;
+                self.rest = len.saturating_sub(4);
+                self.header_len = 0;
+                self.idle_at_end = false;
+            }
+        }
+    }
+}
+
+/// Gives a server connection that has become idle to the first waiting
+/// client, or to the idle list.
+fn hand_over(
+    s: usize,
+    servers: &mut [Server],
+    idle: &mut Vec<usize>,
+    waiting: &mut VecDeque<usize>,
+    clients: &mut [Option<Client>],
+) -> io::Result<()> {
+    while let Some(c) = waiting.pop_front() {
+        let Some(client) = clients[c].as_mut() else {
+            continue;
+        };
+        client.phase = Phase::Active(s);
+        servers[s].client = Some(c);
+        servers[s].idle_at_end = false;
+        servers[s].stream.write_all(&client.pending)?;
+        client.pending.clear();
+        return Ok(());
+    }
+    idle.push(s);
+    Ok(())
+}
+
+fn end_client(
+    c: usize,
+    clients: &mut [Option<Client>],
+    free_slots: &mut Vec<usize>,
+    servers: &mut [Server],
+    waiting: &mut VecDeque<usize>,
+) {
+    if let Some(client) = clients[c].take() {
+        if let Phase::Active(s) = client.phase {
+            // The answer still arriving is dropped; the server connection
+            // goes back once it ends.
+            servers[s].client = None;
+        }
+        waiting.retain(|&w| w != c);
+        free_slots.push(c);
+    }
+}
+
+fn watch(epoll: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+fn canned_login() -> Vec<u8> {
+    let mut out = Vec::new();
+    message(&mut out, b'R', &0u32.to_be_bytes());
+    for (name, value) in [
+        ("server_version", "15.0"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        let mut body = Vec::new();
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+        message(&mut out, b'S', &body);
+    }
+    message(&mut out, b'K', &[0, 0, 0, 1, 0, 0, 0, 1]);
+    message(&mut out, b'Z', b"I");
+    out
+}
+
+/// A blocking trust login to the server, left at ReadyForQuery.
+fn server_login(port: u16, user: &str, database: &str) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet)?;
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header)?;
+        let len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        stream.read_exact(&mut body)?;
+        match header[0] {
+            b'R' if body.get(..4) != Some(&[0, 0, 0, 0]) => {
+                return Err(io::Error::other(
+                    "the server asks for a password (trust only)",
+                ))
+            }
+            b'E' => return Err(io::Error::other("the server refused the login")),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
