@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PGWARDEN="${PGWARDEN:-$ROOT/target/release/pgwarden}"
 BIN="$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 DURATION=${DURATION:-20}; REPEAT=${REPEAT:-1}; CLIENTS=${CLIENTS:-16}; THREADS=${THREADS:-2}
-IDLE=${IDLE:-10000}; SCALE=${SCALE:-10}; TARGETS=${TARGETS:-"direct pgwarden pgbouncer pgpool"}
+IDLE=${IDLE:-10000}; SCALE=${SCALE:-10}; TARGETS=${TARGETS:-"direct pgwarden pgbouncer pgpool floor"}
 B=/tmp/pgwarden-bench; DB=bench
 PG_PORT=25432; PGW_PORT=26432; PGB_PORT=27432; PGP_PORT=29999; FLOOR_PORT=28432
 FLOOR="${FLOOR:-$ROOT/target/release/pgwarden-floor}"

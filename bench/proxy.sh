@@ -2,12 +2,13 @@
 # Proxy benchmark: pgbench directly against PostgreSQL, through pgwarden
 # (transaction mode), PgBouncer (transaction mode) and Pgpool-II, in one run
 # on this machine, plus the resident memory of each pooler holding 10,000
-# idle logged-in clients.
+# idle logged-in clients. The floor (crates/floor: the least a transaction
+# pooler can do) shows what any proxy costs on this machine.
 #
 # Each target starts from freshly made pgbench tables.
 #
 # Usage: bench/proxy.sh            (via ./x bench-proxy, which builds pgwarden)
-#   DURATION=20 REPEAT=1 CLIENTS=16 THREADS=2 IDLE=10000 SCALE=10 TARGETS="direct pgwarden pgbouncer pgpool"
+#   DURATION=20 REPEAT=1 CLIENTS=16 THREADS=2 IDLE=10000 SCALE=10 TARGETS="direct pgwarden pgbouncer pgpool floor"
 # Everything runs as OS user postgres under /tmp/pgwarden-bench, on 127.0.0.1.
 set -euo pipefail
 # shellcheck source=bench/common.sh
@@ -65,6 +66,7 @@ for t in $TARGETS; do
     pgwarden) start_pgwarden; port=$PGW_PORT; pid=$PGW_PID ;;
     pgbouncer) start_pgbouncer; port=$PGB_PORT; pid=$PGB_PID ;;
     pgpool) start_pgpool; port=$PGP_PORT; pid=$PGP_PID ;;
+    floor) start_floor; port=$FLOOR_PORT; pid=$FLOOR_PID ;;
   esac
   wait_port "$port"
   for mode in select tpcb; do

@@ -130,18 +130,17 @@ fn run() -> io::Result<()> {
                 };
                 let server = &mut servers[s];
                 server.scan(&buf[..got]);
-                let Some(c) = server.client else { continue };
                 let done = server.idle_at_end && server.rest == 0 && server.header_len == 0;
-                if let Some(client) = clients[c].as_mut() {
-                    if client.stream.write_all(&buf[..got]).is_err() {
-                        // The client is gone; the server finishes its answer alone.
-                    }
+                // A client that is gone leaves the server to finish its
+                // answer alone.
+                if let Some(client) = server.client.and_then(|c| clients[c].as_mut()) {
+                    let _ = client.stream.write_all(&buf[..got]);
                     if done {
                         client.phase = Phase::Idle;
                     }
                 }
                 if done {
-                    server.client = None;
+                    servers[s].client = None;
                     hand_over(s, &mut servers, &mut idle, &mut waiting, &mut clients)?;
                 }
             } else {
