@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Instructions each pooler executes per transaction, counted by callgrind:
-# a figure a noisy, shared machine cannot move (timings on 2 shared cores
-# vary by 10-20% from run to run). pgwarden and PgBouncer each run under
-# callgrind twice, once with a warm-up only and once with the warm-up and
+# Instructions each pooler executes per transaction, counted by callgrind
+# (pgwarden, PgBouncer, and the floor: crates/floor, the least a pooler can
+# do): a figure a noisy, shared machine cannot move (timings on 2 shared
+# cores vary by 10-20% from run to run). Each pooler runs under callgrind
+# twice, once with a warm-up only and once with the warm-up and
 # TX transactions per client; the difference, divided by the transactions,
 # is the cost of one. Select-only, with and without -C. The instructions
 # are also split by where they run: the tokio runtime and mio
@@ -40,6 +41,10 @@ profile() {
     port=$PGW_PORT
     valgrind --tool=callgrind --callgrind-out-file="$PROFILE" "$PGWARDEN" proxy \
       --config "$B/pgwarden.toml" --log warn >/dev/null 2>>"$OUT/valgrind.log" &
+  elif [ "$name" = floor ]; then
+    port=$FLOOR_PORT
+    valgrind --tool=callgrind --callgrind-out-file="$PROFILE" "$FLOOR" "$FLOOR_PORT" "$PG_PORT" \
+      postgres "$DB" 20 >/dev/null 2>>"$OUT/valgrind.log" &
   else
     port=$PGB_PORT
     setpriv --reuid=postgres --regid=postgres --init-groups -- valgrind --tool=callgrind \
@@ -60,9 +65,9 @@ profile() {
     as_pg "$BIN/pgbench" -n -S ${conn:+"$conn"} -c "$CLIENTS" -j "$THREADS" -t "$n" \
       -h 127.0.0.1 -p "$port" -U postgres "$DB" >/dev/null
   fi
-  # pgwarden stops on SIGTERM, PgBouncer on SIGINT; callgrind writes the
-  # profile as the program exits.
-  if [ "$name" = pgwarden ]; then kill -TERM "$pid"; else kill -INT "$pid"; fi
+  # pgwarden and the floor stop on SIGTERM, PgBouncer on SIGINT; callgrind
+  # writes the profile as the program exits.
+  if [ "$name" = pgbouncer ]; then kill -INT "$pid"; else kill -TERM "$pid"; fi
   wait "$pid" 2>/dev/null || true
   [ -s "$PROFILE" ] || { echo "callgrind wrote no profile for $name" >&2; exit 1; }
 }
@@ -74,7 +79,7 @@ per_txn() {
   python3 - "$1" "$2" "$3" <<'EOF'
 import re, subprocess, sys
 RUNTIME = {"tokio", "tokio_util", "mio"}
-OWN = {"proxy", "wire", "config", "pgwarden", "dcs", "ha", "agent", "pg"}
+OWN = {"proxy", "wire", "config", "pgwarden", "dcs", "ha", "agent", "pg", "pgwarden_floor"}
 ALLOC = re.compile(r"(_int_)?(malloc|free|calloc|realloc)$|__libc_(malloc|free|calloc|realloc)$|malloc_consolidate|tcache")
 def kind(fn, obj):
     crate = re.match(r"<*([A-Za-z_][A-Za-z0-9_]*)", fn)
@@ -116,7 +121,7 @@ echo "instructions per select-only transaction (callgrind), $CLIENTS clients, $T
 printf '%-10s %-3s %8s %8s %8s %8s %8s %8s\n' pooler -C total runtime own alloc libc deps
 for conn in "" -C; do
   n=$TX; [ -n "$conn" ] && n=$TX_C
-  for name in pgwarden pgbouncer; do
+  for name in pgwarden pgbouncer floor; do
     profile "$name" "$conn" 0; a=$PROFILE
     profile "$name" "$conn" "$n"; b=$PROFILE
     r=$(per_txn "$a" "$b" $((n * CLIENTS)))
@@ -125,4 +130,4 @@ for conn in "" -C; do
       "$total" "$runtime" "$own" "$alloc" "$libc" "$deps"
   done
 done
-echo "runtime: tokio and mio (pgwarden), libevent (PgBouncer); own: functions of pgwarden's crates (with what they inline), or the pgbouncer binary; alloc: jemalloc, or libc's malloc; deps: the rest (std, bytes, memchr, hashbrown, ...)"
+echo "runtime: tokio and mio (pgwarden), libevent (PgBouncer); own: functions of pgwarden's crates (with what they inline), the floor's, or the pgbouncer binary; alloc: jemalloc, or libc's malloc; deps: the rest (std, bytes, memchr, hashbrown, ...)"

@@ -3,13 +3,16 @@
 //! The least a transaction-mode pooler can do, so that a benchmark can show
 //! what any proxy costs on this machine before it does anything useful: one
 //! thread, one level-triggered epoll set, no timers, no allocation per
-//! transaction, no checks. Clients get a canned login (no authentication);
+//! transaction (a new connection allocates its startup buffer), no checks. Clients get a canned login (no authentication);
 //! server connections are opened at start (trust only); a client's bytes go
 //! to an idle server connection, the server's bytes go back, and the server
 //! connection is given back when its answer ends in ReadyForQuery 'I'.
-//! It reads only the message framing of the server's answers. It has no
-//! error handling beyond ending the client or the process, which is why it
-//! must never be used for anything but a benchmark.
+//! It reads only the message framing of the server's answers. A client
+//! that leaves in the middle of a transaction has its server connection
+//! replaced. It has no error handling beyond ending the client or the
+//! process, and it writes to a client without waiting when its socket is
+//! full (pgbench's answers are small), which is why it must never be used
+//! for anything but a benchmark.
 //!
 //! Usage: pgwarden-floor LISTEN_PORT SERVER_PORT USER DATABASE POOL_SIZE
 
@@ -77,14 +80,7 @@ fn run() -> io::Result<()> {
     for i in 0..pool_size {
         let stream = server_login(server_port, &args[3], &args[4])?;
         watch(epoll, stream.as_raw_fd(), SERVER_TAG | i as u64)?;
-        servers.push(Server {
-            stream,
-            client: None,
-            rest: 0,
-            header: [0; 5],
-            header_len: 0,
-            idle_at_end: false,
-        });
+        servers.push(Server::new(stream));
     }
     let mut idle: Vec<usize> = (0..pool_size).collect();
     let mut waiting: VecDeque<usize> = VecDeque::new();
@@ -153,8 +149,15 @@ fn run() -> io::Result<()> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => 0,
                 };
-                if got == 0 || (matches!(client.phase, Phase::Idle) && buf[0] == b'X') {
-                    end_client(c, &mut clients, &mut free_slots, &mut servers, &mut waiting);
+                // A Terminate is never passed on (the server would close).
+                let left = got == 0 || (!matches!(client.phase, Phase::Startup) && buf[0] == b'X');
+                if left {
+                    if let Some(s) = end_client(c, &mut clients, &mut free_slots, &mut waiting) {
+                        // It left in the middle of a transaction: its server
+                        // connection is replaced, not handed to another.
+                        servers[s].replace(epoll, s, server_port, &args[3], &args[4])?;
+                        hand_over(s, &mut servers, &mut idle, &mut waiting, &mut clients)?;
+                    }
                     continue;
                 }
                 match client.phase {
@@ -171,6 +174,9 @@ fn run() -> io::Result<()> {
                         client.pending.clear();
                         if code == 80877103 || code == 80877104 {
                             let _ = client.stream.write_all(b"N");
+                        } else if code == 80877102 {
+                            // A CancelRequest: nothing to cancel here.
+                            end_client(c, &mut clients, &mut free_slots, &mut waiting);
                         } else {
                             let _ = client.stream.write_all(&login);
                             client.phase = Phase::Idle;
@@ -201,6 +207,34 @@ fn run() -> io::Result<()> {
 }
 
 impl Server {
+    fn new(stream: TcpStream) -> Self {
+        Server {
+            stream,
+            client: None,
+            rest: 0,
+            header: [0; 5],
+            header_len: 0,
+            idle_at_end: false,
+        }
+    }
+
+    /// Closes this server connection (with whatever transaction it is
+    /// in) and opens a new one in its place.
+    fn replace(
+        &mut self,
+        epoll: RawFd,
+        s: usize,
+        port: u16,
+        user: &str,
+        database: &str,
+    ) -> io::Result<()> {
+        let stream = server_login(port, user, database)?;
+        watch(epoll, stream.as_raw_fd(), SERVER_TAG | s as u64)?;
+        // The old stream closes here, which takes it out of the epoll set.
+        *self = Server::new(stream);
+        Ok(())
+    }
+
     /// Follows the framing of the server's bytes and notes whether the last
     /// complete message was ReadyForQuery 'I'.
     fn scan(&mut self, mut bytes: &[u8]) {
@@ -252,21 +286,19 @@ fn hand_over(
     Ok(())
 }
 
+/// Ends a client; returns the server connection it held, if any.
 fn end_client(
     c: usize,
     clients: &mut [Option<Client>],
     free_slots: &mut Vec<usize>,
-    servers: &mut [Server],
     waiting: &mut VecDeque<usize>,
-) {
-    if let Some(client) = clients[c].take() {
-        if let Phase::Active(s) = client.phase {
-            // The answer still arriving is dropped; the server connection
-            // goes back once it ends.
-            servers[s].client = None;
-        }
-        waiting.retain(|&w| w != c);
-        free_slots.push(c);
+) -> Option<usize> {
+    let client = clients[c].take()?;
+    waiting.retain(|&w| w != c);
+    free_slots.push(c);
+    match client.phase {
+        Phase::Active(s) => Some(s),
+        _ => None,
     }
 }
 
