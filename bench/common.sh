@@ -63,8 +63,9 @@ EOC
 # The floor (crates/floor): the least a transaction pooler can do here
 # (one epoll thread, canned login, no checks), to show what any proxy
 # costs on this machine before it does anything useful.
+FLOOR_ARGS=("$FLOOR_PORT" "$PG_PORT" postgres "$DB" 20) # listen, server, user, database, pool size
 start_floor() {
-  "$FLOOR" "$FLOOR_PORT" "$PG_PORT" postgres "$DB" 20 2>"$B/floor.log" &
+  "$FLOOR" "${FLOOR_ARGS[@]}" 2>"$B/floor.log" &
   FLOOR_PID=$!; pids+=("$FLOOR_PID")
 }
 

@@ -13,7 +13,7 @@
 # the counts are exact, the pattern of wake-ups is not the one at full
 # speed, so they vary by a few percent between runs.
 #
-# Usage: bench/instructions.sh     (via ./x bench-instructions, which builds pgwarden)
+# Usage: bench/instructions.sh     (via ./x bench-instructions, which builds pgwarden and the floor)
 #   TX=1000 (select-only, per client)  TX_C=100 (with -C, per client)  CLIENTS=16 THREADS=2
 set -euo pipefail
 shopt -s inherit_errexit
@@ -43,8 +43,8 @@ profile() {
       --config "$B/pgwarden.toml" --log warn >/dev/null 2>>"$OUT/valgrind.log" &
   elif [ "$name" = floor ]; then
     port=$FLOOR_PORT
-    valgrind --tool=callgrind --callgrind-out-file="$PROFILE" "$FLOOR" "$FLOOR_PORT" "$PG_PORT" \
-      postgres "$DB" 20 >/dev/null 2>>"$OUT/valgrind.log" &
+    valgrind --tool=callgrind --callgrind-out-file="$PROFILE" "$FLOOR" "${FLOOR_ARGS[@]}" \
+      >/dev/null 2>>"$OUT/valgrind.log" &
   else
     port=$PGB_PORT
     setpriv --reuid=postgres --regid=postgres --init-groups -- valgrind --tool=callgrind \

@@ -7,7 +7,7 @@
 # the median TPS and CPU per transaction (all, and user space) of each,
 # for select-only with and without -C.
 #
-# Usage: bench/interleaved.sh      (via ./x bench-interleaved, which builds pgwarden)
+# Usage: bench/interleaved.sh      (via ./x bench-interleaved, which builds pgwarden and the floor)
 #   ROUNDS=5 DURATION=10 CLIENTS=16 THREADS=2 SCALE=10
 set -euo pipefail
 DURATION=${DURATION:-10}
@@ -55,11 +55,12 @@ echo
 echo "select-only, $CLIENTS clients, $THREADS threads, $ROUNDS rounds of ${DURATION}s, the targets taking turns; medians"
 echo "(floor: crates/floor, the least a transaction pooler can do, for what any proxy costs here)"
 printf '%-10s %-3s %8s %14s %15s %12s %10s\n' target -C TPS cpu_us/txn user_us/txn vs_pgbouncer vs_direct
+# TPS of $tps as a ratio to the median of target $1 with the same -C
+ratio() { awk -v a="$tps" -v b="$(median "${RES[$1/$conn]}" 1)" 'BEGIN { printf "%.2fx", a / b }'; }
 for conn in 0 1; do
   for name in direct pgwarden pgbouncer floor; do
     k=$name/$conn
     tps=$(median "${RES[$k]}" 1)
-    ratio() { awk -v a="$tps" -v b="$(median "${RES[$1/$conn]}" 1)" 'BEGIN { printf "%.2fx", a / b }'; }
     cpu=$(median "${RES[$k]}" 2) user=$(median "${RES[$k]}" 3)
     [ "$name" = direct ] && cpu=- user=-
     printf '%-10s %-3s %8s %14s %15s %12s %10s\n' "$name" "$([ "$conn" = 1 ] && echo yes || echo no)" \

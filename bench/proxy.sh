@@ -7,7 +7,7 @@
 #
 # Each target starts from freshly made pgbench tables.
 #
-# Usage: bench/proxy.sh            (via ./x bench-proxy, which builds pgwarden)
+# Usage: bench/proxy.sh            (via ./x bench-proxy, which builds pgwarden and the floor)
 #   DURATION=20 REPEAT=1 CLIENTS=16 THREADS=2 IDLE=10000 SCALE=10 TARGETS="direct pgwarden pgbouncer pgpool floor"
 # Everything runs as OS user postgres under /tmp/pgwarden-bench, on 127.0.0.1.
 set -euo pipefail

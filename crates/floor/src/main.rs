@@ -3,8 +3,9 @@
 //! The least a transaction-mode pooler can do, so that a benchmark can show
 //! what any proxy costs on this machine before it does anything useful: one
 //! thread, one level-triggered epoll set, no timers, no allocation per
-//! transaction (a new connection allocates its startup buffer), no checks. Clients get a canned login (no authentication);
-//! server connections are opened at start (trust only); a client's bytes go
+//! transaction (a new connection allocates its startup buffer), no checks.
+//! Clients get a canned login (no authentication, the startup parameters
+//! not even read); server connections are opened at start (trust only); a client's bytes go
 //! to an idle server connection, the server's bytes go back, and the server
 //! connection is given back when its answer ends in ReadyForQuery 'I'.
 //! It reads only the message framing of the server's answers. A client
@@ -21,7 +22,15 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 
+use bytes::BytesMut;
+use wire::backend::{Authentication, BackendMessage, TxStatus};
+use wire::frame::split_message;
+use wire::startup::StartupPacket;
+
 const SERVER_TAG: u64 = 1 << 63;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
 const LISTENER: u64 = u64::MAX;
 
 struct Server {
@@ -163,23 +172,36 @@ fn run() -> io::Result<()> {
                 match client.phase {
                     Phase::Startup => {
                         client.pending.extend_from_slice(&buf[..got]);
+                        // Only the request code is read (wire's decoder would
+                        // also copy out every parameter: work a floor skips).
                         if client.pending.len() < 8 {
                             continue;
                         }
-                        let len = u32::from_be_bytes(client.pending[..4].try_into().unwrap());
-                        if client.pending.len() < len as usize {
+                        let word = |at: usize| {
+                            u32::from_be_bytes([
+                                client.pending[at],
+                                client.pending[at + 1],
+                                client.pending[at + 2],
+                                client.pending[at + 3],
+                            ])
+                        };
+                        if client.pending.len() < word(0) as usize {
                             continue;
                         }
-                        let code = u32::from_be_bytes(client.pending[4..8].try_into().unwrap());
+                        let code = word(4);
                         client.pending.clear();
-                        if code == 80877103 || code == 80877104 {
-                            let _ = client.stream.write_all(b"N");
-                        } else if code == 80877102 {
-                            // A CancelRequest: nothing to cancel here.
-                            end_client(c, &mut clients, &mut free_slots, &mut waiting);
-                        } else {
-                            let _ = client.stream.write_all(&login);
-                            client.phase = Phase::Idle;
+                        match code {
+                            SSL_REQUEST | GSSENC_REQUEST => {
+                                let _ = client.stream.write_all(b"N");
+                            }
+                            // Nothing to cancel here.
+                            CANCEL_REQUEST => {
+                                end_client(c, &mut clients, &mut free_slots, &mut waiting);
+                            }
+                            _ => {
+                                let _ = client.stream.write_all(&login);
+                                client.phase = Phase::Idle;
+                            }
                         }
                     }
                     Phase::Idle => match idle.pop() {
@@ -313,15 +335,9 @@ fn watch(epoll: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
-    out.push(tag);
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-}
-
-fn canned_login() -> Vec<u8> {
-    let mut out = Vec::new();
-    message(&mut out, b'R', &0u32.to_be_bytes());
+fn canned_login() -> BytesMut {
+    let mut out = BytesMut::new();
+    BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
     for (name, value) in [
         ("server_version", "15.0"),
         ("server_encoding", "UTF8"),
@@ -330,15 +346,14 @@ fn canned_login() -> Vec<u8> {
         ("integer_datetimes", "on"),
         ("standard_conforming_strings", "on"),
     ] {
-        let mut body = Vec::new();
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-        message(&mut out, b'S', &body);
+        BackendMessage::ParameterStatus {
+            name: name.into(),
+            value: value.into(),
+        }
+        .encode(&mut out);
     }
-    message(&mut out, b'K', &[0, 0, 0, 1, 0, 0, 0, 1]);
-    message(&mut out, b'Z', b"I");
+    BackendMessage::BackendKeyData { pid: 1, secret: 1 }.encode(&mut out);
+    BackendMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
     out
 }
 
@@ -346,31 +361,42 @@ fn canned_login() -> Vec<u8> {
 fn server_login(port: u16, user: &str, database: &str) -> io::Result<TcpStream> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_nodelay(true)?;
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
+    let mut packet = BytesMut::new();
+    StartupPacket::Startup {
+        minor: 0,
+        params: vec![
+            ("user".into(), user.into()),
+            ("database".into(), database.into()),
+        ],
     }
-    body.push(0);
-    let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    .encode(&mut packet);
     stream.write_all(&packet)?;
+    let mut buf = Vec::new();
     loop {
-        let mut header = [0u8; 5];
-        stream.read_exact(&mut header)?;
-        let len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len.saturating_sub(4)];
-        stream.read_exact(&mut body)?;
-        match header[0] {
-            b'R' if body.get(..4) != Some(&[0, 0, 0, 0]) => {
+        let (header, body) = loop {
+            if let Some((h, body)) = split_message(&buf, 1 << 20).map_err(io::Error::other)? {
+                break (h, body.to_vec());
+            }
+            let mut more = [0u8; 4096];
+            match stream.read(&mut more)? {
+                0 => return Err(io::Error::other("the server closed during the login")),
+                n => buf.extend_from_slice(&more[..n]),
+            }
+        };
+        buf.drain(..header.total_len());
+        match BackendMessage::decode(header.tag, &body).map_err(io::Error::other)? {
+            BackendMessage::Authentication(Authentication::Ok) => {}
+            BackendMessage::Authentication(_) => {
                 return Err(io::Error::other(
                     "the server asks for a password (trust only)",
                 ))
             }
-            b'E' => return Err(io::Error::other("the server refused the login")),
-            b'Z' => break,
+            BackendMessage::ErrorResponse(e) => {
+                return Err(io::Error::other(format!(
+                    "the server refused the login: {e}"
+                )))
+            }
+            BackendMessage::ReadyForQuery(_) => break,
             _ => {}
         }
     }
