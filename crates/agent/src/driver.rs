@@ -38,6 +38,9 @@ pub struct Agent {
     last_leader_lsn: Option<u64>,
     /// The lease TTL of the cluster config last read.
     lease_ttl: Duration,
+    /// A failure that no further pass can mend (initdb refused): the loop
+    /// ends with it.
+    fatal: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +51,16 @@ pub enum AgentError {
     Dcs(#[from] dcs::DcsError),
     #[error("{0}")]
     Other(String),
+    /// Permanent: the agent stops with it (see [`crate::preflight`]).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 impl Agent {
+    /// Checks the machine first ([`crate::preflight`]): a permanent problem
+    /// is an error that names its cause.
     pub async fn new(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        crate::preflight::check(&cfg).map_err(AgentError::Fatal)?;
         let dcs = dcs::open(&cfg.dcs, &cfg.cluster).await?;
         let node = Node::new(cfg.clone())?;
         Ok(Agent {
@@ -67,6 +76,7 @@ impl Agent {
             failsafe: false,
             last_leader_lsn: None,
             lease_ttl: Duration::ZERO,
+            fatal: None,
         })
     }
 
@@ -77,10 +87,18 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Other(format!("REST API on {}: {e}", self.cfg.api_listen)))?;
         let mut leader_rx = self.dcs.watch_leader();
+        let mut log = crate::sentences::SentenceLog::default();
         loop {
             let sentence = self.run_once().await;
-            tracing::info!(node = %self.cfg.name, "{sentence}");
+            if let Some(line) = log.line(&sentence, Instant::now()) {
+                tracing::info!(node = %self.cfg.name, "{line}");
+            }
             self.publish(&sentence).await;
+            if let Some(f) = self.fatal.take() {
+                api.abort();
+                let _ = self.dcs.delete_member(&self.cfg.name).await;
+                return Err(AgentError::Fatal(f));
+            }
             let loop_wait = self.cfg.loop_wait;
             let exited = self.node.exited.clone();
             tokio::select! {
@@ -200,6 +218,10 @@ impl Agent {
         {
             Ok(extra) if extra.is_empty() => decision.reason,
             Ok(extra) => format!("{}; {extra}", decision.reason),
+            Err(AgentError::Fatal(e)) => {
+                self.fatal = Some(e.clone());
+                format!("{} — failed: {e}", decision.reason)
+            }
             Err(e) => format!("{} — failed: {e}", decision.reason),
         }
     }
@@ -469,7 +491,11 @@ impl Agent {
     }
 
     async fn bootstrap(&mut self, cc: &ClusterConfig, ttl: Duration) -> Result<(), AgentError> {
-        self.node.initdb()?;
+        // initdb refused (a full disk, a bad locale) is for the operator:
+        // the cluster's initialize key is given back and the agent stops.
+        self.node
+            .initdb()
+            .map_err(|e| AgentError::Fatal(format!("initdb failed: {e}")))?;
         self.node.write_conf(None, None, &cc.parameters)?;
         self.node.start(Duration::from_secs(60)).await?;
         let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));

@@ -7,5 +7,7 @@
 pub mod api;
 pub mod driver;
 pub mod node;
+pub mod preflight;
+mod sentences;
 
 pub use driver::Agent;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod instance;
+pub mod preflight;
 mod user;
 
 pub use instance::{pid_alive, postmaster_pid, tail, Instance, InstanceConfig};

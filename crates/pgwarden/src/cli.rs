@@ -39,26 +39,30 @@ pub struct ProxyArgs {
     pub config: PathBuf,
 }
 
+/// Options of `up`. Those left out take their defaults on a fresh
+/// directory and the recorded values on a resumed one; given again on a
+/// resumed directory, each is applied (`--port`, more `--nodes`) or refused
+/// with the reason.
 #[derive(Args)]
 pub struct UpArgs {
-    /// Directory holding the cluster's data (created, or resumed when run again).
+    /// Directory holding the cluster (created, or resumed when run again).
     #[arg(long, default_value = ".pgwarden")]
     pub dir: PathBuf,
-    /// Port clients connect to (the proxy).
-    #[arg(long, default_value_t = 6432)]
-    pub port: u16,
-    /// First PostgreSQL port (0: pick free ports).
-    #[arg(long, default_value_t = 0)]
-    pub pg_port: u16,
-    /// Number of PostgreSQL nodes.
-    #[arg(long, default_value_t = 3)]
-    pub nodes: usize,
-    /// DCS: the embedded local store (default) or etcd://host:port.
+    /// Port clients connect to (the proxy) [default: 6432].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// First PostgreSQL port [default: free ports from 15432].
+    #[arg(long)]
+    pub pg_port: Option<u16>,
+    /// Number of PostgreSQL nodes [default: 3].
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// DCS: the embedded local store [default] or etcd://host:port.
     #[arg(long)]
     pub dcs: Option<String>,
-    /// OS user PostgreSQL runs as when pgwarden runs as root.
-    #[arg(long, default_value = "postgres")]
-    pub os_user: String,
+    /// OS user PostgreSQL runs as when pgwarden runs as root [default: postgres].
+    #[arg(long)]
+    pub os_user: Option<String>,
     /// Exit once the cluster is up and every node is running (for scripts
     /// and tests); default: run until Ctrl-C.
     #[arg(long)]

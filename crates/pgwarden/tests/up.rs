@@ -81,12 +81,28 @@ fn api_listen(node_conf: &Path) -> String {
 /// Starts `pgwarden up` with two nodes in `tmp` and waits for it to be up:
 /// (the process, the cluster's directory, the proxy's port, its output file).
 fn start_up(tmp: &TempDir) -> (Up, std::path::PathBuf, u16, std::path::PathBuf) {
-    let dir = tmp.path().join("cluster");
+    start_up_in(&tmp.path().join("cluster"), 2, &tmp.path().join("up.out"))
+}
+
+/// Starts `pgwarden up --nodes N --dir DIR`, its output in `log`, and waits
+/// for it to be up.
+fn start_up_in(
+    dir: &Path,
+    nodes: usize,
+    log: &Path,
+) -> (Up, std::path::PathBuf, u16, std::path::PathBuf) {
+    let (dir, log) = (dir.to_path_buf(), log.to_path_buf());
     let port = testkit::free_port();
-    let log = tmp.path().join("up.out");
     let out = std::fs::File::create(&log).unwrap();
     let up = Up(Command::new(env!("CARGO_BIN_EXE_pgwarden"))
-        .args(["up", "--nodes", "2", "--port", &port.to_string(), "--dir"])
+        .args([
+            "up",
+            "--nodes",
+            &nodes.to_string(),
+            "--port",
+            &port.to_string(),
+            "--dir",
+        ])
         .arg(&dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -94,9 +110,9 @@ fn start_up(tmp: &TempDir) -> (Up, std::path::PathBuf, u16, std::path::PathBuf) 
         .spawn()
         .unwrap());
     wait_until(Duration::from_secs(180), "cluster up", || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("pgwarden is up")
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!out.contains("did not come up"), "{out}");
+        out.contains("pgwarden is up")
     });
     (up, dir, port, log)
 }
@@ -189,4 +205,223 @@ async fn up_serves_through_the_proxy_and_restarts_a_dead_agent() {
             "{node}'s PostgreSQL still runs"
         );
     }
+}
+
+/// Runs `pgwarden up ARGS` to its end (at most `limit`): its exit status,
+/// its output, and how long it took.
+fn up_to_the_end(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String, Duration) {
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .arg("up")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`up {args:?}` still running after {limit:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text, took)
+}
+
+/// The node's data directory, from the node file `up` wrote.
+fn data_dir_of(node_conf: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(node_conf).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("data_dir = "))
+        .expect("data_dir in the node's config")
+        .trim_matches('"')
+        .into()
+}
+
+/// Removes a directory `up` put outside the test's temp dir, on drop.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A checkout in root's home: `--dir` below a 0700 directory of root's,
+/// which the OS user `postgres` cannot enter. `up` keeps PostgreSQL's data
+/// under /var/lib/pgwarden instead, changes no permission, and a query
+/// through the proxy works. Options given again on the resumed directory
+/// are refused with the reason, or applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_works_below_a_directory_postgres_cannot_enter() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("up-home");
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = home.join("pgwarden").join(".pgwarden");
+    let log = tmp.path().join("up.out");
+    let (up, dir, port, log) = start_up_in(&dir, 1, &log);
+    let output = || std::fs::read_to_string(&log).unwrap_or_default();
+    let data = data_dir_of(&dir.join("node0.toml"));
+    let _cleanup = RemoveOnDrop(data.parent().unwrap().to_path_buf());
+    let root =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if root.unwrap_or(false) {
+        assert!(
+            data.starts_with("/var/lib/pgwarden/"),
+            "data kept where postgres can reach it: {}",
+            data.display()
+        );
+        assert!(output().contains("cannot enter"), "{}", output());
+    }
+    assert!(data.join("PG_VERSION").exists(), "{}", data.display());
+
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect through the proxy: {e}\n{}", output()));
+    tokio::spawn(conn);
+    c.batch_execute("CREATE TABLE home_t (id int); INSERT INTO home_t VALUES (7)")
+        .await
+        .unwrap();
+    let row = c
+        .query_one("SELECT id, pg_is_in_recovery() FROM home_t", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (7, false));
+    drop(c);
+    drop(up);
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the home directory's mode is unchanged");
+
+    // resumed: options that cannot apply are refused at once, with the reason
+    let d = dir.to_str().unwrap();
+    for (args, why) in [
+        (
+            vec!["--os-user", "nobody"],
+            "its data directories belong to that user",
+        ),
+        (
+            vec!["--dcs", "etcd://127.0.0.1:1"],
+            "its state lives in that DCS",
+        ),
+        (vec!["--nodes", "0"], "--nodes must be between 1 and 9"),
+    ] {
+        let mut a = vec!["--dir", d];
+        a.extend(&args);
+        let (st, out, _) = up_to_the_end(&a, Duration::from_secs(10));
+        assert!(!st.success() && out.contains(why), "{args:?}: {out}");
+    }
+    // the same values are accepted; a new --port is applied (and, taken
+    // here by another program, then refused before any agent starts)
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let new_port = taken.local_addr().unwrap().port().to_string();
+    let args = [
+        "--dir",
+        d,
+        "--nodes",
+        "1",
+        "--os-user",
+        "postgres",
+        "--port",
+        &new_port,
+    ];
+    let (st, out, _) = up_to_the_end(&args, Duration::from_secs(10));
+    assert!(!st.success() && out.contains("in use"), "{out}");
+    assert!(
+        out.contains(&format!("now listens on port {new_port}")),
+        "--port is applied: {out}"
+    );
+    let proxy_conf = std::fs::read_to_string(dir.join("proxy.toml")).unwrap();
+    assert!(
+        proxy_conf.contains(&format!("listen = \"127.0.0.1:{new_port}\"")),
+        "{proxy_conf}"
+    );
+}
+
+/// A port in use is reported within seconds, with the port and the log
+/// to read: the proxy's before any agent starts, a node's by its agent.
+#[test]
+fn a_port_in_use_is_reported_at_once() {
+    let tmp = TempDir::new("up-port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+
+    let dir = tmp.path().join("proxy-port");
+    let args = [
+        "--nodes",
+        "1",
+        "--port",
+        &port,
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let (st, out, took) = up_to_the_end(&args, Duration::from_secs(10));
+    assert!(!st.success(), "{out}");
+    assert!(
+        out.contains(&format!(":{port}")) && out.contains("in use"),
+        "{out}"
+    );
+    assert!(
+        !dir.join("logs/agent0.log").exists(),
+        "no agent was started: {out}"
+    );
+    eprintln!("proxy port in use reported after {took:?}");
+
+    let dir = tmp.path().join("pg-port");
+    let free = testkit::free_port().to_string();
+    let args = [
+        "--nodes",
+        "1",
+        "--port",
+        &free,
+        "--pg-port",
+        &port,
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let (st, out, took) = up_to_the_end(&args, Duration::from_secs(10));
+    assert!(!st.success(), "{out}");
+    assert!(
+        out.contains(&format!("port {port} on 127.0.0.1 is already in use")),
+        "{out}"
+    );
+    assert!(out.contains("agent0.log"), "names the log: {out}");
+    eprintln!("PostgreSQL port in use reported after {took:?}");
+
+    // files of somebody's where a node's data would go are left alone
+    let dir = tmp.path().join("taken-data");
+    std::fs::create_dir_all(dir.join("node0")).unwrap();
+    std::fs::write(dir.join("node0/notes.txt"), "mine").unwrap();
+    let args = [
+        "--nodes",
+        "1",
+        "--port",
+        &free,
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let (st, out, _) = up_to_the_end(&args, Duration::from_secs(10));
+    assert!(
+        !st.success() && out.contains("already holds files"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("node0/notes.txt")).unwrap(),
+        "mine"
+    );
 }

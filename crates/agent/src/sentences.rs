@@ -1,0 +1,85 @@
+//! The agent's log of its loop: one sentence a pass, written when it
+//! changes. A sentence repeated pass after pass (a failure retried every
+//! second, or a quiet "following node0") is written once, then again only
+//! every few minutes with the number of repeats, so a log shows the cause
+//! of a problem once instead of burying it.
+use std::time::{Duration, Instant};
+
+/// How often a repeated sentence is written again.
+pub const REPEAT_EVERY: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+pub struct SentenceLog {
+    last: String,
+    /// Passes with the same sentence since it was last written.
+    repeats: u64,
+    written_at: Option<Instant>,
+}
+
+impl SentenceLog {
+    /// The line to log for this pass's sentence, if any.
+    pub fn line(&mut self, sentence: &str, now: Instant) -> Option<String> {
+        if sentence == self.last {
+            self.repeats += 1;
+            let due = self
+                .written_at
+                .is_none_or(|t| now.duration_since(t) >= REPEAT_EVERY);
+            if !due {
+                return None;
+            }
+            let line = format!("{sentence} (again, {} times since)", self.repeats);
+            self.repeats = 0;
+            self.written_at = Some(now);
+            return Some(line);
+        }
+        let line = match self.repeats {
+            0 => sentence.to_owned(),
+            n => format!("{sentence} (the previous sentence repeated {n} more times)"),
+        };
+        self.last = sentence.to_owned();
+        self.repeats = 0;
+        self.written_at = Some(now);
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_sentence_is_written_once_then_every_few_minutes() {
+        let mut log = SentenceLog::default();
+        let t0 = Instant::now();
+        let fail = "bootstrapping — failed: initdb: Permission denied";
+        assert_eq!(log.line(fail, t0).as_deref(), Some(fail));
+        for s in 1..300 {
+            assert_eq!(
+                log.line(fail, t0 + Duration::from_secs(s)),
+                None,
+                "pass {s}"
+            );
+        }
+        assert_eq!(
+            log.line(fail, t0 + REPEAT_EVERY).as_deref(),
+            Some("bootstrapping — failed: initdb: Permission denied (again, 300 times since)")
+        );
+        assert_eq!(
+            log.line(fail, t0 + REPEAT_EVERY + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            log.line(
+                "following node0",
+                t0 + REPEAT_EVERY + Duration::from_secs(2)
+            )
+            .as_deref(),
+            Some("following node0 (the previous sentence repeated 1 more times)")
+        );
+        assert_eq!(
+            log.line("promoted", t0 + REPEAT_EVERY + Duration::from_secs(3))
+                .as_deref(),
+            Some("promoted")
+        );
+    }
+}
