@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use config::AgentConfig;
 use dcs::{AnyDcs, Dcs, Key, Snapshot};
-use ha::{Action, ClusterConfig, Local, Member, Pg, Role, Settings, View};
+use ha::{ClusterConfig, Local, Member, Pg, Role, Settings, View};
 use tokio::sync::watch;
 
 use crate::node::{Node, NodeError, Status};
@@ -21,26 +21,30 @@ pub struct Shared {
 }
 
 pub struct Agent {
-    cfg: AgentConfig,
-    dcs: AnyDcs,
-    node: Node,
+    pub(crate) cfg: AgentConfig,
+    pub(crate) dcs: AnyDcs,
+    pub(crate) node: Node,
     pub shared: Arc<Shared>,
-    crash_restarts: u32,
-    not_streaming_loops: u32,
+    pub(crate) crash_restarts: u32,
+    pub(crate) not_streaming_loops: u32,
     /// When this node last renewed (or took) the lease.
-    last_renew: Option<Instant>,
-    running_since: Option<Instant>,
+    pub(crate) last_renew: Option<Instant>,
+    pub(crate) running_since: Option<Instant>,
     /// Synchronous mode: the standby this leader published as synchronous.
-    sync_standby: Option<String>,
+    pub(crate) sync_standby: Option<String>,
     /// Failsafe mode, from the cluster config last read.
-    failsafe: bool,
+    pub(crate) failsafe: bool,
     /// The leader's last published WAL position.
-    last_leader_lsn: Option<u64>,
+    pub(crate) last_leader_lsn: Option<u64>,
     /// The lease TTL of the cluster config last read.
-    lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// A failure that no further pass can mend (initdb refused): the loop
     /// ends with it.
-    fatal: Option<String>,
+    pub(crate) fatal: Option<String>,
+    /// Checks of the local PostgreSQL in a row that got no answer.
+    pub(crate) unanswered: u32,
+    /// Stops PostgreSQL when the lease is not proved in time.
+    pub(crate) fence: crate::fence::Fence,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,7 @@ impl Agent {
         crate::preflight::check(&cfg).map_err(AgentError::Fatal)?;
         let dcs = dcs::open(&cfg.dcs, &cfg.cluster).await?;
         let node = Node::new(cfg.clone())?;
+        let fence = crate::fence::Fence::new(&cfg.run_dir);
         Ok(Agent {
             cfg,
             dcs,
@@ -77,6 +82,8 @@ impl Agent {
             last_leader_lsn: None,
             lease_ttl: Duration::ZERO,
             fatal: None,
+            unanswered: 0,
+            fence,
         })
     }
 
@@ -90,7 +97,7 @@ impl Agent {
         let mut log = crate::sentences::SentenceLog::default();
         loop {
             let sentence = self.run_once().await;
-            if let Some(line) = log.line(&sentence, Instant::now()) {
+            for line in log.lines(&sentence, Instant::now()) {
                 tracing::info!(node = %self.cfg.name, "{line}");
             }
             self.publish(&sentence).await;
@@ -113,12 +120,13 @@ impl Agent {
         // Stop first: a clean shutdown sends all WAL to the standbys, and
         // only then may one of them take over.
         let r = self.node.stop("fast").await;
+        self.fence.disarm();
         let _ = self.dcs.release_leader(&self.cfg.name).await;
         let _ = self.dcs.delete_member(&self.cfg.name).await;
         r.map_err(Into::into)
     }
 
-    fn settings(&self, cc: &ClusterConfig) -> Settings {
+    pub(crate) fn settings(&self, cc: &ClusterConfig) -> Settings {
         Settings {
             maximum_lag_on_failover: cc.maximum_lag_on_failover,
             synchronous_mode: cc.synchronous_mode,
@@ -127,13 +135,13 @@ impl Agent {
         }
     }
 
-    fn cluster_config(&self, snap: &Snapshot) -> ClusterConfig {
+    pub(crate) fn cluster_config(&self, snap: &Snapshot) -> ClusterConfig {
         snap.get(Key::Config)
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_else(|| self.bootstrap_config())
     }
 
-    fn bootstrap_config(&self) -> ClusterConfig {
+    pub(crate) fn bootstrap_config(&self) -> ClusterConfig {
         let c = &self.cfg;
         ClusterConfig {
             ttl_ms: c.ttl.as_millis() as u64,
@@ -168,7 +176,8 @@ impl Agent {
         self.lease_ttl = Duration::from_millis(cc.ttl_ms.max(1000));
         self.failsafe = cc.failsafe_mode;
 
-        let (pg, status) = match self.local_pg().await {
+        let leader = snap.leader.as_ref().map(|l| l.name.clone());
+        let (pg, status) = match self.local_pg(leader.as_deref()).await {
             Ok(x) => x,
             Err(sentence) => return sentence,
         };
@@ -233,7 +242,7 @@ impl Agent {
     /// lease can expire: its last renewal plus the lease TTL, less a margin
     /// for DCS timeouts and the stop itself. Unknown (no renewal seen by this
     /// agent, e.g. just restarted) counts as expiring.
-    async fn dcs_unavailable(&mut self, e: dcs::DcsError) -> String {
+    pub(crate) async fn dcs_unavailable(&mut self, e: dcs::DcsError) -> String {
         let ttl = self.lease_ttl;
         let margin = self.cfg.loop_wait * 2;
         let expiring = self.last_renew.is_none_or(|t| t.elapsed() + margin >= ttl);
@@ -269,7 +278,7 @@ impl Agent {
             }
             if confirmed == others.len() {
                 // keep going until the next check
-                self.last_renew = Some(Instant::now() - ttl + margin + self.cfg.loop_wait);
+                self.proved(Instant::now() - ttl + margin + self.cfg.loop_wait);
                 return format!(
                     "DCS unavailable ({e}); failsafe mode: all {confirmed} other members confirmed they follow this primary, staying primary"
                 );
@@ -282,6 +291,7 @@ impl Agent {
         }
         self.last_renew = None;
         let r = self.node.stop("fast").await;
+        self.unproved();
         format!(
             "DCS unavailable ({e}) and the lease may expire: demoted (stopped PostgreSQL){}",
             r.err()
@@ -290,7 +300,10 @@ impl Agent {
         )
     }
 
-    async fn local_pg(&mut self) -> Result<(Pg, Option<Status>), String> {
+    pub(crate) async fn local_pg(
+        &mut self,
+        leader: Option<&str>,
+    ) -> Result<(Pg, Option<Status>), String> {
         if !self.node.has_data() {
             self.running_since = None;
             return Ok((Pg::NoData, None));
@@ -298,6 +311,7 @@ impl Agent {
         if self.node.is_running() {
             return match self.node.status().await {
                 Ok(st) => {
+                    self.unanswered = 0;
                     self.running_since.get_or_insert_with(Instant::now);
                     if st.in_recovery && !st.streaming {
                         self.not_streaming_loops += 1;
@@ -315,10 +329,35 @@ impl Agent {
                         Some(st),
                     ))
                 }
-                Err(e) => Err(format!("PostgreSQL is running but not answering yet ({e})")),
+                Err(e @ NodeError::NoAnswer(_)) => {
+                    self.unanswered += 1;
+                    if self.unanswered >= self.cfg.pg_check_misses {
+                        let killed = self.node.kill();
+                        let why = format!(
+                            "PostgreSQL is hung ({e}, {} checks in a row): stopped it with SIGKILL ({killed} processes)",
+                            self.unanswered
+                        );
+                        return Err(self.fenced(leader, why).await);
+                    }
+                    Err(format!(
+                        "PostgreSQL did not answer ({e}; {} of {} misses before it is fenced)",
+                        self.unanswered, self.cfg.pg_check_misses
+                    ))
+                }
+                Err(e) => {
+                    // an error is an answer, but not a sign of health: a
+                    // count of misses stands until a check succeeds
+                    Err(format!("PostgreSQL is running but not answering yet ({e})"))
+                }
             };
         }
         self.running_since = None;
+        if self.unanswered > 0 {
+            // it exited while hung: the fence stopped it
+            let why =
+                "PostgreSQL hung and the fence stopped it before the lease could expire".into();
+            return Err(self.fenced(leader, why).await);
+        }
         let state = self.node.cluster_state().unwrap_or_default();
         let was_primary =
             !self.node.is_standby_dir() && (state == "in production" || state == "shut down");
@@ -335,386 +374,70 @@ impl Agent {
         ))
     }
 
-    fn member_of<'m>(members: &'m [Member], name: &str) -> Result<&'m Member, AgentError> {
-        members
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| AgentError::Other(format!("leader {name} has published no address")))
+    /// PostgreSQL hung (it missed `pg_check_misses` checks in a row, or
+    /// the fence stopped it meanwhile) and is now stopped with SIGKILL, so
+    /// it can never take a write when it would have resumed. A leader gives
+    /// the lease up so that a standby takes over at once rather than after
+    /// the TTL, and does not restart in place where it just hung; the loop
+    /// then brings the node back as a standby of the new leader (or as
+    /// primary again when no standby can take over).
+    pub(crate) async fn fenced(&mut self, leader: Option<&str>, why: String) -> String {
+        self.fence.disarm();
+        self.unanswered = 0;
+        let mut s = why;
+        if leader == Some(self.cfg.name.as_str()) {
+            self.last_renew = None;
+            match self.dcs.release_leader(&self.cfg.name).await {
+                Ok(_) => s.push_str("; released the lease for a failover"),
+                Err(e) => s.push_str(&format!("; releasing the lease failed ({e}): it expires")),
+            }
+        }
+        s
     }
 
-    async fn act(
+    /// The lease was proved by a request sent at `sent`: the loop and the
+    /// fence both count from then (the DCS counts from when it got it,
+    /// later).
+    pub(crate) fn proved(&mut self, sent: Instant) {
+        self.last_renew = Some(sent);
+        if let Some(pid) = self.node.postmaster() {
+            if let Err(e) = self.fence.arm(pid, self.lease_ttl, sent.elapsed()) {
+                tracing::warn!(error = %e, "cannot feed the fence");
+            }
+        }
+    }
+
+    /// The lease is not ours (any more): nothing to prove.
+    pub(crate) fn unproved(&mut self) {
+        self.last_renew = None;
+        self.fence.disarm();
+    }
+
+    /// Renews the lease; a success proves it.
+    pub(crate) async fn renew(&mut self, ttl: Duration) -> Result<bool, dcs::DcsError> {
+        let sent = Instant::now();
+        let ok = self.dcs.renew_leader(&self.cfg.name, ttl).await?;
+        if ok {
+            self.proved(sent);
+        }
+        Ok(ok)
+    }
+
+    /// Takes the lease if free; a success proves it.
+    pub(crate) async fn take(
         &mut self,
-        action: &Action,
-        members: &[Member],
-        cc: &ClusterConfig,
-        status: Option<&Status>,
-    ) -> Result<String, AgentError> {
-        let name = self.cfg.name.clone();
-        let ttl = Duration::from_millis(cc.ttl_ms.max(1000));
-        match action {
-            Action::Wait => Ok(String::new()),
-            Action::Bootstrap => {
-                if !self.dcs.initialize(&name).await? {
-                    return Ok("another node is bootstrapping".into());
-                }
-                match self.bootstrap(cc, ttl).await {
-                    Ok(()) => Ok("bootstrapped the cluster as its primary".into()),
-                    Err(e) => {
-                        let _ = self.node.stop("immediate").await;
-                        let _ = self.node.wipe();
-                        let _ = self.dcs.release_leader(&name).await;
-                        let _ = self.dcs.cancel_initialize(&name).await;
-                        Err(e)
-                    }
-                }
-            }
-            Action::Clone { from } => {
-                let m = Self::member_of(members, from)?;
-                let (host, port) = (m.host.clone(), m.port);
-                self.node.clone_from(&host, port)?;
-                self.start_replica(Some((&host, port)), cc).await?;
-                Ok(format!("cloned from {from} and started as its standby"))
-            }
-            Action::StartReplica { leader } => {
-                let target = match leader {
-                    Some(l) => Some(Self::member_of(members, l).map(|m| (m.host.clone(), m.port))?),
-                    None => None,
-                };
-                self.start_replica(target.as_ref().map(|(h, p)| (h.as_str(), *p)), cc)
-                    .await?;
-                Ok("started".into())
-            }
-            Action::StartPrimaryIfFree => {
-                if self.dcs.take_leader(&name, ttl).await?.is_some() {
-                    self.last_renew = Some(Instant::now());
-                    self.start_primary(cc).await?;
-                    Ok("took the lease and started as primary".into())
-                } else {
-                    self.start_replica(None, cc).await?;
-                    Ok("lease taken by another node: started as a standby".into())
-                }
-            }
-            Action::RestartPrimary => {
-                self.crash_restarts += 1;
-                // keep the lease while restarting
-                if !self.dcs.renew_leader(&name, ttl).await? {
-                    return Ok("lost the lease before restarting".into());
-                }
-                self.last_renew = Some(Instant::now());
-                self.start_primary(cc).await?;
-                self.dcs.renew_leader(&name, ttl).await?;
-                self.last_renew = Some(Instant::now());
-                Ok("PostgreSQL is back as primary".into())
-            }
-            Action::ReleaseLease => {
-                self.dcs.release_leader(&name).await?;
-                self.last_renew = None;
-                Ok("lease released".into())
-            }
-            Action::Rewind { leader } => {
-                let m = Self::member_of(members, leader)?;
-                let (host, port) = (m.host.clone(), m.port);
-                let how = self.rewind_or_reclone(&host, port).await?;
-                self.start_replica(Some((&host, port)), cc).await?;
-                Ok(format!("{how}; started as a standby of {leader}"))
-            }
-            Action::RenewLease => {
-                let renewed = match self.dcs.renew_leader(&name, ttl).await {
-                    Ok(r) => r,
-                    Err(e) => return Ok(self.dcs_unavailable(e).await),
-                };
-                if !renewed {
-                    // Never two writable primaries: stop at once.
-                    self.last_renew = None;
-                    self.node.stop("fast").await?;
-                    return Ok("could not renew the lease: stopped PostgreSQL".into());
-                }
-                self.last_renew = Some(Instant::now());
-                // a crash loop is a crash within seconds of the restart
-                if self
-                    .running_since
-                    .is_some_and(|t| t.elapsed() > Duration::from_secs(10))
-                {
-                    self.crash_restarts = 0;
-                }
-                self.leader_upkeep(members, cc, status).await
-            }
-            Action::TakeLease => match self.dcs.take_leader(&name, ttl).await? {
-                Some(_) => {
-                    self.last_renew = Some(Instant::now());
-                    self.leader_upkeep(members, cc, status).await?;
-                    Ok("took the lease".into())
-                }
-                None => {
-                    // someone else holds it now: no writes here meanwhile
-                    self.node.stop("fast").await?;
-                    Ok("another node took the lease first: stopped PostgreSQL".into())
-                }
-            },
-            Action::TakeLeaseAndPromote => match self.dcs.take_leader(&name, ttl).await? {
-                Some(l) => {
-                    self.last_renew = Some(Instant::now());
-                    self.node.promote().await?;
-                    self.node.write_conf(None, None, &cc.parameters)?;
-                    self.node.reload().await?;
-                    self.record_history(l.epoch, status).await;
-                    self.leader_upkeep(members, cc, None).await?;
-                    Ok(format!("promoted (epoch {})", l.epoch))
-                }
-                None => Ok("another node took the lease first".into()),
-            },
-            Action::Promote => {
-                self.node.promote().await?;
-                self.node.write_conf(None, None, &cc.parameters)?;
-                self.node.reload().await?;
-                Ok("promoted".into())
-            }
-            Action::Demote { leader } => {
-                self.last_renew = None;
-                self.node.stop("fast").await?;
-                let m = Self::member_of(members, leader)?;
-                let (host, port) = (m.host.clone(), m.port);
-                let how = self.rewind_or_reclone(&host, port).await?;
-                self.start_replica(Some((&host, port)), cc).await?;
-                Ok(format!("stopped; {how}; following {leader}"))
-            }
-            Action::Follow { leader } => {
-                let m = Self::member_of(members, leader)?;
-                let ci = self.node.conninfo(&m.host, m.port);
-                if self.node.write_conf(Some(&ci), None, &cc.parameters)? {
-                    self.node.reload().await?;
-                    return Ok(format!("pointed replication at {leader}"));
-                }
-                Ok(String::new())
-            }
+        ttl: Duration,
+    ) -> Result<Option<dcs::Leader>, dcs::DcsError> {
+        let sent = Instant::now();
+        let l = self.dcs.take_leader(&self.cfg.name, ttl).await?;
+        if l.is_some() {
+            self.proved(sent);
         }
+        Ok(l)
     }
 
-    async fn bootstrap(&mut self, cc: &ClusterConfig, ttl: Duration) -> Result<(), AgentError> {
-        // initdb refused (a full disk, a bad locale) is for the operator:
-        // the cluster's initialize key is given back and the agent stops.
-        self.node
-            .initdb()
-            .map_err(|e| AgentError::Fatal(format!("initdb failed: {e}")))?;
-        self.node.write_conf(None, None, &cc.parameters)?;
-        self.node.start(Duration::from_secs(60)).await?;
-        let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
-        let (repl, admin) = (
-            self.cfg.replication_user.clone(),
-            self.cfg.admin_user.clone(),
-        );
-        if repl != self.cfg.superuser {
-            self.node
-                .execute(&format!("CREATE ROLE {} WITH REPLICATION LOGIN", q(&repl)))
-                .await?;
-        }
-        if !admin.is_empty() && admin != self.cfg.superuser && admin != repl {
-            self.node
-                .execute(&format!(
-                    "CREATE ROLE {} WITH LOGIN CREATEDB CREATEROLE",
-                    q(&admin)
-                ))
-                .await?;
-        }
-        if self.dcs.take_leader(&self.cfg.name, ttl).await?.is_none() {
-            return Err(AgentError::Other(
-                "the lease was taken during bootstrap".into(),
-            ));
-        }
-        self.last_renew = Some(Instant::now());
-        let _ = self
-            .dcs
-            .compare_and_set(
-                Key::Config,
-                None,
-                &serde_json::to_string(cc).expect("serializable"),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn start_primary(&mut self, cc: &ClusterConfig) -> Result<(), AgentError> {
-        self.node.set_standby(false)?;
-        self.node.write_conf(None, None, &cc.parameters)?;
-        self.node.start(Duration::from_secs(60)).await?;
-        Ok(())
-    }
-
-    async fn start_replica(
-        &mut self,
-        leader: Option<(&str, u16)>,
-        cc: &ClusterConfig,
-    ) -> Result<(), AgentError> {
-        let ci = leader.map(|(h, p)| self.node.conninfo(h, p));
-        self.node.write_conf(ci.as_deref(), None, &cc.parameters)?;
-        self.node.set_standby(true)?;
-        self.node.start(Duration::from_secs(120)).await?;
-        self.not_streaming_loops = 0;
-        Ok(())
-    }
-
-    /// pg_rewind against the leader, or a fresh clone when rewinding fails.
-    async fn rewind_or_reclone(&mut self, host: &str, port: u16) -> Result<String, AgentError> {
-        self.node.stop("fast").await?;
-        if self.node.cluster_state().as_deref() == Some("in production") {
-            if let Err(e) = self.node.recover_single_user().await {
-                tracing::warn!(error = %e, "crash recovery before pg_rewind failed");
-            }
-        }
-        if let Err(e) = self.node.checkpoint_on(host, port).await {
-            tracing::warn!(error = %e, "checkpoint on the leader before pg_rewind failed");
-        }
-        match self.node.rewind(host, port).await {
-            Ok(()) => Ok("rewound with pg_rewind".into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "pg_rewind failed: re-cloning");
-                self.node.clone_from(host, port)?;
-                Ok(format!(
-                    "pg_rewind failed ({}); re-cloned with pg_basebackup",
-                    first_line(&e.to_string())
-                ))
-            }
-        }
-    }
-
-    /// The leader's chores: slots for every member, its position for
-    /// candidates' lag checks, its configuration.
-    async fn leader_upkeep(
-        &mut self,
-        members: &[Member],
-        cc: &ClusterConfig,
-        status: Option<&Status>,
-    ) -> Result<String, AgentError> {
-        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
-        self.node.ensure_slots(&names).await?;
-        if let Some(st) = status {
-            let _ = self
-                .dcs
-                .put(
-                    Key::Status,
-                    Some(&format!(
-                        "{{\"lsn\":{},\"timeline\":{},\"leader\":\"{}\"}}",
-                        st.lsn, st.timeline, self.cfg.name
-                    )),
-                )
-                .await;
-        }
-        let sync_names = if cc.synchronous_mode {
-            self.manage_sync(members, cc).await?
-        } else {
-            None
-        };
-        if !cc.synchronous_mode && self.sync_standby.take().is_some() {
-            let _ = self.dcs.put(Key::Sync, None).await;
-        }
-        if self
-            .node
-            .write_conf(None, sync_names.as_deref(), &cc.parameters)?
-        {
-            self.node.reload().await?;
-        }
-        Ok(String::new())
-    }
-
-    /// Synchronous mode: keeps one streaming standby synchronous and
-    /// publishes it in the Sync key only once PostgreSQL reports it as
-    /// `sync`, so that the key never names a standby that may lack an
-    /// acknowledged commit. Returns synchronous_standby_names.
-    async fn manage_sync(
-        &mut self,
-        members: &[Member],
-        cc: &ClusterConfig,
-    ) -> Result<Option<String>, AgentError> {
-        let repl = self.node.replication().await?;
-        let streaming = |n: &str| repl.iter().any(|(a, _)| a == n);
-        let eligible: Vec<&Member> = members
-            .iter()
-            .filter(|m| m.name != self.cfg.name && !m.nofailover && streaming(&m.name))
-            .collect();
-        let current = self.sync_standby.clone().filter(|c| streaming(c));
-        let candidate = current.or_else(|| {
-            eligible
-                .iter()
-                .max_by_key(|m| (m.lsn, m.priority))
-                .map(|m| m.name.clone())
-        });
-        match candidate {
-            Some(cand) => {
-                let names = format!("FIRST 1 (\"{}\")", cand.replace('"', ""));
-                // PostgreSQL first, then the key.
-                if self.node.write_conf(None, Some(&names), &cc.parameters)? {
-                    self.node.reload().await?;
-                }
-                let is_sync = self
-                    .node
-                    .replication()
-                    .await?
-                    .iter()
-                    .any(|(a, st)| *a == cand && st == "sync");
-                if is_sync && self.sync_standby.as_deref() != Some(cand.as_str()) {
-                    let v = serde_json::json!({ "leader": self.cfg.name, "sync_standby": cand })
-                        .to_string();
-                    self.dcs.put(Key::Sync, Some(&v)).await?;
-                    self.sync_standby = Some(cand.clone());
-                }
-                Ok(Some(names))
-            }
-            None if cc.synchronous_mode_strict => {
-                // never fall back to asynchronous: commits wait for a standby
-                Ok(Some(
-                    self.sync_standby
-                        .as_ref()
-                        .map(|c| format!("FIRST 1 (\"{c}\")"))
-                        .unwrap_or_else(|| "*".into()),
-                ))
-            }
-            None => {
-                // no standby at all: the key goes first, then PostgreSQL
-                if self.sync_standby.take().is_some() {
-                    let v = serde_json::json!({ "leader": self.cfg.name, "sync_standby": null })
-                        .to_string();
-                    self.dcs.put(Key::Sync, Some(&v)).await?;
-                }
-                Ok(None)
-            }
-        }
-    }
-
-    async fn record_history(&self, epoch: u64, status: Option<&Status>) {
-        for _ in 0..5 {
-            let snap = match self.dcs.snapshot().await {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            let old = snap.get(Key::History).map(str::to_owned);
-            let mut list: Vec<serde_json::Value> = old
-                .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default();
-            list.push(serde_json::json!({
-                "epoch": epoch,
-                "new_leader": self.cfg.name,
-                "lsn": status.map(|s| s.lsn),
-                "timeline": status.map(|s| s.timeline),
-                "at_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
-            }));
-            if self
-                .dcs
-                .compare_and_set(
-                    Key::History,
-                    old.as_deref(),
-                    &serde_json::Value::Array(list).to_string(),
-                )
-                .await
-                .unwrap_or(false)
-            {
-                return;
-            }
-        }
-    }
-
-    async fn publish(&mut self, sentence: &str) {
-        let running = self.node.is_running();
+    pub(crate) async fn publish(&mut self, sentence: &str) {
+        let running = self.node.is_running() && self.unanswered == 0;
         let st = if running {
             self.node.status().await.ok()
         } else {
@@ -757,6 +480,6 @@ impl Agent {
     }
 }
 
-fn first_line(s: &str) -> &str {
+pub(crate) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }

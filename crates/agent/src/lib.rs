@@ -4,8 +4,11 @@
 //! member state with the sentence describing the pass.
 #![forbid(unsafe_code)]
 
+mod actions;
 pub mod api;
 pub mod driver;
+pub mod fence;
+mod leader;
 pub mod node;
 pub mod preflight;
 mod sentences;

@@ -19,6 +19,10 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("PostgreSQL: {0}")]
     Sql(String),
+    /// PostgreSQL did not answer within the check's deadline (hung,
+    /// stopped, or its I/O stalled): not an error it reported.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    NoAnswer(Duration),
     #[error("{0}")]
     Other(String),
 }
@@ -330,12 +334,12 @@ impl Node {
                 .user(&self.cfg.superuser)
                 .dbname("postgres")
                 .application_name("pgwarden agent")
-                .connect_timeout(Duration::from_secs(2));
-            let (client, conn) =
-                tokio::time::timeout(Duration::from_secs(3), c.connect(tokio_postgres::NoTls))
-                    .await
-                    .map_err(|_| NodeError::Sql("connect timed out".into()))?
-                    .map_err(|e| NodeError::Sql(e.to_string()))?;
+                .connect_timeout(self.cfg.pg_check_timeout);
+            let limit = self.cfg.pg_check_timeout;
+            let (client, conn) = tokio::time::timeout(limit, c.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| NodeError::NoAnswer(limit))?
+                .map_err(|e| NodeError::Sql(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -375,10 +379,15 @@ impl Node {
             COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
             (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver), \
             (SELECT count(*) > 0 FROM pg_settings WHERE pending_restart)";
+        let limit = self.cfg.pg_check_timeout;
         let c = self.connect().await?;
-        let row = tokio::time::timeout(Duration::from_secs(3), c.query_one(Q, &[]))
-            .await
-            .map_err(|_| NodeError::Sql("status query timed out".into()))?;
+        let row = match tokio::time::timeout(limit, c.query_one(Q, &[])).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.client = None;
+                return Err(NodeError::NoAnswer(limit));
+            }
+        };
         let row = match row {
             Ok(r) => r,
             Err(e) => {
@@ -400,12 +409,30 @@ impl Node {
     pub async fn promote(&mut self) -> Result<(), NodeError> {
         self.execute("SELECT pg_promote(true, 60)").await?;
         self.set_standby(false)?;
-        // The control file shows the new timeline only after a checkpoint;
-        // pg_rewind on the old primary reads it from there.
+        Ok(())
+    }
+
+    /// The control file shows a new timeline only after a checkpoint;
+    /// pg_rewind on the old primary reads it from there.
+    pub async fn checkpoint(&mut self) {
         if let Err(e) = self.execute("CHECKPOINT").await {
             tracing::warn!(error = %e, "checkpoint after promotion failed");
         }
-        Ok(())
+    }
+
+    /// The postmaster's PID, when it runs.
+    pub fn postmaster(&self) -> Option<u32> {
+        let pid = self.pid.load(Ordering::Acquire);
+        (pid != 0 && pid_alive(pid)).then_some(pid)
+    }
+
+    /// SIGKILL to the postmaster and every child: the fence for a
+    /// PostgreSQL that does not answer (a stopped process dies as well, so
+    /// it cannot take a write when it would have resumed). Returns how many
+    /// processes were signalled.
+    pub fn kill(&mut self) -> usize {
+        self.client = None;
+        self.postmaster().map(crate::fence::kill_tree).unwrap_or(0)
     }
 
     /// Asks the leader for a checkpoint, so that its control file shows

@@ -17,8 +17,21 @@ pub struct SentenceLog {
 }
 
 impl SentenceLog {
-    /// The line to log for this pass's sentence, if any.
-    pub fn line(&mut self, sentence: &str, now: Instant) -> Option<String> {
+    /// The lines to log for this pass's sentence (none, or the sentence,
+    /// after a count of the previous one's repeats).
+    pub fn lines(&mut self, sentence: &str, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        if sentence != self.last && self.repeats > 0 {
+            out.push(format!(
+                "(the previous sentence repeated {} more times)",
+                self.repeats
+            ));
+        }
+        out.extend(self.line(sentence, now));
+        out
+    }
+
+    fn line(&mut self, sentence: &str, now: Instant) -> Option<String> {
         if sentence == self.last {
             self.repeats += 1;
             let due = self
@@ -32,10 +45,7 @@ impl SentenceLog {
             self.written_at = Some(now);
             return Some(line);
         }
-        let line = match self.repeats {
-            0 => sentence.to_owned(),
-            n => format!("{sentence} (the previous sentence repeated {n} more times)"),
-        };
+        let line = sentence.to_owned();
         self.last = sentence.to_owned();
         self.repeats = 0;
         self.written_at = Some(now);

@@ -123,6 +123,11 @@ pub struct AgentConfig {
     /// Crashes restarted in place (within 10 s of the last restart) before
     /// the lease is released for a failover; 0: always fail over.
     pub max_crash_restarts: u32,
+    /// The agent's check of its own PostgreSQL must answer within this...
+    pub pg_check_timeout: Duration,
+    /// ...and a node whose PostgreSQL misses this many checks in a row is
+    /// hung: it gives up the lease and is stopped with SIGKILL (fenced).
+    pub pg_check_misses: u32,
     pub loop_wait: Duration,
     pub ttl: Duration,
     pub maximum_lag_on_failover: u64,
@@ -219,6 +224,8 @@ struct RawAgent {
     replication_user: Option<String>,
     admin_user: Option<String>,
     max_crash_restarts: Option<u32>,
+    pg_check_timeout: Option<Spanned<String>>,
+    pg_check_misses: Option<u32>,
     loop_wait: Option<Spanned<String>>,
     ttl: Option<Spanned<String>>,
     maximum_lag_on_failover: Option<u64>,
@@ -530,6 +537,7 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
     };
     let loop_wait = duration(&a.loop_wait, Duration::from_secs(1))?;
     let ttl = duration(&a.ttl, Duration::from_secs(5))?;
+    let pg_check_timeout = duration(&a.pg_check_timeout, Duration::from_secs(2))?;
     if ttl < loop_wait * 2 {
         let span = a.ttl.as_ref().map(|t| t.span()).unwrap_or(0..0);
         return Err(Invalid::at(
@@ -567,6 +575,8 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
             .unwrap_or_else(|| "replicator".to_owned()),
         admin_user: a.admin_user.unwrap_or_else(|| "pgwarden_admin".to_owned()),
         max_crash_restarts: a.max_crash_restarts.unwrap_or(3),
+        pg_check_timeout,
+        pg_check_misses: a.pg_check_misses.unwrap_or(2).max(1),
         loop_wait,
         ttl,
         maximum_lag_on_failover: a.maximum_lag_on_failover.unwrap_or(1 << 20),

@@ -25,6 +25,13 @@ pub enum Command {
     Up(UpArgs),
     /// Run the agent for one PostgreSQL node.
     Agent(ProxyArgs),
+    /// The fence an agent starts beside a primary (not run by hand): stops
+    /// PostgreSQL when the agent does not prove the lease in time.
+    #[command(hide = true)]
+    Fence {
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Check a configuration file and report the first mistake with its line.
     CheckConfig {
         #[arg(long, short)]

@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Proxy(a) => cmd_proxy::run(a),
         cli::Command::Up(a) => cmd_up::run(a),
         cli::Command::Agent(a) => cmd_agent::run(a),
+        cli::Command::Fence { file } => agent::fence::supervise(&file).map_err(Into::into),
         cli::Command::CheckConfig { config } => config::load(&config)
             .map(|_| println!("{}: OK", config.display()))
             .map_err(Into::into),

@@ -1,0 +1,297 @@
+//! The HA loop's actions: what each [`ha::Action`] does to this node and
+//! the DCS.
+use std::time::Duration;
+
+use dcs::{Dcs, Key};
+use ha::{Action, ClusterConfig, Member};
+
+use crate::driver::{first_line, Agent, AgentError};
+use crate::node::Status;
+
+impl Agent {
+    pub(crate) fn member_of<'m>(
+        members: &'m [Member],
+        name: &str,
+    ) -> Result<&'m Member, AgentError> {
+        members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| AgentError::Other(format!("leader {name} has published no address")))
+    }
+
+    pub(crate) async fn act(
+        &mut self,
+        action: &Action,
+        members: &[Member],
+        cc: &ClusterConfig,
+        status: Option<&Status>,
+    ) -> Result<String, AgentError> {
+        let name = self.cfg.name.clone();
+        let ttl = Duration::from_millis(cc.ttl_ms.max(1000));
+        match action {
+            Action::Wait => Ok(String::new()),
+            Action::Bootstrap => {
+                if !self.dcs.initialize(&name).await? {
+                    return Ok("another node is bootstrapping".into());
+                }
+                match self.bootstrap(cc, ttl).await {
+                    Ok(()) => Ok("bootstrapped the cluster as its primary".into()),
+                    Err(e) => {
+                        let _ = self.node.stop("immediate").await;
+                        let _ = self.node.wipe();
+                        let _ = self.dcs.release_leader(&name).await;
+                        let _ = self.dcs.cancel_initialize(&name).await;
+                        Err(e)
+                    }
+                }
+            }
+            Action::Clone { from } => {
+                let m = Self::member_of(members, from)?;
+                let (host, port) = (m.host.clone(), m.port);
+                self.node.clone_from(&host, port)?;
+                self.start_replica(Some((&host, port)), cc).await?;
+                Ok(format!("cloned from {from} and started as its standby"))
+            }
+            Action::StartReplica { leader } => {
+                let target = match leader {
+                    Some(l) => Some(Self::member_of(members, l).map(|m| (m.host.clone(), m.port))?),
+                    None => None,
+                };
+                self.start_replica(target.as_ref().map(|(h, p)| (h.as_str(), *p)), cc)
+                    .await?;
+                Ok("started".into())
+            }
+            Action::StartPrimaryIfFree => {
+                if self.take(ttl).await?.is_some() {
+                    self.start_primary(cc).await?;
+                    self.keep_lease_or_stop(ttl, "starting").await?;
+                    Ok("took the lease and started as primary".into())
+                } else {
+                    self.start_replica(None, cc).await?;
+                    Ok("lease taken by another node: started as a standby".into())
+                }
+            }
+            Action::RestartPrimary => {
+                self.crash_restarts += 1;
+                // keep the lease while restarting
+                if !self.renew(ttl).await? {
+                    self.unproved();
+                    return Ok("lost the lease before restarting".into());
+                }
+                self.start_primary(cc).await?;
+                self.keep_lease_or_stop(ttl, "restarting").await?;
+                Ok("PostgreSQL is back as primary".into())
+            }
+            Action::ReleaseLease => {
+                self.dcs.release_leader(&name).await?;
+                self.unproved();
+                Ok("lease released".into())
+            }
+            Action::Rewind { leader } => {
+                let m = Self::member_of(members, leader)?;
+                let (host, port) = (m.host.clone(), m.port);
+                let how = self.rewind_or_reclone(&host, port).await?;
+                self.start_replica(Some((&host, port)), cc).await?;
+                Ok(format!("{how}; started as a standby of {leader}"))
+            }
+            Action::RenewLease => {
+                let renewed = match self.renew(ttl).await {
+                    Ok(r) => r,
+                    Err(e) => return Ok(self.dcs_unavailable(e).await),
+                };
+                if !renewed {
+                    // Never two writable primaries: stop at once.
+                    self.last_renew = None;
+                    self.node.stop("fast").await?;
+                    self.unproved();
+                    return Ok("could not renew the lease: stopped PostgreSQL".into());
+                }
+                // a crash loop is a crash within seconds of the restart
+                if self
+                    .running_since
+                    .is_some_and(|t| t.elapsed() > Duration::from_secs(10))
+                {
+                    self.crash_restarts = 0;
+                }
+                self.leader_upkeep(members, cc, status).await
+            }
+            Action::TakeLease => match self.take(ttl).await? {
+                Some(_) => {
+                    self.leader_upkeep(members, cc, status).await?;
+                    Ok("took the lease".into())
+                }
+                None => {
+                    // someone else holds it now: no writes here meanwhile
+                    self.node.stop("fast").await?;
+                    self.unproved();
+                    Ok("another node took the lease first: stopped PostgreSQL".into())
+                }
+            },
+            Action::TakeLeaseAndPromote => match self.take(ttl).await? {
+                Some(l) => {
+                    // renewed between the steps: each can take seconds
+                    self.node.promote().await?;
+                    self.keep_lease_or_stop(ttl, "promoting").await?;
+                    self.node.write_conf(None, None, &cc.parameters)?;
+                    self.node.reload().await?;
+                    self.node.checkpoint().await;
+                    self.keep_lease_or_stop(ttl, "the checkpoint after promotion")
+                        .await?;
+                    self.record_history(l.epoch, status).await;
+                    self.leader_upkeep(members, cc, None).await?;
+                    Ok(format!("promoted (epoch {})", l.epoch))
+                }
+                None => Ok("another node took the lease first".into()),
+            },
+            Action::Promote => {
+                if !self.renew(ttl).await? {
+                    return Ok("lost the lease before promoting".into());
+                }
+                self.node.promote().await?;
+                self.keep_lease_or_stop(ttl, "promoting").await?;
+                self.node.write_conf(None, None, &cc.parameters)?;
+                self.node.reload().await?;
+                self.node.checkpoint().await;
+                Ok("promoted".into())
+            }
+            Action::Demote { leader } => {
+                // the fence stays armed until PostgreSQL is down
+                self.last_renew = None;
+                self.node.stop("fast").await?;
+                self.unproved();
+                let m = Self::member_of(members, leader)?;
+                let (host, port) = (m.host.clone(), m.port);
+                let how = self.rewind_or_reclone(&host, port).await?;
+                self.start_replica(Some((&host, port)), cc).await?;
+                Ok(format!("stopped; {how}; following {leader}"))
+            }
+            Action::Follow { leader } => {
+                let m = Self::member_of(members, leader)?;
+                let ci = self.node.conninfo(&m.host, m.port);
+                if self.node.write_conf(Some(&ci), None, &cc.parameters)? {
+                    self.node.reload().await?;
+                    return Ok(format!("pointed replication at {leader}"));
+                }
+                Ok(String::new())
+            }
+        }
+    }
+
+    pub(crate) async fn bootstrap(
+        &mut self,
+        cc: &ClusterConfig,
+        ttl: Duration,
+    ) -> Result<(), AgentError> {
+        // initdb refused (a full disk, a bad locale) is for the operator:
+        // the cluster's initialize key is given back and the agent stops.
+        self.node
+            .initdb()
+            .map_err(|e| AgentError::Fatal(format!("initdb failed: {e}")))?;
+        self.node.write_conf(None, None, &cc.parameters)?;
+        self.node.start(Duration::from_secs(60)).await?;
+        let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+        let (repl, admin) = (
+            self.cfg.replication_user.clone(),
+            self.cfg.admin_user.clone(),
+        );
+        if repl != self.cfg.superuser {
+            self.node
+                .execute(&format!("CREATE ROLE {} WITH REPLICATION LOGIN", q(&repl)))
+                .await?;
+        }
+        if !admin.is_empty() && admin != self.cfg.superuser && admin != repl {
+            self.node
+                .execute(&format!(
+                    "CREATE ROLE {} WITH LOGIN CREATEDB CREATEROLE",
+                    q(&admin)
+                ))
+                .await?;
+        }
+        if self.take(ttl).await?.is_none() {
+            return Err(AgentError::Other(
+                "the lease was taken during bootstrap".into(),
+            ));
+        }
+        let _ = self
+            .dcs
+            .compare_and_set(
+                Key::Config,
+                None,
+                &serde_json::to_string(cc).expect("serializable"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// After a step that can outlast the lease (a start, a promotion, a
+    /// checkpoint): renew it, and if it is lost, stop PostgreSQL at once;
+    /// another node may already be primary.
+    pub(crate) async fn keep_lease_or_stop(
+        &mut self,
+        ttl: Duration,
+        step: &str,
+    ) -> Result<(), AgentError> {
+        let kept = self.renew(ttl).await;
+        if matches!(kept, Ok(true)) {
+            return Ok(());
+        }
+        self.last_renew = None;
+        let _ = self.node.stop("immediate").await;
+        self.unproved();
+        Err(AgentError::Other(format!(
+            "the lease could not be renewed after {step} ({}): stopped PostgreSQL",
+            match kept {
+                Err(e) => e.to_string(),
+                _ => "another node holds it".into(),
+            }
+        )))
+    }
+
+    pub(crate) async fn start_primary(&mut self, cc: &ClusterConfig) -> Result<(), AgentError> {
+        self.node.set_standby(false)?;
+        self.node.write_conf(None, None, &cc.parameters)?;
+        self.node.start(Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn start_replica(
+        &mut self,
+        leader: Option<(&str, u16)>,
+        cc: &ClusterConfig,
+    ) -> Result<(), AgentError> {
+        let ci = leader.map(|(h, p)| self.node.conninfo(h, p));
+        self.node.write_conf(ci.as_deref(), None, &cc.parameters)?;
+        self.node.set_standby(true)?;
+        self.node.start(Duration::from_secs(120)).await?;
+        self.not_streaming_loops = 0;
+        Ok(())
+    }
+
+    /// pg_rewind against the leader, or a fresh clone when rewinding fails.
+    pub(crate) async fn rewind_or_reclone(
+        &mut self,
+        host: &str,
+        port: u16,
+    ) -> Result<String, AgentError> {
+        self.node.stop("fast").await?;
+        if self.node.cluster_state().as_deref() == Some("in production") {
+            if let Err(e) = self.node.recover_single_user().await {
+                tracing::warn!(error = %e, "crash recovery before pg_rewind failed");
+            }
+        }
+        if let Err(e) = self.node.checkpoint_on(host, port).await {
+            tracing::warn!(error = %e, "checkpoint on the leader before pg_rewind failed");
+        }
+        match self.node.rewind(host, port).await {
+            Ok(()) => Ok("rewound with pg_rewind".into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "pg_rewind failed: re-cloning");
+                self.node.clone_from(host, port)?;
+                Ok(format!(
+                    "pg_rewind failed ({}); re-cloned with pg_basebackup",
+                    first_line(&e.to_string())
+                ))
+            }
+        }
+    }
+}
