@@ -79,17 +79,18 @@ mod tests {
             None
         );
         assert_eq!(
-            log.line(
+            log.lines(
                 "following node0",
                 t0 + REPEAT_EVERY + Duration::from_secs(2)
-            )
-            .as_deref(),
-            Some("following node0 (the previous sentence repeated 1 more times)")
+            ),
+            [
+                "(the previous sentence repeated 1 more times)",
+                "following node0"
+            ]
         );
         assert_eq!(
-            log.line("promoted", t0 + REPEAT_EVERY + Duration::from_secs(3))
-                .as_deref(),
-            Some("promoted")
+            log.lines("promoted", t0 + REPEAT_EVERY + Duration::from_secs(3)),
+            ["promoted"]
         );
     }
 }
