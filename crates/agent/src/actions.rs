@@ -48,7 +48,19 @@ impl Agent {
             Action::Clone { from } => {
                 let m = Self::member_of(members, from)?;
                 let (host, port) = (m.host.clone(), m.port);
-                self.node.clone_from(&host, port)?;
+                // never wait on a leader that does not answer
+                match self.node.checkpoint_on(&host, port).await {
+                    Ok((false, _)) => {}
+                    Ok((true, _)) => {
+                        return Ok(format!("{from} is not primary yet: cloning later"))
+                    }
+                    Err(e) => {
+                        return Err(AgentError::Other(format!(
+                            "{from} does not answer ({e}): not cloning from it"
+                        )))
+                    }
+                }
+                self.node.clone_from(&host, port).await?;
                 self.start_replica(Some((&host, port)), cc).await?;
                 Ok(format!("cloned from {from} and started as its standby"))
             }
@@ -268,30 +280,51 @@ impl Agent {
     }
 
     /// pg_rewind against the leader, or a fresh clone when rewinding fails.
+    /// The leader must answer and run as primary; for a former primary its
+    /// checkpoint must also show a newer timeline than this node's, that
+    /// is, its promotion must be over: pg_rewind against a leader still on
+    /// the old timeline answers "no rewind required" and leaves a node that
+    /// can never stream. Until then this node stays stopped and the next
+    /// pass tries again. A former primary for which pg_rewind still finds
+    /// the same timeline is re-cloned.
     pub(crate) async fn rewind_or_reclone(
         &mut self,
         host: &str,
         port: u16,
     ) -> Result<String, AgentError> {
+        let former_primary = !self.node.is_standby_dir();
+        let (in_recovery, leader_tl) = self.node.checkpoint_on(host, port).await.map_err(|e| {
+            AgentError::Other(format!(
+                "the leader at {host}:{port} does not answer ({e}): not rewinding or cloning from it"
+            ))
+        })?;
+        if in_recovery {
+            return Err(AgentError::Other(
+                "the leader has not finished its promotion: rewinding later".into(),
+            ));
+        }
         self.node.stop("fast").await?;
         if self.node.cluster_state().as_deref() == Some("in production") {
             if let Err(e) = self.node.recover_single_user().await {
                 tracing::warn!(error = %e, "crash recovery before pg_rewind failed");
             }
         }
-        if let Err(e) = self.node.checkpoint_on(host, port).await {
-            tracing::warn!(error = %e, "checkpoint on the leader before pg_rewind failed");
+        let mine = self.node.checkpoint_timeline();
+        if let Some(mine) = mine.filter(|m| former_primary && leader_tl <= *m) {
+            return Err(AgentError::Other(format!(
+                "the leader's checkpoint is on timeline {leader_tl}, not newer than this node's \
+                 ({mine}): waiting for its promotion to finish before rewinding"
+            )));
         }
-        match self.node.rewind(host, port).await {
-            Ok(()) => Ok("rewound with pg_rewind".into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "pg_rewind failed: re-cloning");
-                self.node.clone_from(host, port)?;
-                Ok(format!(
-                    "pg_rewind failed ({}); re-cloned with pg_basebackup",
-                    first_line(&e.to_string())
-                ))
+        let why = match self.node.rewind(host, port).await {
+            Ok(out) if former_primary && out.contains("same timeline") => {
+                "pg_rewind found this former primary on the leader's timeline".to_owned()
             }
-        }
+            Ok(_) => return Ok("rewound with pg_rewind".into()),
+            Err(e) => format!("pg_rewind failed ({})", first_line(&e.to_string())),
+        };
+        tracing::warn!("{why}: re-cloning");
+        self.node.clone_from(host, port).await?;
+        Ok(format!("{why}; re-cloned with pg_basebackup"))
     }
 }

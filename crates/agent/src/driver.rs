@@ -5,10 +5,14 @@ use std::time::{Duration, Instant};
 
 use config::AgentConfig;
 use dcs::{AnyDcs, Dcs, Key, Snapshot};
-use ha::{ClusterConfig, Local, Member, Pg, Role, Settings, View};
+use ha::{Action, ClusterConfig, Local, Member, Pg, Role, Settings, View};
 use tokio::sync::watch;
 
 use crate::node::{Node, NodeError, Status};
+
+/// Passes in a row a standby may fail to start, stay starting, or not
+/// stream before it is rewound or re-cloned.
+const STUCK_PASSES: u32 = 15;
 
 /// What the REST API shows: this member and the cluster as last seen.
 #[derive(Default)]
@@ -131,7 +135,7 @@ impl Agent {
             maximum_lag_on_failover: cc.maximum_lag_on_failover,
             synchronous_mode: cc.synchronous_mode,
             max_crash_restarts: self.cfg.max_crash_restarts,
-            rewind_after_loops: 5,
+            rewind_after_loops: STUCK_PASSES / 3,
         }
     }
 
@@ -231,7 +235,12 @@ impl Agent {
                 self.fatal = Some(e.clone());
                 format!("{} — failed: {e}", decision.reason)
             }
-            Err(e) => format!("{} — failed: {e}", decision.reason),
+            Err(e) => {
+                if matches!(decision.action, Action::StartReplica { .. }) {
+                    self.not_streaming_loops += 1;
+                }
+                format!("{} — failed: {e}", decision.reason)
+            }
         }
     }
 
@@ -347,6 +356,19 @@ impl Agent {
                 Err(e) => {
                     // an error is an answer, but not a sign of health: a
                     // count of misses stands until a check succeeds
+                    let starting = e.to_string().contains("starting up");
+                    if starting && leader.is_some_and(|l| l != self.cfg.name) {
+                        // a standby that stays starting is stopped, then
+                        // rewound or re-cloned (ha::decide)
+                        self.not_streaming_loops += 1;
+                        if self.not_streaming_loops >= STUCK_PASSES {
+                            let _ = self.node.stop("fast").await;
+                            return Err(format!(
+                                "PostgreSQL stayed starting up for {} passes: stopped it to rewind or re-clone",
+                                self.not_streaming_loops
+                            ));
+                        }
+                    }
                     Err(format!("PostgreSQL is running but not answering yet ({e})"))
                 }
             };

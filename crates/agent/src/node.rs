@@ -97,13 +97,16 @@ impl Node {
 
     /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
     pub fn cluster_state(&self) -> Option<String> {
+        self.controldata("Database cluster state:")
+    }
+
+    /// One field of pg_controldata.
+    fn controldata(&self, field: &str) -> Option<String> {
         let mut c = self.inst.command("pg_controldata");
         c.arg("-D").arg(self.data_dir()).env("LC_ALL", "C");
-        let out = pg::run(c).ok()?;
-        out.lines().find_map(|l| {
-            l.strip_prefix("Database cluster state:")
-                .map(|v| v.trim().to_owned())
-        })
+        let out = pg::command::run_watched(c, Duration::from_secs(10), None).ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
     }
 
     pub fn is_standby_dir(&self) -> bool {
@@ -196,13 +199,18 @@ impl Node {
     /// pg_basebackup from the leader into an empty data directory.
     /// The copy goes to a side directory and replaces the data directory
     /// only once complete: a leader that cannot be reached costs no data.
-    pub fn clone_from(&self, host: &str, port: u16) -> Result<(), NodeError> {
+    pub async fn clone_from(&self, host: &str, port: u16) -> Result<(), NodeError> {
         let side = self.data_dir().with_extension("clone");
         let _ = std::fs::remove_dir_all(&side);
         let mut cfg = self.inst.cfg.clone();
         cfg.data_dir = side.clone();
         let tmp = pg::Instance::new(cfg)?;
-        if let Err(e) = tmp.basebackup(host, port, &self.cfg.replication_user, None) {
+        let (host, user) = (host.to_owned(), self.cfg.replication_user.clone());
+        // off the loop's thread: the API and the leader watch go on
+        let r = tokio::task::spawn_blocking(move || tmp.basebackup(&host, port, &user, None))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        if let Err(e) = r {
             let _ = std::fs::remove_dir_all(&side);
             return Err(e.into());
         }
@@ -281,7 +289,9 @@ impl Node {
                 }
                 exited.notify_one();
             });
-            // ready, or exited (e.g. old backends still hold shared memory)
+            // ready, or exited: respawned only when old backends still
+            // hold the shared memory (they go soon); any other exit is
+            // reported with the log
             loop {
                 if self.query_ok().await {
                     return Ok(());
@@ -297,10 +307,10 @@ impl Node {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if Instant::now() > deadline {
+            let log = pg::tail(&self.inst.log_file(), 10);
+            if Instant::now() > deadline || !log.contains("pre-existing shared memory block") {
                 return Err(NodeError::Other(format!(
-                    "PostgreSQL did not start; log:\n{}",
-                    pg::tail(&self.inst.log_file(), 10)
+                    "PostgreSQL did not start; log:\n{log}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -436,25 +446,46 @@ impl Node {
     }
 
     /// Asks the leader for a checkpoint, so that its control file shows
-    /// its current timeline before pg_rewind compares against it.
-    pub async fn checkpoint_on(&self, host: &str, port: u16) -> Result<(), NodeError> {
+    /// its current timeline before pg_rewind compares against it, and
+    /// returns what it then says: (in recovery, checkpoint timeline).
+    pub async fn checkpoint_on(&self, host: &str, port: u16) -> Result<(bool, u32), NodeError> {
         let mut c = tokio_postgres::Config::new();
         c.host(host)
             .port(port)
             .user(&self.cfg.superuser)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(3));
-        let (client, conn) = c
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| NodeError::Sql(e.to_string()))?;
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(5), c.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| NodeError::NoAnswer(Duration::from_secs(5)))?
+                .map_err(|e| NodeError::Sql(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        tokio::time::timeout(Duration::from_secs(30), client.batch_execute("CHECKPOINT"))
+        let q = "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint())";
+        let work = async {
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await?
+                .get(0);
+            if !in_recovery {
+                client.batch_execute("CHECKPOINT").await?;
+            }
+            client.query_one(q, &[]).await
+        };
+        let row = tokio::time::timeout(Duration::from_secs(30), work)
             .await
-            .map_err(|_| NodeError::Sql("checkpoint timed out".into()))?
-            .map_err(|e| NodeError::Sql(e.to_string()))
+            .map_err(|_| NodeError::NoAnswer(Duration::from_secs(30)))?
+            .map_err(|e| NodeError::Sql(e.to_string()))?;
+        Ok((row.get(0), row.get::<_, i32>(1) as u32))
+    }
+
+    /// The timeline of this node's last checkpoint (pg_controldata).
+    pub fn checkpoint_timeline(&self) -> Option<u32> {
+        self.controldata("Latest checkpoint's TimeLineID:")?
+            .parse()
+            .ok()
     }
 
     pub async fn reload(&mut self) -> Result<(), NodeError> {
@@ -499,42 +530,32 @@ impl Node {
             "postgres",
         ]);
         c.stdin(std::process::Stdio::null());
-        tokio::task::spawn_blocking(move || pg::run(c))
+        let limit = Duration::from_secs(600);
+        tokio::task::spawn_blocking(move || pg::command::run_watched(c, limit, None))
             .await
             .map_err(|e| NodeError::Other(e.to_string()))??;
         Ok(())
     }
 
-    /// pg_rewind against the leader.
-    pub async fn rewind(&self, host: &str, port: u16) -> Result<(), NodeError> {
+    /// pg_rewind against the leader; returns what it printed.
+    pub async fn rewind(&self, host: &str, port: u16) -> Result<String, NodeError> {
         let mut c = self.inst.command("pg_rewind");
         c.arg("-D").arg(self.data_dir()).arg(format!(
             "--source-server=host={host} port={port} user={} dbname=postgres connect_timeout=5",
             self.cfg.superuser
         ));
-        let out = tokio::task::spawn_blocking(move || {
-            let out = c.output()?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if out.status.success() {
-                Ok(text)
-            } else {
-                Err(NodeError::Other(format!(
-                    "pg_rewind failed ({}): {}",
-                    out.status,
-                    text.trim()
-                )))
-            }
-        })
-        .await
-        .map_err(|e| NodeError::Other(e.to_string()))??;
+        let limit = Duration::from_secs(600);
+        let (out, err) =
+            tokio::task::spawn_blocking(move || pg::command::run_output(c, limit, None))
+                .await
+                .map_err(|e| NodeError::Other(e.to_string()))?
+                .map_err(|e| NodeError::Other(format!("pg_rewind failed: {e}")))?;
+        // pg_rewind reports on standard error
+        let out = format!("{out}{err}");
         tracing::info!(output = %out.trim(), "pg_rewind finished");
         self.ensure_include()?;
         self.write_hba()?;
-        Ok(())
+        Ok(out)
     }
 
     pub fn conninfo(&self, host: &str, port: u16) -> String {

@@ -182,6 +182,12 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
                     },
                     format!("former primary rejoining: rewinding to follow {l}"),
                 ),
+                (Some(l), false) if local.not_streaming_loops >= s.rewind_after_loops * 3 => d(
+                    Action::Rewind {
+                        leader: l.to_owned(),
+                    },
+                    format!("standby keeps failing to start or stream from {l}: rewinding"),
+                ),
                 (Some(l), false) => d(
                     Action::StartReplica {
                         leader: Some(l.to_owned()),

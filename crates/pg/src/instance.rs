@@ -8,6 +8,12 @@ use std::time::Duration;
 use crate::user::make_dir;
 use crate::{bindir, run, OsUser, PgError};
 
+/// A clone that copies nothing for this long is stopped: its source does
+/// not answer (a hung leader), and waiting on it would block the node.
+pub const BASEBACKUP_STALL: Duration = Duration::from_secs(30);
+/// And none may run longer than this, however it moves.
+pub const BASEBACKUP_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct InstanceConfig {
     pub data_dir: PathBuf,
@@ -200,7 +206,13 @@ impl Instance {
         if let Some(s) = slot {
             c.args(["-S", s]);
         }
-        run(c)?;
+        let dir = self.cfg.data_dir.clone();
+        let measure = move || crate::command::dir_size(&dir);
+        let progress = crate::command::Progress {
+            measure: &measure,
+            stall: BASEBACKUP_STALL,
+        };
+        crate::command::run_watched(c, BASEBACKUP_LIMIT, Some(progress))?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! directories it writes are owned by that user.
 #![forbid(unsafe_code)]
 
+pub mod command;
 mod instance;
 pub mod preflight;
 mod user;
@@ -62,20 +63,8 @@ pub fn bindir() -> Result<PathBuf, PgError> {
     ))
 }
 
-/// Runs a command to completion; an unsuccessful exit is an error with its
-/// standard error.
-pub fn run(mut cmd: Command) -> Result<String, PgError> {
-    let program = format!("{:?}", cmd.get_program());
-    let out = cmd.output().map_err(|source| PgError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(PgError::Failed {
-            program,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Runs a command to completion within [`command::DEFAULT_LIMIT`]; an
+/// unsuccessful exit is an error with its standard error.
+pub fn run(cmd: Command) -> Result<String, PgError> {
+    command::run_watched(cmd, command::DEFAULT_LIMIT, None)
 }

@@ -647,3 +647,142 @@ async fn postmaster_kill_without_restart_in_place_fails_over_and_rewinds() {
     // the bootstrap created the replication and admin roles
     assert_eq!(c.psql(c.pg_ports[new], "select string_agg(rolname, ',' order by rolname) from pg_roles where rolname in ('replicator', 'pgwarden_admin')").unwrap(), "pgwarden_admin,replicator");
 }
+
+/// Sends `sig` to `pid` and to all its children (a postmaster and its
+/// backends: `kill -STOP` of the whole PostgreSQL).
+fn signal_tree(pid: u32, sig: &str) {
+    let mut pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .map(|p| p.to_string())
+        .collect();
+    pids.push(pid.to_string());
+    Command::new("kill").arg(sig).args(&pids).status().unwrap();
+}
+
+/// Whether the PostgreSQL on `port` takes writes now: `Some(true)` when it
+/// answers as a primary, `Some(false)` as a standby, `None` when it does
+/// not answer within a second (stopped, dead).
+async fn writable(port: u16) -> Option<bool> {
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=1");
+    let work = async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let r: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .ok()?
+            .get(0);
+        Some(!r)
+    };
+    tokio::time::timeout(Duration::from_secs(1), work)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `kill -STOP` of the primary's postmaster and all its backends, its agent
+/// running on: the agent finds no answer, the node is fenced (SIGKILL) and
+/// gives up the lease, a standby takes over, and when the stopped
+/// processes would resume (SIGCONT) the old primary never takes a write;
+/// it comes back as a standby by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_fenced_and_replaced() {
+    let c = Cluster::start(3, None, &[]);
+    let old = c.wait_healthy(3, Duration::from_secs(90)).await;
+    c.write_via_proxy("CREATE TABLE h (id int)", Duration::from_secs(20));
+    let pm = c.postmaster_pid(old);
+    signal_tree(pm, "-STOP");
+    let took = c.write_via_proxy("INSERT INTO h VALUES (1)", Duration::from_secs(30));
+    eprintln!("writes back {took:?} after kill -STOP of the primary's PostgreSQL");
+    let (leader, _) = c.snapshot().await.unwrap();
+    assert_ne!(
+        leader.as_deref(),
+        Some(format!("n{old}").as_str()),
+        "a standby took over"
+    );
+    signal_tree(pm, "-CONT");
+    for _ in 0..20 {
+        assert_ne!(
+            writable(c.pg_ports[old]).await,
+            Some(true),
+            "the old primary takes writes after SIGCONT: two primaries"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_healthy(3, Duration::from_secs(90)).await;
+    assert_eq!(
+        c.psql(
+            c.pg_ports[old],
+            "select pg_is_in_recovery(), count(*) from h"
+        )
+        .unwrap(),
+        "t|1"
+    );
+}
+
+/// `kill -STOP` of the primary's agent alone: its fence stops PostgreSQL
+/// before the lease can expire (TTL 5 s), so there is no moment with two
+/// writable primaries; when the agent resumes, the node rejoins as a
+/// standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_cannot_leave_its_primary_writable() {
+    let c = Cluster::start(3, None, &[]);
+    let old = c.wait_healthy(3, Duration::from_secs(90)).await;
+    c.write_via_proxy("CREATE TABLE f (id int)", Duration::from_secs(20));
+    let agent = c.agents[old].as_ref().unwrap().id();
+    Command::new("kill")
+        .args(["-STOP", &agent.to_string()])
+        .status()
+        .unwrap();
+    let frozen = Instant::now();
+    // the lease (TTL 5 s) may expire from 5 s on: from then the old
+    // primary must never answer as a primary
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut other_primary_seen = false;
+    while frozen.elapsed() < Duration::from_secs(15) {
+        let old_writable = writable(c.pg_ports[old]).await;
+        assert_ne!(
+            old_writable,
+            Some(true),
+            "{:?} after its agent froze, the old primary still takes writes",
+            frozen.elapsed()
+        );
+        for (i, p) in c.pg_ports.iter().enumerate() {
+            if i != old && writable(*p).await == Some(true) {
+                other_primary_seen = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(other_primary_seen, "a standby took over");
+    c.write_via_proxy("INSERT INTO f VALUES (1)", Duration::from_secs(30));
+    Command::new("kill")
+        .args(["-CONT", &agent.to_string()])
+        .status()
+        .unwrap();
+    c.wait_healthy(3, Duration::from_secs(90)).await;
+    assert_eq!(
+        c.psql(
+            c.pg_ports[old],
+            "select pg_is_in_recovery(), count(*) from f"
+        )
+        .unwrap(),
+        "t|1"
+    );
+}

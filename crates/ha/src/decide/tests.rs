@@ -421,3 +421,25 @@ fn a_crashed_primary_does_not_wait_for_standbys_that_cannot_be_promoted() {
     };
     assert_eq!(decide(&v, &l, &settings()).action, Action::Wait);
 }
+
+/// A standby that keeps failing to start (crash loop) or stays starting
+/// is rewound (or re-cloned), not restarted forever.
+#[test]
+fn a_standby_that_keeps_failing_to_start_is_rewound() {
+    let ms = vec![
+        member("a", Role::Primary, true, 100),
+        member("b", Role::Replica, true, 90),
+    ];
+    let mut l = local("b", Pg::Crashed { was_primary: false });
+    assert_eq!(
+        decide(&view(Some("a"), &ms), &l, &settings()).action,
+        Action::StartReplica {
+            leader: Some("a".into())
+        }
+    );
+    l.not_streaming_loops = 15;
+    assert_eq!(
+        decide(&view(Some("a"), &ms), &l, &settings()).action,
+        Action::Rewind { leader: "a".into() }
+    );
+}
