@@ -144,7 +144,8 @@ impl Agent {
                     // renewed between the steps: each can take seconds
                     self.node.promote().await?;
                     self.keep_lease_or_stop(ttl, "promoting").await?;
-                    self.node.write_conf(None, None, &cc.parameters)?;
+                    self.node
+                        .write_conf(None, strict_names(cc), &cc.parameters)?;
                     self.node.reload().await?;
                     self.node.checkpoint().await;
                     self.keep_lease_or_stop(ttl, "the checkpoint after promotion")
@@ -161,7 +162,8 @@ impl Agent {
                 }
                 self.node.promote().await?;
                 self.keep_lease_or_stop(ttl, "promoting").await?;
-                self.node.write_conf(None, None, &cc.parameters)?;
+                self.node
+                    .write_conf(None, strict_names(cc), &cc.parameters)?;
                 self.node.reload().await?;
                 self.node.checkpoint().await;
                 Ok("promoted".into())
@@ -261,7 +263,8 @@ impl Agent {
 
     pub(crate) async fn start_primary(&mut self, cc: &ClusterConfig) -> Result<(), AgentError> {
         self.node.set_standby(false)?;
-        self.node.write_conf(None, None, &cc.parameters)?;
+        self.node
+            .write_conf(None, strict_names(cc), &cc.parameters)?;
         self.node.start(Duration::from_secs(60)).await?;
         Ok(())
     }
@@ -327,4 +330,11 @@ impl Agent {
         self.node.clone_from(host, port).await?;
         Ok(format!("{why}; re-cloned with pg_basebackup"))
     }
+}
+
+/// A new primary in strict synchronous mode keeps commits waiting for a
+/// standby (any, until the leader's upkeep names one) instead of taking
+/// asynchronous commits in the meantime.
+fn strict_names(cc: &ClusterConfig) -> Option<&'static str> {
+    (cc.synchronous_mode && cc.synchronous_mode_strict).then_some("*")
 }

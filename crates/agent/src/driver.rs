@@ -34,8 +34,8 @@ pub struct Agent {
     /// When this node last renewed (or took) the lease.
     pub(crate) last_renew: Option<Instant>,
     pub(crate) running_since: Option<Instant>,
-    /// Synchronous mode: the standby this leader published as synchronous.
-    pub(crate) sync_standby: Option<String>,
+    /// Synchronous mode: the DCS Sync key as this pass read it.
+    pub(crate) sync_key: Option<ha::sync::SyncKey>,
     /// Failsafe mode, from the cluster config last read.
     pub(crate) failsafe: bool,
     /// The leader's last published WAL position.
@@ -81,7 +81,7 @@ impl Agent {
             not_streaming_loops: 0,
             last_renew: None,
             running_since: None,
-            sync_standby: None,
+            sync_key: None,
             failsafe: false,
             last_leader_lsn: None,
             lease_ttl: Duration::ZERO,
@@ -202,10 +202,9 @@ impl Agent {
             .get(Key::Status)
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v["leader"].as_str().map(str::to_owned));
-        let sync_standby = snap
-            .get(Key::Sync)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["sync_standby"].as_str().map(str::to_owned));
+        // read from the DCS every pass (also right after a restart)
+        self.sync_key = snap.get(Key::Sync).and_then(ha::sync::SyncKey::parse);
+        let sync_standby = self.sync_key.as_ref().and_then(|k| k.sync_standby.clone());
         let failsafe_leader = self
             .shared
             .failsafe_ping

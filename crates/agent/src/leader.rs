@@ -34,7 +34,7 @@ impl Agent {
         } else {
             None
         };
-        if !cc.synchronous_mode && self.sync_standby.take().is_some() {
+        if !cc.synchronous_mode && self.sync_key.take().is_some() {
             let _ = self.dcs.put(Key::Sync, None).await;
         }
         if self
@@ -46,68 +46,52 @@ impl Agent {
         Ok(String::new())
     }
 
-    /// Synchronous mode: keeps one streaming standby synchronous and
-    /// publishes it in the Sync key only once PostgreSQL reports it as
-    /// `sync`, so that the key never names a standby that may lack an
-    /// acknowledged commit. Returns synchronous_standby_names.
+    /// Synchronous mode, in the order of [`ha::sync`]: the key loses a
+    /// standby before PostgreSQL stops waiting for it, and names the new
+    /// one only once PostgreSQL reports it `sync`. Returns
+    /// synchronous_standby_names.
     pub(crate) async fn manage_sync(
         &mut self,
         members: &[Member],
         cc: &ClusterConfig,
     ) -> Result<Option<String>, AgentError> {
         let repl = self.node.replication().await?;
-        let streaming = |n: &str| repl.iter().any(|(a, _)| a == n);
-        let eligible: Vec<&Member> = members
-            .iter()
-            .filter(|m| m.name != self.cfg.name && !m.nofailover && streaming(&m.name))
-            .collect();
-        let current = self.sync_standby.clone().filter(|c| streaming(c));
-        let candidate = current.or_else(|| {
-            eligible
+        let me = self.cfg.name.clone();
+        let plan = ha::sync::plan(
+            &me,
+            self.sync_key.as_ref(),
+            &repl,
+            members,
+            cc.synchronous_mode_strict,
+        );
+        if let Some(k) = plan.key_first {
+            // in the DCS before PostgreSQL waits for another standby
+            self.dcs.put(Key::Sync, Some(&k.to_json())).await?;
+            self.sync_key = Some(k);
+        }
+        if self
+            .node
+            .write_conf(None, Some(&plan.names), &cc.parameters)?
+        {
+            self.node.reload().await?;
+        }
+        if let Some(c) = plan.publish_when_sync {
+            let is_sync = self
+                .node
+                .replication()
+                .await?
                 .iter()
-                .max_by_key(|m| (m.lsn, m.priority))
-                .map(|m| m.name.clone())
-        });
-        match candidate {
-            Some(cand) => {
-                let names = format!("FIRST 1 (\"{}\")", cand.replace('"', ""));
-                // PostgreSQL first, then the key.
-                if self.node.write_conf(None, Some(&names), &cc.parameters)? {
-                    self.node.reload().await?;
-                }
-                let is_sync = self
-                    .node
-                    .replication()
-                    .await?
-                    .iter()
-                    .any(|(a, st)| *a == cand && st == "sync");
-                if is_sync && self.sync_standby.as_deref() != Some(cand.as_str()) {
-                    let v = serde_json::json!({ "leader": self.cfg.name, "sync_standby": cand })
-                        .to_string();
-                    self.dcs.put(Key::Sync, Some(&v)).await?;
-                    self.sync_standby = Some(cand.clone());
-                }
-                Ok(Some(names))
-            }
-            None if cc.synchronous_mode_strict => {
-                // never fall back to asynchronous: commits wait for a standby
-                Ok(Some(
-                    self.sync_standby
-                        .as_ref()
-                        .map(|c| format!("FIRST 1 (\"{c}\")"))
-                        .unwrap_or_else(|| "*".into()),
-                ))
-            }
-            None => {
-                // no standby at all: the key goes first, then PostgreSQL
-                if self.sync_standby.take().is_some() {
-                    let v = serde_json::json!({ "leader": self.cfg.name, "sync_standby": null })
-                        .to_string();
-                    self.dcs.put(Key::Sync, Some(&v)).await?;
-                }
-                Ok(None)
+                .any(|(a, st)| *a == c && st == "sync");
+            if is_sync {
+                let k = ha::sync::SyncKey {
+                    leader: me,
+                    sync_standby: Some(c),
+                };
+                self.dcs.put(Key::Sync, Some(&k.to_json())).await?;
+                self.sync_key = Some(k);
             }
         }
+        Ok(Some(plan.names))
     }
 
     pub(crate) async fn record_history(&self, epoch: u64, status: Option<&Status>) {

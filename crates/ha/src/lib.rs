@@ -6,6 +6,7 @@
 
 mod decide;
 mod member;
+pub mod sync;
 
 pub use decide::{decide, Action, Decision, Local, Pg, Settings, View};
 pub use member::{ClusterConfig, Member, Role};

@@ -401,35 +401,73 @@ async fn synchronous_mode_loses_no_acknowledged_write() {
     let sync = "synchronous_mode = true";
     let mut c = Cluster::start(3, None, &[sync, sync, sync]);
     let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
-    // a synchronous standby is named in the DCS
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = dcs::open(&c.dcs_url, "t").await.unwrap();
-        let s = d.snapshot().await.unwrap();
-        if s.get(dcs::Key::Sync)
-            .is_some_and(|v| v.contains("\"sync_standby\":\"n"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no synchronous standby published"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.wait_sync_standby(|_| true).await;
     c.write_via_proxy(
         "CREATE TABLE acked (seq int primary key)",
         Duration::from_secs(20),
     );
-    // a writer through the proxy, a fresh connection per write
-    let port = c.proxy_port;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
+    let w = Writer::start(c.proxy_port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.lose_node(leader);
+    c.write_via_proxy("SELECT 1", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked = w.stop();
+    assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    let lost = c.lost_writes(&acked).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// The synchronous standby changes under a write loop (it is lost, the
+/// leader makes the other standby synchronous), then the leader is lost:
+/// the new synchronous standby is promoted with every acknowledged write.
+/// The DCS key must never name the old standby once commits are
+/// acknowledged by the new one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_standby_change_under_writes_loses_nothing() {
+    let sync = "synchronous_mode = true";
+    let mut c = Cluster::start(3, None, &[sync, sync, sync]);
+    let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    let first = c.wait_sync_standby(|_| true).await;
+    c.write_via_proxy(
+        "CREATE TABLE acked (seq int primary key)",
+        Duration::from_secs(20),
+    );
+    let w = Writer::start(c.proxy_port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.lose_node(first);
+    let second = c.wait_sync_standby(|s| s != first).await;
+    assert_ne!(second, leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.lose_node(leader);
+    c.write_via_proxy("SELECT 1", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = w.stop();
+    assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    let (leader_now, _) = c.snapshot().await.unwrap();
+    assert_eq!(
+        leader_now,
+        Some(format!("n{second}")),
+        "the synchronous standby took over"
+    );
+    let lost = c.lost_writes(&acked).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// A writer through the proxy, a fresh connection per write, that keeps
+/// the sequence numbers whose INSERT was acknowledged.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<i64>>,
+}
+
+impl Writer {
+    fn start(port: u16) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
             let mut acked = Vec::new();
-            let mut seq = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut seq = 0i64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 seq += 1;
                 let (ok, out, _) = testkit::psql(
                     port,
@@ -442,29 +480,57 @@ async fn synchronous_mode_loses_no_acknowledged_write() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             acked
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    c.lose_node(leader);
-    c.write_via_proxy("SELECT 1", Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let acked = writer.join().unwrap();
-    assert!(acked.len() > 20, "too few writes: {}", acked.len());
-    let (leader_now, _) = c.snapshot().await.unwrap();
-    let new: usize = leader_now.unwrap()[1..].parse().unwrap();
-    let present: std::collections::HashSet<i64> = c
-        .psql(c.pg_ports[new], "select seq from acked")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let lost: Vec<i64> = acked
-        .iter()
-        .map(|&s| s as i64)
-        .filter(|s| !present.contains(s))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        });
+        Writer { stop, thread }
+    }
+
+    fn stop(self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+impl Cluster {
+    /// Waits until the DCS Sync key names a standby that `ok` accepts;
+    /// returns its index.
+    async fn wait_sync_standby(&self, ok: impl Fn(usize) -> bool) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = dcs::open(&self.dcs_url, "t").await.unwrap();
+            let named = d
+                .snapshot()
+                .await
+                .ok()
+                .and_then(|s| s.get(dcs::Key::Sync).and_then(ha::sync::SyncKey::parse))
+                .and_then(|k| k.sync_standby)
+                .and_then(|n| n[1..].parse::<usize>().ok());
+            if let Some(i) = named.filter(|i| ok(*i)) {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no synchronous standby published: {named:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Acknowledged writes missing on the leader now.
+    async fn lost_writes(&self, acked: &[i64]) -> Vec<i64> {
+        let (leader_now, _) = self.snapshot().await.unwrap();
+        let new: usize = leader_now.unwrap()[1..].parse().unwrap();
+        let present: std::collections::HashSet<i64> = self
+            .psql(self.pg_ports[new], "select seq from acked")
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        acked
+            .iter()
+            .copied()
+            .filter(|s| !present.contains(s))
+            .collect()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
