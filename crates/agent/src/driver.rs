@@ -34,6 +34,8 @@ pub struct Agent {
     /// When this node last renewed (or took) the lease.
     pub(crate) last_renew: Option<Instant>,
     pub(crate) running_since: Option<Instant>,
+    /// Failsafe mode: the DCS Failsafe key as last read.
+    pub(crate) failsafe_key: Option<ha::failsafe::FailsafeKey>,
     /// Synchronous mode: the DCS Sync key as this pass read it.
     pub(crate) sync_key: Option<ha::sync::SyncKey>,
     /// Failsafe mode, from the cluster config last read.
@@ -82,6 +84,7 @@ impl Agent {
             last_renew: None,
             running_since: None,
             sync_key: None,
+            failsafe_key: None,
             failsafe: false,
             last_leader_lsn: None,
             lease_ttl: Duration::ZERO,
@@ -202,6 +205,10 @@ impl Agent {
             .get(Key::Status)
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v["leader"].as_str().map(str::to_owned));
+        self.failsafe_key = snap
+            .get(Key::Failsafe)
+            .and_then(ha::failsafe::FailsafeKey::parse)
+            .filter(|_| cc.failsafe_mode);
         // read from the DCS every pass (also right after a restart)
         self.sync_key = snap.get(Key::Sync).and_then(ha::sync::SyncKey::parse);
         let sync_standby = self.sync_key.as_ref().and_then(|k| k.sync_standby.clone());
@@ -215,6 +222,7 @@ impl Agent {
             .map(|(l, _)| l);
         let view = View {
             failsafe_leader: failsafe_leader.as_deref(),
+            failsafe: self.failsafe_key.as_ref().filter(|_| snap.leader.is_none()),
             last_leader: last_leader.as_deref(),
             initialized: snap.initialize.is_some(),
             leader: snap.leader.as_ref().map(|l| l.name.as_str()),
@@ -267,33 +275,29 @@ impl Agent {
             return format!("DCS unavailable: {e}");
         }
         if self.failsafe && self.last_renew.is_some() {
-            // Failsafe: stay primary while every other member confirms it
-            // still follows this node.
-            let others: Vec<Member> = self
-                .shared
-                .members
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter(|m| m.name != self.cfg.name)
-                .cloned()
-                .collect();
+            // Failsafe: stay primary while every member this leader listed
+            // in the DCS (and at least one) confirms it still follows it.
+            let key = self
+                .failsafe_key
+                .clone()
+                .filter(|k| k.leader == self.cfg.name);
+            let listed = key.as_ref().map(|k| k.members.len()).unwrap_or(0);
             let mut confirmed = 0;
-            for m in &others {
+            for m in key.iter().flat_map(|k| k.members.iter()) {
                 if crate::api::failsafe_confirm(&m.api_url, &self.cfg.name).await {
                     confirmed += 1;
                 }
             }
-            if confirmed == others.len() {
+            if key.is_some_and(|k| k.holds(confirmed)) {
                 // keep going until the next check
                 self.proved(Instant::now() - ttl + margin + self.cfg.loop_wait);
                 return format!(
-                    "DCS unavailable ({e}); failsafe mode: all {confirmed} other members confirmed they follow this primary, staying primary"
+                    "DCS unavailable ({e}); failsafe mode: all {confirmed} listed members confirmed they follow this primary, staying primary"
                 );
             }
             tracing::warn!(
                 confirmed,
-                members = others.len(),
+                members = listed,
                 "failsafe: not every member confirmed"
             );
         }

@@ -34,6 +34,14 @@ impl Agent {
         } else {
             None
         };
+        let failsafe = cc
+            .failsafe_mode
+            .then(|| ha::failsafe::FailsafeKey::of(&self.cfg.name, members));
+        if failsafe != self.failsafe_key {
+            let v = failsafe.as_ref().map(|k| k.to_json());
+            self.dcs.put(Key::Failsafe, v.as_deref()).await?;
+            self.failsafe_key = failsafe;
+        }
         if !cc.synchronous_mode && self.sync_key.take().is_some() {
             let _ = self.dcs.put(Key::Sync, None).await;
         }

@@ -47,6 +47,8 @@ pub enum Key {
     Failover,
     /// Present: automatic failover is paused.
     Pause,
+    /// Failsafe mode: the members that may confirm the leader.
+    Failsafe,
 }
 
 impl Key {
@@ -58,15 +60,17 @@ impl Key {
             Key::Status => "status",
             Key::Failover => "failover",
             Key::Pause => "pause",
+            Key::Failsafe => "failsafe",
         }
     }
-    pub const ALL: [Key; 6] = [
+    pub const ALL: [Key; 7] = [
         Key::Config,
         Key::History,
         Key::Sync,
         Key::Status,
         Key::Failover,
         Key::Pause,
+        Key::Failsafe,
     ];
 }
 

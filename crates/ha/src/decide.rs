@@ -19,6 +19,9 @@ pub struct View<'a> {
     /// Failsafe: the old leader asked this node within the TTL whether it
     /// still follows it (it is still running as primary without the DCS).
     pub failsafe_leader: Option<&'a str>,
+    /// Failsafe mode: the members the last leader listed as able to confirm
+    /// it; while the key is there, only they may take over.
+    pub failsafe: Option<&'a crate::failsafe::FailsafeKey>,
     /// Who last published the leader's position (the last known leader).
     pub last_leader: Option<&'a str>,
 }
@@ -286,6 +289,15 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
                     "no leader; tagged nofailover: not a candidate",
                 );
             }
+            if let Some(k) = view.failsafe.filter(|k| !k.lists(&local.name)) {
+                return d(
+                    Action::Wait,
+                    format!(
+                        "no leader; failsafe mode: only the members {} listed may take over",
+                        k.leader
+                    ),
+                );
+            }
             match best_candidate(view, local, *lsn, s) {
                 Ok(()) => d(
                     Action::TakeLeaseAndPromote,
@@ -339,7 +351,8 @@ fn eligible(view: &View<'_>, m: &Member, s: &Settings) -> bool {
         .last_leader_lsn
         .is_none_or(|last| last.saturating_sub(m.lsn) <= s.maximum_lag_on_failover);
     let sync_ok = !s.synchronous_mode || view.sync_standby == Some(m.name.as_str());
-    m.running && m.role == Role::Replica && !m.nofailover && lag_ok && sync_ok
+    let failsafe_ok = view.failsafe.is_none_or(|k| k.lists(&m.name));
+    m.running && m.role == Role::Replica && !m.nofailover && lag_ok && sync_ok && failsafe_ok
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod decide;
+pub mod failsafe;
 mod member;
 pub mod sync;
 

@@ -69,6 +69,7 @@ fn view<'a>(leader: Option<&'a str>, members: &'a [Member]) -> View<'a> {
         last_leader_lsn: None,
         sync_standby: None,
         failsafe_leader: None,
+        failsafe: None,
         last_leader: None,
     }
 }
@@ -441,5 +442,43 @@ fn a_standby_that_keeps_failing_to_start_is_rewound() {
     assert_eq!(
         decide(&view(Some("a"), &ms), &l, &settings()).action,
         Action::Rewind { leader: "a".into() }
+    );
+}
+
+/// Failsafe mode: with the key there, a member the last leader did not
+/// list (it was not streaming from it) may not take over; a listed one may.
+#[test]
+fn failsafe_lets_only_listed_members_take_over() {
+    let ms = vec![
+        member("b", Role::Replica, true, 100),
+        member("c", Role::Replica, true, 90),
+    ];
+    let key = crate::failsafe::FailsafeKey::of("a", &ms[1..]);
+    let mut v = view(None, &ms);
+    v.failsafe = Some(&key);
+    let b = local(
+        "b",
+        Pg::Running {
+            primary: false,
+            lsn: 100,
+            timeline: 1,
+            following: None,
+            streaming: false,
+        },
+    );
+    assert_eq!(decide(&v, &b, &settings()).action, Action::Wait);
+    let c = local(
+        "c",
+        Pg::Running {
+            primary: false,
+            lsn: 100,
+            timeline: 1,
+            following: None,
+            streaming: false,
+        },
+    );
+    assert_eq!(
+        decide(&v, &c, &settings()).action,
+        Action::TakeLeaseAndPromote
     );
 }
