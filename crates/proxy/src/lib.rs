@@ -9,6 +9,7 @@ pub mod auth;
 mod bufpool;
 mod client;
 pub mod clock;
+mod encoding;
 pub mod follow;
 pub mod health;
 mod io;
