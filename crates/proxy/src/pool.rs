@@ -464,12 +464,17 @@ impl Pool {
     }
 
     /// Idle connections' (id, addr, age, pid) for SHOW SERVERS.
-    pub fn idle_servers(&self) -> Vec<(u64, String, Duration, i32)> {
+    /// Idle connections: id, address, age, pid, and how long idle.
+    pub fn idle_servers(&self) -> Vec<(u64, String, Duration, i32, Duration)> {
+        let now = crate::clock::now_ms();
         self.idle
             .lock()
             .map(|v| {
                 v.iter()
-                    .map(|c| (c.id, c.addr.to_string(), c.created.elapsed(), c.pid))
+                    .map(|c| {
+                        let idle = Duration::from_millis(now.saturating_sub(c.last_used_ms));
+                        (c.id, c.addr.to_string(), c.created.elapsed(), c.pid, idle)
+                    })
                     .collect()
             })
             .unwrap_or_default()

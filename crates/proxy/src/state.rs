@@ -49,6 +49,8 @@ impl Control {
     pub const SHUTDOWN: u8 = 2;
     /// The shutdown deadline passed: end now, even inside a transaction.
     pub const TERMINATE: u8 = 4;
+    /// Idle (holding no server) longer than `client_idle_timeout`.
+    pub const IDLE_TIMEOUT: u8 = 8;
 
     pub fn signal(&self, bits: u8) {
         self.flags.fetch_or(bits, Ordering::AcqRel);
@@ -88,6 +90,8 @@ pub struct ClientInfo {
     /// Seconds since the Unix epoch (4 bytes, not a SystemTime's 16).
     connected_unix: u32,
     state: AtomicU8,
+    /// When the state last changed, by the coarse clock (ms).
+    state_since_ms: AtomicU64,
     /// The server connection the client holds, if any.
     pub server: Mutex<Option<Arc<ServerRef>>>,
     pub control: Control,
@@ -108,6 +112,13 @@ impl ClientInfo {
     }
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
+        self.state_since_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+    }
+    /// How long the client has been in its state (by the coarse clock).
+    pub fn state_age(&self) -> std::time::Duration {
+        let since = self.state_since_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(crate::clock::now_ms().saturating_sub(since))
     }
     pub fn state(&self) -> ClientState {
         match self.state.load(Ordering::Relaxed) {
@@ -291,11 +302,18 @@ impl State {
         addr: SocketAddr,
         names: Arc<PoolKey>,
         tls: bool,
+        server_pid: Option<i32>,
     ) -> Arc<ClientInfo> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        // The cancel key's pid half is unique among connected clients.
-        let mut pid = (id as i32) & i32::MAX;
+        // The cancel key's pid half is unique among connected clients. A
+        // client that keeps one server connection for its session (session
+        // mode) is given that server's pid where no other client has it:
+        // `pg_backend_pid()`, `pg_terminate_backend()` and notifications
+        // name the process the client sees.
+        let mut pid = server_pid
+            .filter(|p| *p > 0 && !clients.contains_key(p))
+            .unwrap_or((id as i32) & i32::MAX);
         while pid == 0 || clients.contains_key(&pid) {
             pid = rand::random::<i32>() & i32::MAX;
         }
@@ -310,6 +328,7 @@ impl State {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as u32),
             state: AtomicU8::new(0),
+            state_since_ms: AtomicU64::new(crate::clock::now_ms()),
             server: Mutex::new(None),
             control: Control::default(),
         });
