@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -89,9 +89,10 @@ pub struct ClientInfo {
     pub tls: bool,
     /// Seconds since the Unix epoch (4 bytes, not a SystemTime's 16).
     connected_unix: u32,
-    state: AtomicU8,
-    /// When the state last changed, by the coarse clock (ms).
-    state_since_ms: AtomicU64,
+    /// The state (low 2 bits) and when it last changed (the rest: the
+    /// coarse clock in tenths of a second), in one word so ClientInfo stays
+    /// within 96 bytes.
+    state: AtomicU32,
     /// The server connection the client holds, if any.
     pub server: Mutex<Option<Arc<ServerRef>>>,
     pub control: Control,
@@ -111,22 +112,28 @@ impl ClientInfo {
         &self.names.database
     }
     pub fn set_state(&self, s: ClientState) {
-        self.state.store(s as u8, Ordering::Relaxed);
-        self.state_since_ms
-            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.state
+            .store(tenths_now() << 2 | s as u32, Ordering::Relaxed);
     }
     /// How long the client has been in its state (by the coarse clock).
     pub fn state_age(&self) -> std::time::Duration {
-        let since = self.state_since_ms.load(Ordering::Relaxed);
-        std::time::Duration::from_millis(crate::clock::now_ms().saturating_sub(since))
+        let since = self.state.load(Ordering::Relaxed) >> 2;
+        let tenths = tenths_now().wrapping_sub(since) & (u32::MAX >> 2);
+        std::time::Duration::from_millis(u64::from(tenths) * 100)
     }
     pub fn state(&self) -> ClientState {
-        match self.state.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) & 3 {
             1 => ClientState::Waiting,
             2 => ClientState::Active,
             _ => ClientState::Idle,
         }
     }
+}
+
+/// The coarse clock in tenths of a second (kept to 30 bits: wraps after
+/// 3 years, and ages are taken modulo that).
+fn tenths_now() -> u32 {
+    (crate::clock::now_ms() / 100) as u32 & (u32::MAX >> 2)
 }
 
 #[derive(Default)]
@@ -327,8 +334,7 @@ impl State {
             connected_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as u32),
-            state: AtomicU8::new(0),
-            state_since_ms: AtomicU64::new(crate::clock::now_ms()),
+            state: AtomicU32::new(tenths_now() << 2),
             server: Mutex::new(None),
             control: Control::default(),
         });
