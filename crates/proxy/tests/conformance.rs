@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wire::backend::TxStatus;
 use wire::frontend::{Bind, FrontendMessage as F, Parse, Target};
 
 /// Every wait on the proxy in these tests: a hang fails the test.
@@ -123,7 +122,11 @@ async fn a_pipeline_that_failed_is_answered_after_its_sync() {
         assert_eq!(got, "12TDCE", "{mode}: the Parse fails");
         s.write_all(&msgs(&q("select 'aborted'"))).await.unwrap();
         s.write_all(&msgs(&[F::Sync])).await.unwrap();
-        assert_eq!(until_tag(&mut s, b'Z').await, "Z", "{mode}: nothing but the Sync's answer");
+        assert_eq!(
+            until_tag(&mut s, b'Z').await,
+            "Z",
+            "{mode}: nothing but the Sync's answer"
+        );
         // the connection is usable again
         s.write_all(&msgs(&[F::Query("select 2".into())]))
             .await
@@ -268,8 +271,10 @@ async fn a_client_that_leaves_while_its_server_works_does_not_hold_it() {
         .unwrap();
     let admin = p.connect("postgres", None, "pgwarden").await.unwrap();
     wait_for(LIMIT, || {
-        pg.sql("app", "select count(*) from pg_stat_activity where query = 'select pg_sleep(120)'")
-            == "1"
+        pg.sql(
+            "app",
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(120)'",
+        ) == "1"
     })
     .await;
     drop(s);
@@ -402,7 +407,11 @@ async fn session_mode_clients_see_their_own_server_process() {
         t == b'Z'
     })
     .await;
-    assert_eq!(seen, pid_a.to_string(), "BackendKeyData names the server process");
+    assert_eq!(
+        seen,
+        pid_a.to_string(),
+        "BackendKeyData names the server process"
+    );
     drop(a);
     let (_b, pid_b, _) = login("UTF8").await;
     assert_ne!(pid_b, pid_a, "a new session gets a process of its own");
@@ -414,5 +423,4 @@ async fn session_mode_clients_see_their_own_server_process() {
         .unwrap();
     let got = read_until(&mut c, |t, _| t == b'E' || t == b'Z').await;
     assert!(got.ends_with('E'), "{got}");
-    let _ = TxStatus::Idle;
 }

@@ -421,7 +421,7 @@ async fn login(
     // Session mode: the client's server connection is taken now, so that
     // the client is told its process id.
     let held = if pool.mode() == config::PoolMode::Session {
-        match Box::pin(super::session::checkout(&state, &pool)).await {
+        match Box::pin(super::session::checkout(state, &pool)).await {
             Ok(co) => Some(co),
             Err(e) => {
                 return Err(fail(

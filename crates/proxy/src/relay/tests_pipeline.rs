@@ -159,7 +159,7 @@ fn a_lone_describe_is_answered() {
     let mut h = Harness::new(true);
     h.client(&reg, &[parse("d", "select $1::int"), F::Sync]);
     h.server(&[B::ParseComplete, rfq(TxStatus::Idle)]);
-    for last in [B::RowDescription(vec![]), B::NoData] {
+    for (last, want) in [(B::RowDescription(vec![]), "tT"), (B::NoData, "tn")] {
         h.client(
             &reg,
             &[
@@ -172,7 +172,7 @@ fn a_lone_describe_is_answered() {
         );
         assert!(h.relay.awaits_server());
         let out = h.server(&[B::ParameterDescription(vec![23]), last]);
-        assert_eq!(out.len() > 0, true);
+        assert_eq!(tags(&out), want);
         assert!(!h.relay.awaits_server());
         h.client(&reg, &[F::Sync]);
         h.server(&[rfq(TxStatus::Idle)]);
