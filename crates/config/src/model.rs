@@ -87,6 +87,22 @@ pub struct ProxyConfig {
     pub health_check_max_retries: u32,
     pub shutdown_timeout: Duration,
     pub server_reset_query: String,
+    /// Session mode: give a client's server connection to later clients
+    /// (after `server_reset_query`). Off: each client session has a server
+    /// process of its own, whose pid it is told, as with a direct
+    /// connection.
+    pub session_server_reuse: bool,
+    /// A client idle in a transaction (the proxy waits for it while its
+    /// server holds the transaction) longer than this is disconnected and
+    /// its server connection closed. Zero: no limit (PgBouncer's default).
+    pub idle_transaction_timeout: Duration,
+    /// A query that runs longer than this (since the client's last request,
+    /// the server owing an answer) is cancelled and its client disconnected.
+    /// Zero: no limit.
+    pub query_timeout: Duration,
+    /// A client that holds no server connection and sends nothing for this
+    /// long is disconnected. Zero: no limit.
+    pub client_idle_timeout: Duration,
     pub max_message_size: usize,
     pub workers: usize,
     pub admin_users: Vec<String>,
@@ -192,6 +208,10 @@ struct RawProxy {
     health_check_max_retries: Option<u32>,
     shutdown_timeout: Option<Spanned<String>>,
     server_reset_query: Option<String>,
+    session_server_reuse: Option<bool>,
+    idle_transaction_timeout: Option<Spanned<String>>,
+    query_timeout: Option<Spanned<String>>,
+    client_idle_timeout: Option<Spanned<String>>,
     max_message_size: Option<Spanned<usize>>,
     workers: Option<Spanned<usize>>,
     admin_users: Option<Vec<String>>,
@@ -383,6 +403,10 @@ impl RawConfig {
             server_reset_query: p
                 .server_reset_query
                 .unwrap_or_else(|| "DISCARD ALL".to_owned()),
+            session_server_reuse: p.session_server_reuse.unwrap_or(false),
+            idle_transaction_timeout: duration(&p.idle_transaction_timeout, Duration::ZERO)?,
+            query_timeout: duration(&p.query_timeout, Duration::ZERO)?,
+            client_idle_timeout: duration(&p.client_idle_timeout, Duration::ZERO)?,
             max_message_size,
             workers,
             admin_users: p.admin_users.unwrap_or_default(),

@@ -18,6 +18,11 @@ fn minimal_config_has_defaults() {
     assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
     assert_eq!(c.backends[0].addr(), "127.0.0.1:5432");
     assert_eq!(c.backends[0].name, "node0");
+    // PgBouncer's safety timeouts are off unless set
+    assert!(c.proxy.idle_transaction_timeout.is_zero());
+    assert!(c.proxy.query_timeout.is_zero());
+    assert!(c.proxy.client_idle_timeout.is_zero());
+    assert!(!c.proxy.session_server_reuse);
 }
 
 #[test]
@@ -29,6 +34,10 @@ pool_mode = "session"
 default_pool_size = 5
 min_pool_size = 1
 query_wait_timeout = "2s"
+idle_transaction_timeout = "1m"
+query_timeout = "30s"
+client_idle_timeout = "1h"
+session_server_reuse = true
 admin_users = ["admin"]
 hba = ["host all all 127.0.0.1/32 md5", "host all all all reject"]
 
@@ -52,6 +61,16 @@ user = "pgwarden_auth"
         std::time::Duration::from_secs(2)
     );
     assert_eq!(c.proxy.hba.0.len(), 2);
+    assert_eq!(
+        c.proxy.idle_transaction_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(c.proxy.query_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(
+        c.proxy.client_idle_timeout,
+        std::time::Duration::from_secs(3600)
+    );
+    assert!(c.proxy.session_server_reuse);
     assert_eq!(c.user("app").unwrap().pool_size, Some(3));
     assert_eq!(c.auth_query.unwrap().database, "postgres");
 }
@@ -71,6 +90,12 @@ fn errors_name_file_and_line() {
     );
     assert!(err("[proxy]\nquery_wait_timeout = \"soon\"\n")
         .starts_with("pgwarden.toml:2:22: invalid duration"));
+    assert!(err("[proxy]\nquery_timeout = \"later\"\n")
+        .starts_with("pgwarden.toml:2:17: invalid duration"));
+    assert!(err("[proxy]\nidle_transaction_timeout = \"x\"\n")
+        .starts_with("pgwarden.toml:2:28: invalid duration"));
+    assert!(err("[proxy]\nclient_idle_timeout = \"-1s\"\n")
+        .starts_with("pgwarden.toml:2:23: invalid duration"));
     assert!(err("[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"\n")
         .starts_with("pgwarden.toml:4:8: user \"a\" is defined twice"));
     assert!(err("this is not toml").starts_with("pgwarden.toml:1:"));

@@ -195,6 +195,12 @@ fn show_pools(state: &Arc<State>) -> Reply {
     )
 }
 
+/// Seconds, to the tenth (how long a client or server has been in its
+/// state, by the coarse clock).
+fn secs(d: std::time::Duration) -> String {
+    format!("{:.1}", d.as_secs_f64())
+}
+
 fn show_clients(state: &Arc<State>) -> Reply {
     let rows = state
         .clients()
@@ -206,6 +212,7 @@ fn show_clients(state: &Arc<State>) -> Reply {
                 s(c.user()),
                 s(c.database()),
                 s(format!("{:?}", c.state()).to_lowercase()),
+                s(secs(c.state_age())),
                 s(c.addr().ip()),
                 s(c.addr().port()),
                 s(c.tls),
@@ -220,6 +227,7 @@ fn show_clients(state: &Arc<State>) -> Reply {
             "user",
             "database",
             "state",
+            "state_s",
             "addr",
             "port",
             "tls",
@@ -240,6 +248,7 @@ fn show_servers(state: &Arc<State>) -> Reply {
                 s(c.user()),
                 s(c.database()),
                 s("active"),
+                s(secs(c.state_age())),
                 s(&r.addr),
                 s(r.pid),
                 None,
@@ -248,12 +257,13 @@ fn show_servers(state: &Arc<State>) -> Reply {
         }
     }
     for p in state.pools.all() {
-        for (id, addr, age, pid) in p.idle_servers() {
+        for (id, addr, age, pid, idle) in p.idle_servers() {
             rows.push(vec![
                 s(id),
                 s(&p.key.user),
                 s(&p.key.database),
                 s("idle"),
+                s(secs(idle)),
                 s(addr),
                 s(pid),
                 s(age.as_secs()),
@@ -267,6 +277,7 @@ fn show_servers(state: &Arc<State>) -> Reply {
             "user",
             "database",
             "state",
+            "state_s",
             "addr",
             "pid",
             "age_s",
@@ -336,6 +347,16 @@ fn show_config(state: &Arc<State>) -> Reply {
         ),
         ("shutdown_timeout", format!("{:?}", p.shutdown_timeout)),
         ("server_reset_query", p.server_reset_query.clone()),
+        ("session_server_reuse", p.session_server_reuse.to_string()),
+        (
+            "idle_transaction_timeout",
+            format!("{:?}", p.idle_transaction_timeout),
+        ),
+        ("query_timeout", format!("{:?}", p.query_timeout)),
+        (
+            "client_idle_timeout",
+            format!("{:?}", p.client_idle_timeout),
+        ),
         ("max_message_size", p.max_message_size.to_string()),
         ("workers", p.workers.to_string()),
         ("admin_users", p.admin_users.join(",")),

@@ -9,6 +9,7 @@ pub mod auth;
 mod bufpool;
 mod client;
 pub mod clock;
+mod encoding;
 pub mod follow;
 pub mod health;
 mod io;
@@ -169,6 +170,23 @@ async fn maintain(state: Arc<State>) {
         }
         for pool in state.pools.all() {
             pool.maintain().await;
+        }
+        end_idle_clients(&state);
+    }
+}
+
+/// `client_idle_timeout`: clients that hold no server connection and have
+/// sent nothing for that long are told to end (a client holding one keeps
+/// its own deadline while it does).
+fn end_idle_clients(state: &State) {
+    let limit = state.config().proxy.client_idle_timeout;
+    if limit.is_zero() {
+        return;
+    }
+    let clients = state.clients.lock().unwrap_or_else(|e| e.into_inner());
+    for c in clients.values() {
+        if c.state() == state::ClientState::Idle && c.state_age() >= limit {
+            c.control.signal(state::Control::IDLE_TIMEOUT);
         }
     }
 }

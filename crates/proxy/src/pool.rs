@@ -117,6 +117,11 @@ impl Reported {
             {
                 let start = if i == 0 { 0 } else { self.ends[i - 1] };
                 out.extend_from_slice(&self.encoded[from..start]);
+                // the server reports an encoding by its own name
+                let v = match name.as_str() {
+                    "client_encoding" => crate::encoding::canonical(v).unwrap_or(v),
+                    _ => v,
+                };
                 parameter_status(out, name, v);
                 from = self.ends[i];
             }
@@ -459,12 +464,17 @@ impl Pool {
     }
 
     /// Idle connections' (id, addr, age, pid) for SHOW SERVERS.
-    pub fn idle_servers(&self) -> Vec<(u64, String, Duration, i32)> {
+    /// Idle connections: id, address, age, pid, and how long idle.
+    pub fn idle_servers(&self) -> Vec<(u64, String, Duration, i32, Duration)> {
+        let now = crate::clock::now_ms();
         self.idle
             .lock()
             .map(|v| {
                 v.iter()
-                    .map(|c| (c.id, c.addr.to_string(), c.created.elapsed(), c.pid))
+                    .map(|c| {
+                        let idle = Duration::from_millis(now.saturating_sub(c.last_used_ms));
+                        (c.id, c.addr.to_string(), c.created.elapsed(), c.pid, idle)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -587,5 +597,15 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         Reported::new(Vec::new()).encode_for(&pairs(&[("a", "b")]), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_startup_encoding_is_reported_by_its_postgresql_name() {
+        let r = Reported::new(pairs(&[("client_encoding", "UTF8")]));
+        let mut out = bytes::BytesMut::new();
+        r.encode_for(&pairs(&[("client_encoding", "utf-8")]), &mut out);
+        let mut want = bytes::BytesMut::new();
+        parameter_status(&mut want, "client_encoding", "UTF8");
+        assert_eq!(out, want);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -49,6 +49,8 @@ impl Control {
     pub const SHUTDOWN: u8 = 2;
     /// The shutdown deadline passed: end now, even inside a transaction.
     pub const TERMINATE: u8 = 4;
+    /// Idle (holding no server) longer than `client_idle_timeout`.
+    pub const IDLE_TIMEOUT: u8 = 8;
 
     pub fn signal(&self, bits: u8) {
         self.flags.fetch_or(bits, Ordering::AcqRel);
@@ -87,7 +89,10 @@ pub struct ClientInfo {
     pub tls: bool,
     /// Seconds since the Unix epoch (4 bytes, not a SystemTime's 16).
     connected_unix: u32,
-    state: AtomicU8,
+    /// The state (low 2 bits) and when it last changed (the rest: the
+    /// coarse clock in tenths of a second), in one word so ClientInfo stays
+    /// within 96 bytes.
+    state: AtomicU32,
     /// The server connection the client holds, if any.
     pub server: Mutex<Option<Arc<ServerRef>>>,
     pub control: Control,
@@ -107,15 +112,28 @@ impl ClientInfo {
         &self.names.database
     }
     pub fn set_state(&self, s: ClientState) {
-        self.state.store(s as u8, Ordering::Relaxed);
+        self.state
+            .store(tenths_now() << 2 | s as u32, Ordering::Relaxed);
+    }
+    /// How long the client has been in its state (by the coarse clock).
+    pub fn state_age(&self) -> std::time::Duration {
+        let since = self.state.load(Ordering::Relaxed) >> 2;
+        let tenths = tenths_now().wrapping_sub(since) & (u32::MAX >> 2);
+        std::time::Duration::from_millis(u64::from(tenths) * 100)
     }
     pub fn state(&self) -> ClientState {
-        match self.state.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) & 3 {
             1 => ClientState::Waiting,
             2 => ClientState::Active,
             _ => ClientState::Idle,
         }
     }
+}
+
+/// The coarse clock in tenths of a second (kept to 30 bits: wraps after
+/// 3 years, and ages are taken modulo that).
+fn tenths_now() -> u32 {
+    (crate::clock::now_ms() / 100) as u32 & (u32::MAX >> 2)
 }
 
 #[derive(Default)]
@@ -291,11 +309,18 @@ impl State {
         addr: SocketAddr,
         names: Arc<PoolKey>,
         tls: bool,
+        server_pid: Option<i32>,
     ) -> Arc<ClientInfo> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        // The cancel key's pid half is unique among connected clients.
-        let mut pid = (id as i32) & i32::MAX;
+        // The cancel key's pid half is unique among connected clients. A
+        // client that keeps one server connection for its session (session
+        // mode) is given that server's pid where no other client has it:
+        // `pg_backend_pid()`, `pg_terminate_backend()` and notifications
+        // name the process the client sees.
+        let mut pid = server_pid
+            .filter(|p| *p > 0 && !clients.contains_key(p))
+            .unwrap_or((id as i32) & i32::MAX);
         while pid == 0 || clients.contains_key(&pid) {
             pid = rand::random::<i32>() & i32::MAX;
         }
@@ -309,7 +334,7 @@ impl State {
             connected_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as u32),
-            state: AtomicU8::new(0),
+            state: AtomicU32::new(tenths_now() << 2),
             server: Mutex::new(None),
             control: Control::default(),
         });

@@ -372,7 +372,7 @@ async fn login(
             database: database.as_str().into(),
             user: user.as_str().into(),
         });
-        let info = state.register_client(peer, names, tls);
+        let info = state.register_client(peer, names, tls, None);
         Box::pin(crate::admin::serve(
             state.clone(),
             stream,
@@ -418,7 +418,25 @@ async fn login(
         tracing::debug!(%user, "no server credential known yet for this user");
     }
     let client_params = params::startup_params(&params);
-    let info = state.register_client(peer, pool.key.clone(), tls);
+    // Session mode: the client's server connection is taken now, so that
+    // the client is told its process id.
+    let held = if pool.mode() == config::PoolMode::Session {
+        match Box::pin(super::session::checkout(state, &pool)).await {
+            Ok(co) => Some(co),
+            Err(e) => {
+                return Err(fail(
+                    &mut stream,
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("cannot connect to the database: {e}"),
+                )
+                .await)
+            }
+        }
+    } else {
+        None
+    };
+    let server_pid = held.as_ref().map(|co| co.conn_ref().pid);
+    let info = state.register_client(peer, pool.key.clone(), tls, server_pid);
     let mut out = BytesMut::with_capacity(1024);
     auth::encode_auth_ok(&mut out);
     // The client sees the values it asked for at startup.
@@ -440,5 +458,6 @@ async fn login(
         buf,
         pool,
         client_params,
+        held,
     ))))
 }

@@ -3,5 +3,6 @@
 mod login;
 mod session;
 mod task;
+mod timeouts;
 
 pub use login::handle;

@@ -12,13 +12,14 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use wire::fields::sqlstate;
 
+use super::timeouts::{Limit, Timeouts};
 use crate::bufpool;
 use crate::io::{send_fatal, send_fields};
 use crate::params::ParamSet;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::relay::{ClientParams, Flow, Relay};
 use crate::server::ServerError;
-use crate::state::{ClientInfo, ClientState, Control};
+use crate::state::{ClientInfo, ClientState, Control, ServerRef, State};
 use crate::stream::Stream;
 
 const READ_RESERVE: usize = 4096;
@@ -41,6 +42,9 @@ pub(crate) enum End {
     PrimaryChanged,
     Shutdown,
     Checkout(CheckoutError),
+    /// A safety timeout (`query_timeout`, `idle_transaction_timeout`,
+    /// `client_idle_timeout`) ran out.
+    Timeout(Limit),
 }
 
 impl End {
@@ -54,6 +58,7 @@ impl End {
             End::PrimaryChanged => "primary changed".into(),
             End::Shutdown => "shutdown".into(),
             End::Checkout(e) => format!("no server: {e}"),
+            End::Timeout(l) => format!("{l:?} timeout"),
         }
     }
 }
@@ -84,9 +89,14 @@ impl Session {
         cbuf: BytesMut,
         pool: Arc<Pool>,
         params: ParamSet,
+        mut server: Option<Checkout>,
     ) -> Self {
         let cfg = state.config();
         let transaction_mode = pool.mode() == config::PoolMode::Transaction;
+        if let Some(co) = &mut server {
+            // (idle until its first request: client_idle_timeout applies)
+            *info.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server_ref(co));
+        }
         Session {
             relay: Relay::new(transaction_mode, cfg.proxy.max_message_size),
             params: ClientParams::new(params),
@@ -95,7 +105,7 @@ impl Session {
             client,
             cbuf,
             pool,
-            server: None,
+            server,
         }
     }
 
@@ -121,10 +131,18 @@ impl Session {
                 return Poll::Ready(Err(End::Shutdown));
             }
             if let Poll::Ready(bits) = self.info.control.poll(cx) {
+                if bits & Control::IDLE_TIMEOUT != 0 {
+                    let limit = self.state.config().proxy.client_idle_timeout;
+                    if !limit.is_zero() && self.info.state_age() >= limit {
+                        return Poll::Ready(Err(End::Timeout(Limit::ClientIdle)));
+                    }
+                }
                 // not holding a server: a new primary concerns the next
                 // transaction only (a shutdown was seen above)
-                self.info.control.clear(bits & Control::PRIMARY_CHANGED);
-                if bits & Control::PRIMARY_CHANGED != 0 {
+                self.info
+                    .control
+                    .clear(bits & (Control::PRIMARY_CHANGED | Control::IDLE_TIMEOUT));
+                if bits & (Control::PRIMARY_CHANGED | Control::IDLE_TIMEOUT) != 0 {
                     continue;
                 }
             }
@@ -172,7 +190,8 @@ impl Session {
 
     pub(crate) async fn finish(mut self: Box<Self>, end: End) {
         let clean = matches!(end, End::Done);
-        let shutdown = matches!(end, End::Shutdown);
+        // Ends after which a running statement must not go on.
+        let shutdown = matches!(end, End::Shutdown | End::Timeout(Limit::Query));
         self.log_end(&end);
         let end = if self.relay.mid_message() {
             // Part of a large row went out: an error appended now would be
@@ -221,6 +240,23 @@ impl Session {
                 )
                 .await
             }
+            End::Timeout(limit) => {
+                let (code, msg) = match limit {
+                    Limit::Query => (
+                        sqlstate::QUERY_CANCELED,
+                        "query_timeout: the query ran too long",
+                    ),
+                    Limit::IdleTransaction => (
+                        sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                        "idle_transaction_timeout: the client was idle in a transaction too long",
+                    ),
+                    Limit::ClientIdle => (
+                        sqlstate::IDLE_SESSION_TIMEOUT,
+                        "client_idle_timeout: the client was idle too long",
+                    ),
+                };
+                send_fatal(&mut self.client, code, msg).await
+            }
             End::Checkout(e) => {
                 let code = match e {
                     CheckoutError::Timeout(_) => sqlstate::TOO_MANY_CONNECTIONS,
@@ -241,10 +277,20 @@ impl Session {
                 // Ended at the shutdown deadline while a statement runs: the
                 // client was told it is terminated, so the statement must
                 // not go on (and commit) after the proxy closes.
+                // (A client that leaves while a statement runs has its
+                // server connection closed, not cancelled: what PostgreSQL
+                // does with the statement is then what it does for a
+                // client of its own that goes away.)
                 let _ =
                     Box::pin(super::login::send_cancel(&conn.addr, conn.pid, conn.secret)).await;
             }
             if !clean || self.relay.in_transaction() || self.relay.is_listening() {
+                conn.broken = true;
+            } else if !self.relay.transaction_mode()
+                && !self.state.config().proxy.session_server_reuse
+            {
+                // The client was told this server's pid: no later client
+                // gets the same process (as with direct connections).
                 conn.broken = true;
             } else if !self.relay.transaction_mode() && !reset.is_empty() {
                 match tokio::time::timeout(Duration::from_secs(5), conn.simple_query(&reset)).await
@@ -263,17 +309,32 @@ impl Session {
     /// mode) or the session ends (session mode).
     async fn transaction(&mut self) -> Result<(), End> {
         self.attach().await?;
+        let mut timeouts = Timeouts::new(&self.state.config().proxy);
         self.pump_client().await?;
         while self.server.is_some() {
-            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+            let deadline = timeouts.deadline(&self.relay);
+            let event = std::future::poll_fn(|cx| self.poll_event(cx));
+            let event = match deadline {
+                None => event.await,
+                Some((at, limit)) => tokio::time::timeout_at(at, event)
+                    .await
+                    .map_err(|_| End::Timeout(limit))?,
+            };
+            match event {
                 Event::Client(Ok(0)) => return Err(End::Done),
-                Event::Client(Ok(_)) => self.pump_client().await?,
+                Event::Client(Ok(_)) => {
+                    timeouts.client_read();
+                    self.pump_client().await?
+                }
                 Event::Client(Err(_)) => return Err(End::ClientIo),
                 Event::Server(Ok(0)) => {
                     return Err(End::ServerLost("server closed the connection".into()))
                 }
                 Event::Server(Err(e)) => return Err(End::ServerLost(e.to_string())),
-                Event::Server(Ok(_)) => self.pump_server().await?,
+                Event::Server(Ok(_)) => {
+                    timeouts.server_read();
+                    self.pump_server().await?
+                }
                 Event::Control(bits) => {
                     // Shutdown: the transaction may finish; the idle wait
                     // closes. At the shutdown deadline it may not.
@@ -297,8 +358,9 @@ impl Session {
     /// pending bytes to the server as it can take them, without ever
     /// blocking on it: a server busy sending answers while the client
     /// pipelines more requests must still be read, or both would wait on
-    /// each other. Reads the client only when the server can answer
-    /// without it and nothing is left to write to the server.
+    /// each other. Reads the client whenever nothing is left to write to
+    /// the server, also while the server works: a client that goes away
+    /// is noticed at once, whatever its server is doing.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         let conn = self.server.as_mut().expect("attached").conn();
         let mut flush = false;
@@ -331,7 +393,11 @@ impl Session {
             }
             return Poll::Ready(Event::Server(r));
         }
-        if conn.sout.is_empty() && !self.relay.awaits_server() {
+        // The client is read whenever nothing waits to go to the server,
+        // also while the server works: a client that closes its
+        // connection then is noticed at once (its server connection is
+        // not held for nothing), and what it pipelines goes on.
+        if conn.sout.is_empty() {
             reserve(&mut self.cbuf);
             if let Poll::Ready(r) =
                 tokio_util::io::poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
@@ -349,18 +415,19 @@ impl Session {
     /// line with the client's.
     async fn attach(&mut self) -> Result<(), End> {
         self.info.set_state(ClientState::Waiting);
-        let mut co = loop {
-            if self.state.is_paused() {
-                Box::pin(self.state.wait_resumed()).await;
-            }
-            // A change of primary seen from here on concerns this connection.
-            self.info.control.clear(Control::PRIMARY_CHANGED);
-            let wait = self.state.query_wait();
-            let co = self.pool.checkout(wait).await.map_err(End::Checkout)?;
-            // PAUSE may have come while this client queued: it waits for
-            // every connection to be back, so give this one back too.
-            if !self.state.is_paused() {
-                break co;
+        // A change of primary seen from here on concerns this connection.
+        self.info.control.clear(Control::PRIMARY_CHANGED);
+        let primary = self.state.topology.primary().map(|t| t.epoch);
+        let mut co = match self.server.take() {
+            // taken at login (session mode), still on the primary
+            Some(co) if Some(co.conn_ref().epoch) == primary => co,
+            held => {
+                if let Some(mut old) = held {
+                    old.conn().broken = true;
+                }
+                checkout(&self.state, &self.pool)
+                    .await
+                    .map_err(End::Checkout)?
             }
         };
         let conn = co.conn();
@@ -379,18 +446,7 @@ impl Session {
             }
             conn.session.synced_with = self.params.stamp;
         }
-        let shared = conn
-            .shared
-            .get_or_insert_with(|| {
-                Arc::new(crate::state::ServerRef {
-                    addr: conn.addr.clone(),
-                    pid: conn.pid,
-                    secret: conn.secret,
-                    id: conn.id,
-                })
-            })
-            .clone();
-        *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+        *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server_ref(&mut co));
         self.info.set_state(ClientState::Active);
         self.server = Some(co);
         Ok(())
@@ -467,6 +523,36 @@ impl Session {
         self.maybe_detach().await?;
         Ok(())
     }
+}
+
+/// Takes a server connection from `pool`, waiting out a PAUSE (which
+/// waits for every connection to be back, so one taken while it began is
+/// given back).
+pub(crate) async fn checkout(state: &State, pool: &Arc<Pool>) -> Result<Checkout, CheckoutError> {
+    loop {
+        if state.is_paused() {
+            Box::pin(state.wait_resumed()).await;
+        }
+        let co = pool.checkout(state.query_wait()).await?;
+        if !state.is_paused() {
+            return Ok(co);
+        }
+    }
+}
+
+/// What other tasks see of the server connection a client holds.
+fn server_ref(co: &mut Checkout) -> Arc<ServerRef> {
+    let conn = co.conn();
+    conn.shared
+        .get_or_insert_with(|| {
+            Arc::new(ServerRef {
+                addr: conn.addr.clone(),
+                pid: conn.pid,
+                secret: conn.secret,
+                id: conn.id,
+            })
+        })
+        .clone()
 }
 
 #[cfg(test)]

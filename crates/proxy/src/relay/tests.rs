@@ -1,8 +1,15 @@
+use super::registry::REGISTRY_SWEEP_AT;
 use super::*;
+use crate::params::{ParamSet, Strings};
+use crate::server::ServerSession;
+use bytes::Bytes;
+use bytes::BytesMut;
 use wire::backend::{BackendMessage as B, TxStatus};
+use wire::frame::split_message;
+use wire::frontend::Target;
 use wire::frontend::{Bind, FrontendMessage as F, Parse};
 
-fn enc_f(msgs: &[F]) -> BytesMut {
+pub(super) fn enc_f(msgs: &[F]) -> BytesMut {
     let mut b = BytesMut::new();
     for m in msgs {
         m.encode(&mut b);
@@ -18,7 +25,7 @@ fn enc_b(msgs: &[B]) -> BytesMut {
     b
 }
 
-fn tags(buf: &[u8]) -> String {
+pub(super) fn tags(buf: &[u8]) -> String {
     let mut out = String::new();
     let mut pos = 0;
     while let Some((h, _)) = split_message(&buf[pos..], 1 << 20).unwrap() {
@@ -39,14 +46,14 @@ fn decode_f(buf: &[u8]) -> Vec<F> {
     out
 }
 
-struct Harness {
-    relay: Relay,
-    srv: ServerSession,
+pub(super) struct Harness {
+    pub(super) relay: Relay,
+    pub(super) srv: ServerSession,
     params: ClientParams,
 }
 
 impl Harness {
-    fn new(rewrite: bool) -> Self {
+    pub(super) fn new(rewrite: bool) -> Self {
         Harness {
             relay: Relay::new(rewrite, 1 << 20),
             srv: ServerSession::default(),
@@ -54,7 +61,7 @@ impl Harness {
         }
     }
     /// Returns (bytes to server, direct bytes to client).
-    fn client(&mut self, reg: &Registry, msgs: &[F]) -> (BytesMut, BytesMut) {
+    pub(super) fn client(&mut self, reg: &Registry, msgs: &[F]) -> (BytesMut, BytesMut) {
         let mut input = enc_f(msgs);
         let (mut s, mut c) = (BytesMut::new(), BytesMut::new());
         self.relay
@@ -63,7 +70,7 @@ impl Harness {
         assert!(input.is_empty());
         (s, c)
     }
-    fn server(&mut self, msgs: &[B]) -> BytesMut {
+    pub(super) fn server(&mut self, msgs: &[B]) -> BytesMut {
         let mut input = enc_b(msgs);
         let mut c = BytesMut::new();
         self.relay
@@ -73,14 +80,14 @@ impl Harness {
     }
 }
 
-fn parse(name: &str, q: &str) -> F {
+pub(super) fn parse(name: &str, q: &str) -> F {
     F::Parse(Parse {
         name: name.into(),
         query: q.into(),
         param_types: vec![],
     })
 }
-fn bind(stmt: &str) -> F {
+pub(super) fn bind(stmt: &str) -> F {
     F::Bind(Bind {
         portal: "".into(),
         statement: stmt.into(),
@@ -89,16 +96,16 @@ fn bind(stmt: &str) -> F {
         result_formats: vec![],
     })
 }
-fn exec() -> F {
+pub(super) fn exec() -> F {
     F::Execute {
         portal: "".into(),
         max_rows: 0,
     }
 }
-fn cc(tag: &str) -> B {
+pub(super) fn cc(tag: &str) -> B {
     B::CommandComplete(tag.into())
 }
-fn rfq(s: TxStatus) -> B {
+pub(super) fn rfq(s: TxStatus) -> B {
     B::ReadyForQuery(s)
 }
 
@@ -675,3 +682,6 @@ fn extended_protocol_deallocate_of_a_rewritten_statement_is_answered_by_the_prox
     assert_eq!(tags(&s), "PBDES");
     assert_eq!(tags(&c), "12");
 }
+
+#[path = "tests_pipeline.rs"]
+mod pipeline;
