@@ -405,6 +405,12 @@ impl Node {
                 return Err(NodeError::Sql(e.to_string()));
             }
         };
+        let in_recovery: bool = row.get(0);
+        if !in_recovery {
+            // a primary must also commit: a stalled disk (or WAL that
+            // cannot be written) answers reads from memory but hangs here
+            self.write_check(limit).await?;
+        }
         Ok(Status {
             in_recovery: row.get(0),
             lsn: row.get::<_, i64>(1) as u64,
@@ -414,6 +420,27 @@ impl Node {
             following: row.get(5),
             pending_restart: row.get(6),
         })
+    }
+
+    /// A commit of one transaction id, flushed locally (not waiting for a
+    /// synchronous standby, whose own trouble is not this node's), within
+    /// `limit`: no answer is a miss like an unanswered status query.
+    async fn write_check(&mut self, limit: Duration) -> Result<(), NodeError> {
+        const Q: &str =
+            "BEGIN; SET LOCAL synchronous_commit = local; SELECT txid_current(); COMMIT";
+        let c = self.connect().await?;
+        match tokio::time::timeout(limit, c.batch_execute(Q)).await {
+            Ok(Ok(())) => Ok(()),
+            // refused (a read-only setting): an answer, not a hang
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write check refused");
+                Ok(())
+            }
+            Err(_) => {
+                self.client = None;
+                Err(NodeError::NoAnswer(limit))
+            }
+        }
     }
 
     pub async fn promote(&mut self) -> Result<(), NodeError> {
