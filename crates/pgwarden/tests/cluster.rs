@@ -541,6 +541,24 @@ async fn failsafe_mode_keeps_the_primary_when_only_etcd_is_gone() {
     let leader = c.wait_healthy(2, Duration::from_secs(90)).await;
     c.psql(c.pg_ports[leader], "CREATE TABLE f (id int)")
         .unwrap();
+    // failsafe is in force once the leader lists its standby in the DCS
+    let standby = format!("n{}", 1 - leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = dcs::open(&c.dcs_url, "t").await.unwrap();
+        let key = d.snapshot().await.ok().and_then(|s| {
+            s.get(dcs::Key::Failsafe)
+                .and_then(ha::failsafe::FailsafeKey::parse)
+        });
+        if key.is_some_and(|k| k.lists(&standby)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failsafe key listing {standby}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(etcd);
     // well past the 5 s TTL, the primary still takes writes: its standby confirms it follows it
     let start = Instant::now();
