@@ -25,14 +25,11 @@ pub struct Node {
     pub pg_port: u16,
     pub data_dir: PathBuf,
     pub api: SocketAddr,
-    pub conf: PathBuf,
 }
 
 pub struct Cluster {
     up: tokio::process::Child,
     up_pid: u32,
-    /// The temporary directory holding everything of this run.
-    pub root: PathBuf,
     pub dir: PathBuf,
     pub port: u16,
     pub nodes: Vec<Node>,
@@ -54,10 +51,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 fn up_command(o: &StartOptions, dir: &Path, port: u16) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(o.pgwarden);
-    c.arg("up")
-        .arg("--dir")
-        .arg(dir)
-        .args(["--nodes", &o.nodes.to_string(), "--port", &port.to_string()]);
+    c.arg("up").arg("--dir").arg(dir).args([
+        "--nodes",
+        &o.nodes.to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
     if let Some(d) = &o.dcs {
         c.args(["--dcs", d]);
     }
@@ -73,12 +72,9 @@ fn up_command(o: &StartOptions, dir: &Path, port: u16) -> tokio::process::Comman
 async fn prepare_sync(o: &StartOptions<'_>, dir: &Path, port: u16) -> anyhow::Result<()> {
     let hold = std::net::TcpListener::bind(("127.0.0.1", port))
         .with_context(|| format!("cannot hold port {port}"))?;
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        up_command(o, dir, port).output(),
-    )
-    .await
-    .context("`pgwarden up` (writing the node files) did not stop within 60 s")??;
+    let out = tokio::time::timeout(Duration::from_secs(60), up_command(o, dir, port).output())
+        .await
+        .context("`pgwarden up` (writing the node files) did not stop within 60 s")??;
     drop(hold);
     for i in 0..o.nodes {
         let f = dir.join(format!("node{i}.toml"));
@@ -95,7 +91,10 @@ async fn prepare_sync(o: &StartOptions<'_>, dir: &Path, port: u16) -> anyhow::Re
             "{}: its last section is not [agent]; synchronous_mode cannot be added",
             f.display()
         );
-        std::fs::write(&f, format!("{}\nsynchronous_mode = true\n", text.trim_end()))?;
+        std::fs::write(
+            &f,
+            format!("{}\nsynchronous_mode = true\n", text.trim_end()),
+        )?;
     }
     Ok(())
 }
@@ -122,7 +121,10 @@ impl Cluster {
                 break;
             }
             if let Some(st) = up.try_wait()? {
-                bail!("`pgwarden up` exited ({st}) before it was up:\n{}", tail(&text, 15));
+                bail!(
+                    "`pgwarden up` exited ({st}) before it was up:\n{}",
+                    tail(&text, 15)
+                );
             }
             if Instant::now() > deadline {
                 let _ = procs::signal(up_pid, Signal::Int);
@@ -141,23 +143,32 @@ impl Cluster {
         Ok(Cluster {
             up,
             up_pid,
-            root: o.root.to_path_buf(),
             dir,
             port,
             nodes,
         })
     }
 
-    pub fn log_of(&self, i: usize) -> PathBuf {
-        self.dir.join("logs").join(format!("agent{i}.log"))
+    /// The last `n` lines of node `i`'s agent log, without colour codes.
+    pub fn log_tail(&self, i: usize, n: usize) -> Vec<String> {
+        let path = self.dir.join("logs").join(format!("agent{i}.log"));
+        let text = std::fs::read(&path).unwrap_or_default();
+        let text = strip_ansi(&String::from_utf8_lossy(&text));
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        lines[lines.len().saturating_sub(n)..].to_vec()
     }
 
     /// The agent of node `i`: the child of `up` started with its node file.
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
-        let conf = self.nodes[i].conf.to_string_lossy().into_owned();
+        // `up` passes its canonicalised directory: matched by file name.
+        let file = format!("/node{i}.toml");
         procs::children(self.up_pid)
             .into_iter()
-            .find(|p| procs::cmdline(*p).iter().any(|a| *a == conf) && procs::alive(*p))
+            .find(|p| procs::cmdline(*p).iter().any(|a| a.ends_with(&file)) && procs::alive(*p))
     }
 
     pub fn postmaster_pid(&self, i: usize) -> Option<u32> {
@@ -211,7 +222,10 @@ impl Cluster {
                 .map_err(|e| format!("{p}: pg_stat_replication: {e:#}"))?,
             Err(e) => return Err(format!("{p}: {e:#}")),
         };
-        let streaming: Vec<String> = streaming.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        let streaming: Vec<String> = streaming
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
         let missing: Vec<&str> = self
             .nodes
             .iter()
@@ -266,16 +280,24 @@ impl Cluster {
                 for p in leftovers.into_iter().filter(|p| procs::alive(*p)) {
                     let _ = procs::signal(p, Signal::Kill);
                 }
-                bail!("`pgwarden up` did not stop within {} s of SIGINT; killed", STOP_WITHIN.as_secs())
+                bail!(
+                    "`pgwarden up` did not stop within {} s of SIGINT; killed",
+                    STOP_WITHIN.as_secs()
+                )
             }
         }
     }
 }
 
 fn read_node(path: &Path) -> anyhow::Result<Node> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: toml::Value = text.parse().with_context(|| format!("{}: not TOML", path.display()))?;
-    let a = v.get("agent").with_context(|| format!("{}: no [agent]", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: toml::Value = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", path.display()))?;
+    let a = v
+        .get("agent")
+        .with_context(|| format!("{}: no [agent]", path.display()))?;
     let s = |k: &str| {
         a.get(k)
             .and_then(|x| x.as_str())
@@ -293,7 +315,6 @@ fn read_node(path: &Path) -> anyhow::Result<Node> {
         api: s("api_listen")?
             .parse()
             .with_context(|| format!("{}: api_listen", path.display()))?,
-        conf: path.to_path_buf(),
     })
 }
 
@@ -315,4 +336,35 @@ async fn http_status(addr: SocketAddr, path: &str, timeout: Duration) -> Option<
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Removes terminal colour sequences (ESC [ ... letter).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' && it.peek() == Some(&'[') {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_removed() {
+        assert_eq!(
+            strip_ansi("\x1b[2mA\x1b[0m \x1b[32m INFO\x1b[0m b"),
+            "A  INFO b"
+        );
+    }
 }

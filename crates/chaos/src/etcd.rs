@@ -29,7 +29,12 @@ impl Etcd {
             .args(["--name", "chaos", "--data-dir"])
             .arg(root.join("etcd"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
             .args(["--initial-cluster", &format!("chaos={p}")])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -80,7 +85,9 @@ impl Etcd {
 
 async fn healthy(port: u16) -> bool {
     let get = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         s.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;

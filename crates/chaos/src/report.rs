@@ -25,6 +25,8 @@ pub struct FaultResult {
     pub primary_after: Option<String>,
     pub lost: u64,
     pub two_primaries: u64,
+    /// When not converged: the agents' last log lines.
+    pub log_tail: Vec<String>,
 }
 
 impl FaultResult {
@@ -39,14 +41,15 @@ impl FaultResult {
             primary_after: None,
             lost: 0,
             two_primaries: 0,
+            log_tail: Vec::new(),
         }
     }
 
     /// The progress line printed when the fault is done.
     pub fn line(&self, n: usize, of: usize) -> String {
-        let back = self
-            .writes_back
-            .map_or("not back".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let back = self.writes_back.map_or("not back".to_owned(), |d| {
+            format!("{:.1} s", d.as_secs_f64())
+        });
         let conv = match &self.converged {
             Ok(d) => format!("converged {:.1} s after healing", d.as_secs_f64()),
             Err(why) => format!("NOT CONVERGED ({why})"),
@@ -119,13 +122,22 @@ impl Outcome {
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.moments.is_empty() {
-            out.push(format!("{} moments with two writable primaries", self.moments.len()));
+            out.push(format!(
+                "{} moments with two writable primaries",
+                self.moments.len()
+            ));
         }
         if !self.bank_violations.is_empty() {
-            out.push(format!("bank total changed: {}", self.bank_violations.join("; ")));
+            out.push(format!(
+                "bank total changed: {}",
+                self.bank_violations.join("; ")
+            ));
         }
         if self.sync && self.lost() > 0 {
-            out.push(format!("{} acknowledged writes lost in synchronous mode", self.lost()));
+            out.push(format!(
+                "{} acknowledged writes lost in synchronous mode",
+                self.lost()
+            ));
         }
         if self.faults.len() < self.planned {
             out.push(format!(
@@ -160,7 +172,11 @@ impl Outcome {
         let bank = if self.bank_violations.is_empty() {
             format!("bank ok ({} checks)", self.bank_checks)
         } else {
-            format!("bank VIOLATED ({} of {} checks)", self.bank_violations.len(), self.bank_checks)
+            format!(
+                "bank VIOLATED ({} of {} checks)",
+                self.bank_violations.len(),
+                self.bank_checks
+            )
         };
         let lost = match self.lost_final {
             Some(_) => self.lost().to_string(),
@@ -168,10 +184,10 @@ impl Outcome {
         };
         let _ = writeln!(
             s,
-            "\nchaos {:?} seed {} dcs {:?} {} | faults {}/{} | acknowledged writes {} (transfers {}) | lost {lost} | two-primary moments {} ({} probe rounds) | {bank} | not converged {} | {:.0} s | {}",
-            self.profile,
+            "\nchaos {} seed {} dcs {} {} | faults {}/{} | acknowledged writes {} (transfers {}) | lost {lost} | two-primary moments {} ({} probe rounds) | {bank} | not converged {} | {:.0} s | {}",
+            format!("{:?}", self.profile).to_lowercase(),
             self.seed,
-            self.dcs,
+            format!("{:?}", self.dcs).to_lowercase(),
             if self.sync { "sync" } else { "async" },
             self.faults.len(),
             self.planned,
@@ -196,7 +212,9 @@ impl Outcome {
             let mut backs: Vec<Duration> = fs.iter().filter_map(|f| f.writes_back).collect();
             backs.sort();
             let never = fs.len() - backs.len();
-            let secs = |d: Option<&Duration>| d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+            let secs = |d: Option<&Duration>| {
+                d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+            };
             let p50 = secs(backs.get(backs.len().saturating_sub(1) / 2));
             let max = if never > 0 {
                 format!("never x{never}")
@@ -216,7 +234,11 @@ impl Outcome {
             );
         }
         if self.lost_before_faults > 0 {
-            let _ = writeln!(s, "lost before the first fault: {}", self.lost_before_faults);
+            let _ = writeln!(
+                s,
+                "lost before the first fault: {}",
+                self.lost_before_faults
+            );
         }
         let _ = writeln!(
             s,
@@ -229,7 +251,14 @@ impl Outcome {
                 .iter()
                 .rev()
                 .find(|f| f.at <= m.at)
-                .map(|f| format!("{:.1} s after {} ({})", m.at.duration_since(f.at).as_secs_f64(), f.kind.name(), f.what))
+                .map(|f| {
+                    format!(
+                        "{:.1} s after {} ({})",
+                        m.at.duration_since(f.at).as_secs_f64(),
+                        f.kind.name(),
+                        f.what
+                    )
+                })
                 .unwrap_or_else(|| "before the first fault".into());
             let _ = writeln!(s, "two primaries: {} at {after}", m.primaries.join(" + "));
         }
@@ -242,6 +271,9 @@ impl Outcome {
                 f.what,
                 f.converged.as_ref().err().map_or("", |e| e.as_str())
             );
+            for l in &f.log_tail {
+                let _ = writeln!(s, "    {l}");
+            }
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");

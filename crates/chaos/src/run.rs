@@ -51,8 +51,8 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     );
     let root = temp_root()?;
     println!(
-        "pgwarden-chaos: {:?} profile, seed {seed}, {} faults planned, deadline {} s; in {}",
-        opts.profile,
+        "pgwarden-chaos: {} profile, seed {seed}, {} faults planned, deadline {} s; in {}",
+        format!("{:?}", opts.profile).to_lowercase(),
         plan.faults,
         plan.deadline.as_secs(),
         root.display()
@@ -183,9 +183,11 @@ async fn exercise(
         let mut f = match faults::inject(step.kind, cluster, etcd, primary, step.pick) {
             Ok(f) => f,
             Err(e) => {
-                outcome
-                    .notes
-                    .push(format!("fault {} ({}) not injected: {e:#}", n + 1, step.kind.name()));
+                outcome.notes.push(format!(
+                    "fault {} ({}) not injected: {e:#}",
+                    n + 1,
+                    step.kind.name()
+                ));
                 continue;
             }
         };
@@ -199,7 +201,18 @@ async fn exercise(
                 r.converged = Ok(at.duration_since(healed));
                 r.primary_after = Some(cluster.nodes[*p].name.clone());
             }
-            Err(why) => r.converged = Err(why.clone()),
+            Err(why) => {
+                r.converged = Err(why.clone());
+                r.log_tail = (0..cluster.nodes.len())
+                    .flat_map(|i| {
+                        let name = cluster.nodes[i].name.clone();
+                        cluster
+                            .log_tail(i, 3)
+                            .into_iter()
+                            .map(move |l| format!("{name}: {l}"))
+                    })
+                    .collect();
+            }
         }
         r.writes_back = writes_back(&stats, f.at, WRITES_GRACE).await;
         println!("{}", r.line(n + 1, steps.len()));
@@ -223,9 +236,11 @@ async fn exercise(
     outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
     outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
     // The final state: every acknowledged id against the final primary.
-    let within = plan
-        .converge_within
-        .min(deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_secs(15)));
+    let within = plan.converge_within.min(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_secs(15)),
+    );
     match cluster.wait_converged(within).await {
         Ok((p, _)) => {
             check(cluster, p, &stats, &mut missing, outcome).await;
@@ -234,12 +249,14 @@ async fn exercise(
                     outcome.lost_final =
                         Some(acks.iter().filter(|a| !ids.contains(&a.id)).count() as u64)
                 }
-                Err(e) => outcome.notes.push(format!("final read of chaos_log: {e:#}")),
+                Err(e) => outcome
+                    .notes
+                    .push(format!("final read of chaos_log: {e:#}")),
             }
         }
-        Err(why) => outcome
-            .notes
-            .push(format!("not converged at the end, final checks not run: {why}")),
+        Err(why) => outcome.notes.push(format!(
+            "not converged at the end, final checks not run: {why}"
+        )),
     }
     Ok(())
 }

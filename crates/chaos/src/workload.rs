@@ -78,7 +78,10 @@ pub async fn log_writer(proxy_port: u16, stats: Arc<Stats>) {
         };
         id += 1;
         let sent = Instant::now();
-        match c.query(&format!("INSERT INTO chaos_log (id) VALUES ({id})")).await {
+        match c
+            .query(&format!("INSERT INTO chaos_log (id) VALUES ({id})"))
+            .await
+        {
             Ok(_) => {
                 let ack = Ack {
                     id,
@@ -146,7 +149,12 @@ pub async fn check_bank(port: u16) -> anyhow::Result<Result<(), String>> {
         .into_iter()
         .next()
         .context("no row")?;
-    let n: i64 = row.first().cloned().flatten().context("no count")?.parse()?;
+    let n: i64 = row
+        .first()
+        .cloned()
+        .flatten()
+        .context("no count")?
+        .parse()?;
     let sum: i64 = row.get(1).cloned().flatten().context("no sum")?.parse()?;
     Ok(if n == ACCOUNTS && sum == ACCOUNTS * BALANCE {
         Ok(())
