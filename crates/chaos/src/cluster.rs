@@ -176,13 +176,13 @@ impl Cluster {
     }
 
     /// Every node's answer to "are you a primary?", asked at once.
-    pub async fn roles(&self, timeout: Duration) -> Vec<Option<bool>> {
+    pub async fn roles(&self, timeout: Duration) -> Vec<Result<bool, String>> {
         let mut set = tokio::task::JoinSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let port = n.pg_port;
             set.spawn(async move { (i, is_primary(port, timeout).await) });
         }
-        let mut out = vec![None; self.nodes.len()];
+        let mut out = vec![Err("not asked".to_owned()); self.nodes.len()];
         while let Some(r) = set.join_next().await {
             if let Ok((i, a)) = r {
                 out[i] = a;
@@ -198,19 +198,20 @@ impl Cluster {
     pub async fn converged(&self) -> Result<usize, String> {
         let t = Duration::from_secs(1);
         let roles = self.roles(t).await;
-        let names = |f: &dyn Fn(&Option<bool>) -> bool| -> Vec<&str> {
-            roles
-                .iter()
-                .zip(&self.nodes)
-                .filter(|(r, _)| f(r))
-                .map(|(_, n)| n.name.as_str())
-                .collect()
-        };
-        let silent = names(&|r| r.is_none());
+        let silent: Vec<String> = roles
+            .iter()
+            .zip(&self.nodes)
+            .filter_map(|(r, n)| r.as_ref().err().map(|e| format!("{}: {e}", n.name)))
+            .collect();
         if !silent.is_empty() {
-            return Err(format!("no answer from {}", silent.join(", ")));
+            return Err(format!("no answer from {}", silent.join("; ")));
         }
-        let primaries = names(&|r| *r == Some(true));
+        let primaries: Vec<&str> = roles
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(r, _)| *r == &Ok(true))
+            .map(|(_, n)| n.name.as_str())
+            .collect();
         let [p] = primaries[..] else {
             return Err(format!("primaries: [{}]", primaries.join(", ")));
         };

@@ -72,12 +72,19 @@ impl Conn {
 }
 
 /// Asks a node directly whether it is a primary (`pg_is_in_recovery()` is
-/// false); None when it does not answer within `timeout`.
-pub async fn is_primary(port: u16, timeout: Duration) -> Option<bool> {
-    let c = Conn::connect(port, timeout).await.ok()?;
-    match c.value("SELECT pg_is_in_recovery()").await.ok()?.as_str() {
-        "f" => Some(true),
-        "t" => Some(false),
-        _ => None,
+/// false); Err(why) when it does not answer within `timeout`.
+pub async fn is_primary(port: u16, timeout: Duration) -> Result<bool, String> {
+    let c = Conn::connect(port, timeout)
+        .await
+        .map_err(|e| format!("{:#}", e.root_cause()))?;
+    match c
+        .value("SELECT pg_is_in_recovery()")
+        .await
+        .map_err(|e| format!("{e:#}"))?
+        .as_str()
+    {
+        "f" => Ok(true),
+        "t" => Ok(false),
+        other => Err(format!("pg_is_in_recovery() answered {other:?}")),
     }
 }

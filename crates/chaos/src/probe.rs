@@ -47,7 +47,7 @@ pub async fn run(nodes: Vec<(String, u16)>, probe: Arc<Probe>) {
         }
         let mut primaries = Vec::new();
         while let Some(r) = set.join_next().await {
-            if let Ok((name, Some(true))) = r {
+            if let Ok((name, Ok(true))) = r {
                 primaries.push(name);
             }
         }

@@ -14,6 +14,8 @@ const NOT_BUILT: &str = "not built: network partitions (network namespaces, veth
      this machine that nothing here can make unreachable to root)";
 
 pub struct FaultResult {
+    /// Its number in the schedule, from 1.
+    pub n: usize,
     pub kind: Kind,
     pub at: Instant,
     pub node: String,
@@ -30,8 +32,9 @@ pub struct FaultResult {
 }
 
 impl FaultResult {
-    pub fn new(f: &Injected, node: &str) -> FaultResult {
+    pub fn new(n: usize, f: &Injected, node: &str) -> FaultResult {
         FaultResult {
+            n,
             kind: f.kind,
             at: f.at,
             node: node.to_owned(),
@@ -165,6 +168,40 @@ impl Outcome {
         }
     }
 
+    /// Consecutive moments with the same primaries after the same fault,
+    /// as one line each.
+    fn episodes(&self) -> Vec<String> {
+        // (fault index, primaries, first, last, rounds)
+        type Episode = (Option<usize>, Vec<String>, Instant, Instant, u64);
+        let mut out: Vec<Episode> = Vec::new();
+        for m in &self.moments {
+            let f = self.faults.iter().rposition(|f| f.at <= m.at);
+            match out.last_mut() {
+                Some(e) if e.0 == f && e.1 == m.primaries => {
+                    e.3 = m.at;
+                    e.4 += 1;
+                }
+                _ => out.push((f, m.primaries.clone(), m.at, m.at, 1)),
+            }
+        }
+        out.into_iter()
+            .map(|(f, who, first, last, n)| {
+                let when = match f.map(|i| &self.faults[i]) {
+                    Some(f) => format!(
+                        "from {:.1} s to {:.1} s after fault {} {} ({})",
+                        first.duration_since(f.at).as_secs_f64(),
+                        last.duration_since(f.at).as_secs_f64(),
+                        f.n,
+                        f.kind.name(),
+                        f.what
+                    ),
+                    None => "before the first fault".into(),
+                };
+                format!("{} in {n} probe rounds, {when}", who.join(" + "))
+            })
+            .collect()
+    }
+
     pub fn render(mut self) -> String {
         self.attribute_moments();
         let mut s = String::new();
@@ -245,27 +282,14 @@ impl Outcome {
             "\nclient errors: log {} , bank {} (each followed by a reconnect)",
             self.log_errors, self.bank_errors
         );
-        for m in self.moments.iter().take(10) {
-            let after = self
-                .faults
-                .iter()
-                .rev()
-                .find(|f| f.at <= m.at)
-                .map(|f| {
-                    format!(
-                        "{:.1} s after {} ({})",
-                        m.at.duration_since(f.at).as_secs_f64(),
-                        f.kind.name(),
-                        f.what
-                    )
-                })
-                .unwrap_or_else(|| "before the first fault".into());
-            let _ = writeln!(s, "two primaries: {} at {after}", m.primaries.join(" + "));
+        for e in self.episodes() {
+            let _ = writeln!(s, "two primaries: {e}");
         }
         for f in self.faults.iter().filter(|f| f.converged.is_err()) {
             let _ = writeln!(
                 s,
-                "not converged: {} on {} ({}): {}",
+                "not converged: fault {} {} on {} ({}): {}",
+                f.n,
                 f.kind.name(),
                 f.node,
                 f.what,

@@ -195,7 +195,7 @@ async fn exercise(
         faults::heal(&mut f);
         let healed = Instant::now();
         let conv = cluster.wait_converged(plan.converge_within).await;
-        let mut r = FaultResult::new(&f, &cluster.nodes[f.node].name);
+        let mut r = FaultResult::new(n + 1, &f, &cluster.nodes[f.node].name);
         match &conv {
             Ok((p, at)) => {
                 r.converged = Ok(at.duration_since(healed));
