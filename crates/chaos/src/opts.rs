@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::faults::Kind;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pgwarden-chaos",
@@ -34,6 +36,9 @@ pub struct Opts {
     /// Number of faults [default: the profile's].
     #[arg(long)]
     pub faults: Option<usize>,
+    /// Only these fault kinds, comma-separated [default: all that apply].
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    pub kinds: Vec<Kind>,
     /// Keep the cluster's directory (logs, data) after the run.
     #[arg(long)]
     pub keep: bool,
@@ -90,4 +95,14 @@ impl Opts {
             ..p
         }
     }
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown fault kind {s:?}; kinds: {}", names.join(", "))
+        })
 }

@@ -93,7 +93,16 @@ async fn with_etcd(
             cluster.port
         );
         let mut outcome = Outcome::new(opts, plan.faults, seed);
-        let r = exercise(&cluster, etcd.as_ref(), plan, seed, started, &mut outcome).await;
+        let r = exercise(
+            &cluster,
+            etcd.as_ref(),
+            plan,
+            seed,
+            &opts.kinds,
+            started,
+            &mut outcome,
+        )
+        .await;
         let stopped = cluster.stop().await;
         r?;
         if let Err(e) = stopped {
@@ -128,6 +137,7 @@ async fn exercise(
     etcd: Option<&Etcd>,
     plan: &Plan,
     seed: u64,
+    opts_kinds: &[Kind],
     started: Instant,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
@@ -147,8 +157,13 @@ async fn exercise(
     let deadline = started + plan.deadline;
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
+        .filter(|k| opts_kinds.is_empty() || opts_kinds.contains(k))
         .filter(|k| *k != Kind::DcsOutage || etcd.is_some())
         .collect();
+    anyhow::ensure!(
+        !kinds.is_empty(),
+        "no fault kind to inject (dcs-outage needs --dcs etcd)"
+    );
     let steps = schedule::make(seed, &kinds, plan.faults);
     let mut missing: HashSet<i64> = HashSet::new();
     // A fault whose checks wait for the next convergence.
@@ -163,7 +178,9 @@ async fn exercise(
             ));
             break;
         }
-        let within = plan.converge_within.min(left - hold - END_RESERVE);
+        // A fault that did not converge in time gets as long again here:
+        // the run goes on if the cluster comes back at all.
+        let within = (plan.converge_within * 2).min(left - hold - END_RESERVE);
         let primary = match cluster.wait_converged(within).await {
             Ok((p, _)) => p,
             Err(why) => {
