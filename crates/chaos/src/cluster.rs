@@ -191,6 +191,18 @@ impl Cluster {
         out
     }
 
+    /// The one node answering that it is a primary, when exactly one does
+    /// (others may not answer): where writes can be checked on a cluster
+    /// that has not converged.
+    pub async fn sole_primary(&self) -> Option<usize> {
+        let roles = self.roles(Duration::from_secs(1)).await;
+        let mut primaries = roles.iter().enumerate().filter(|(_, r)| **r == Ok(true));
+        match (primaries.next(), primaries.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
     /// Converged: exactly one primary, every other node a standby streaming
     /// from it, its agent answering that it is the DCS leader, and every
     /// other agent answering healthy. Returns the primary, or what is not

@@ -169,6 +169,14 @@ pub fn inject(
     })
 }
 
+/// A fault dropped unhealed (the run's deadline cancelled it) is healed:
+/// nothing this suite stopped stays stopped.
+impl Drop for Injected {
+    fn drop(&mut self) {
+        heal(self);
+    }
+}
+
 /// SIGCONT to every process the fault stopped that still exists.
 pub fn heal(f: &mut Injected) {
     for p in f.stopped.drain(..) {

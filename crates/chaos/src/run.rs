@@ -23,6 +23,8 @@ use crate::workload::{self, Stats};
 
 /// Kept free at the end of the deadline for the final checks and the stop.
 const END_RESERVE: Duration = Duration::from_secs(45);
+/// Kept free at the end of the deadline for stopping the cluster.
+const STOP_RESERVE: Duration = Duration::from_secs(15);
 /// Steady state between two faults.
 const GAP: Duration = Duration::from_secs(1);
 /// After convergence, how much longer a first write may take to come back.
@@ -93,16 +95,41 @@ async fn with_etcd(
             cluster.port
         );
         let mut outcome = Outcome::new(opts, plan.faults, seed);
-        let r = exercise(
-            &cluster,
-            etcd.as_ref(),
+        let mut live = Live {
+            stats: Arc::new(Stats::default()),
+            probe: Arc::new(Probe::default()),
+            tasks: Vec::new(),
+            missing: HashSet::new(),
+        };
+        let ctx = Ctx {
+            cluster: &cluster,
+            etcd: etcd.as_ref(),
             plan,
-            seed,
-            &opts.kinds,
-            started,
-            &mut outcome,
+            deadline: started + plan.deadline,
+        };
+        // The safety net under the deadline: every wait inside is bounded
+        // already, and a fault cancelled here is healed as it is dropped.
+        let r = tokio::time::timeout(
+            ctx.left(END_RESERVE),
+            exercise(&ctx, seed, &opts.kinds, &mut live, &mut outcome),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            outcome
+                .notes
+                .push("the hard deadline was reached: the faults were cut short".into());
+            Ok(())
+        });
+        let finished = tokio::time::timeout(
+            ctx.left(STOP_RESERVE),
+            finish(&ctx, &mut live, &mut outcome),
         )
         .await;
+        if finished.is_err() {
+            outcome
+                .notes
+                .push("the hard deadline was reached: the final checks were cut short".into());
+        }
         let stopped = cluster.stop().await;
         r?;
         if let Err(e) = stopped {
@@ -132,29 +159,53 @@ fn temp_root() -> anyhow::Result<PathBuf> {
     Ok(root)
 }
 
+/// What runs beside the faults: the workloads, the probe, and the
+/// acknowledged ids found missing so far.
+struct Live {
+    stats: Arc<Stats>,
+    probe: Arc<Probe>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    missing: HashSet<i64>,
+}
+
+struct Ctx<'a> {
+    cluster: &'a Cluster,
+    etcd: Option<&'a Etcd>,
+    plan: &'a Plan,
+    deadline: Instant,
+}
+
+impl Ctx<'_> {
+    /// The time left before the deadline less `reserve` (at least 10 s).
+    fn left(&self, reserve: Duration) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(reserve)
+            .max(Duration::from_secs(10))
+    }
+}
+
+/// Starts the workloads and the probe, then runs the schedule.
 async fn exercise(
-    cluster: &Cluster,
-    etcd: Option<&Etcd>,
-    plan: &Plan,
+    ctx: &Ctx<'_>,
     seed: u64,
     opts_kinds: &[Kind],
-    started: Instant,
+    live: &mut Live,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
+    let (cluster, etcd, plan, deadline) = (ctx.cluster, ctx.etcd, ctx.plan, ctx.deadline);
     workload::setup(cluster.port).await?;
-    let stats = Arc::new(Stats::default());
-    let probe = Arc::new(Probe::default());
+    let stats = live.stats.clone();
     let nodes: Vec<(String, u16)> = cluster
         .nodes
         .iter()
         .map(|n| (n.name.clone(), n.pg_port))
         .collect();
-    let tasks = [
+    live.tasks = vec![
         tokio::spawn(workload::log_writer(cluster.port, stats.clone())),
         tokio::spawn(workload::bank(cluster.port, stats.clone())),
-        tokio::spawn(probe::run(nodes, probe.clone())),
+        tokio::spawn(probe::run(nodes, live.probe.clone())),
     ];
-    let deadline = started + plan.deadline;
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| opts_kinds.is_empty() || opts_kinds.contains(k))
@@ -165,7 +216,7 @@ async fn exercise(
         "no fault kind to inject (dcs-outage needs --dcs etcd)"
     );
     let steps = schedule::make(seed, &kinds, plan.faults);
-    let mut missing: HashSet<i64> = HashSet::new();
+    let missing = &mut live.missing;
     // A fault whose checks wait for the next convergence.
     let mut unchecked = false;
     for (n, step) in steps.iter().enumerate() {
@@ -193,7 +244,7 @@ async fn exercise(
             }
         };
         if unchecked {
-            check(cluster, primary, &stats, &mut missing, outcome).await;
+            check(cluster, primary, &stats, missing, outcome).await;
             unchecked = false;
         }
         tokio::time::sleep(GAP).await;
@@ -235,13 +286,24 @@ async fn exercise(
         println!("{}", r.line(n + 1, steps.len()));
         outcome.faults.push(r);
         match conv {
-            Ok((p, _)) => check(cluster, p, &stats, &mut missing, outcome).await,
-            Err(_) => unchecked = true,
+            Ok((p, _)) => check(cluster, p, &stats, missing, outcome).await,
+            Err(_) => match cluster.sole_primary().await {
+                Some(p) => check(cluster, p, &stats, missing, outcome).await,
+                None => unchecked = true,
+            },
         }
     }
+    Ok(())
+}
+
+/// Stops the workloads and the probe, collects their counts, and checks
+/// the final state on the converged primary.
+async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
+    let (cluster, plan, deadline) = (ctx.cluster, ctx.plan, ctx.deadline);
+    let (stats, probe) = (live.stats.clone(), live.probe.clone());
     stats.stop.store(true, Ordering::Relaxed);
     probe.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
+    for t in live.tasks.drain(..) {
         // Every client call is bounded by 5 s.
         let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
     }
@@ -258,24 +320,32 @@ async fn exercise(
             .saturating_duration_since(Instant::now())
             .saturating_sub(Duration::from_secs(15)),
     );
-    match cluster.wait_converged(within).await {
-        Ok((p, _)) => {
-            check(cluster, p, &stats, &mut missing, outcome).await;
-            match workload::logged_ids(cluster.nodes[p].pg_port).await {
-                Ok(ids) => {
-                    outcome.lost_final =
-                        Some(acks.iter().filter(|a| !ids.contains(&a.id)).count() as u64)
+    let primary = match cluster.wait_converged(within).await {
+        Ok((p, _)) => Some(p),
+        Err(why) => {
+            let p = cluster.sole_primary().await;
+            outcome.notes.push(format!(
+                "not converged at the end ({why}); final checks {}",
+                match p {
+                    Some(p) => format!("on the only primary, {}", cluster.nodes[p].name),
+                    None => "not run: no single primary".into(),
                 }
-                Err(e) => outcome
-                    .notes
-                    .push(format!("final read of chaos_log: {e:#}")),
-            }
+            ));
+            p
         }
-        Err(why) => outcome.notes.push(format!(
-            "not converged at the end, final checks not run: {why}"
-        )),
+    };
+    if let Some(p) = primary {
+        check(cluster, p, &stats, &mut live.missing, outcome).await;
+        match workload::logged_ids(cluster.nodes[p].pg_port).await {
+            Ok(ids) => {
+                outcome.lost_final =
+                    Some(acks.iter().filter(|a| !ids.contains(&a.id)).count() as u64)
+            }
+            Err(e) => outcome
+                .notes
+                .push(format!("final read of chaos_log: {e:#}")),
+        }
     }
-    Ok(())
 }
 
 /// The time from the fault to the first write sent after it and
