@@ -276,8 +276,9 @@ impl Cluster {
 
     /// SIGINT to `up` (it stops the proxy, the agents and PostgreSQL);
     /// if it has not stopped in time, SIGKILL to it and to the agents and
-    /// postmasters it left.
-    pub async fn stop(&mut self) -> anyhow::Result<()> {
+    /// postmasters it left. Waits at most `within` (at most 90 s).
+    pub async fn stop(&mut self, within: Duration) -> anyhow::Result<()> {
+        let within = within.min(STOP_WITHIN);
         let leftovers: Vec<u32> = (0..self.nodes.len())
             .flat_map(|i| [self.agent_pid(i), self.postmaster_pid(i)])
             .flatten()
@@ -285,7 +286,7 @@ impl Cluster {
         if matches!(self.up.try_wait(), Ok(None)) {
             procs::signal(self.up_pid, Signal::Int)?;
         }
-        match tokio::time::timeout(STOP_WITHIN, self.up.wait()).await {
+        match tokio::time::timeout(within, self.up.wait()).await {
             Ok(_) => Ok(()),
             Err(_) => {
                 let _ = self.up.start_kill();
@@ -295,7 +296,7 @@ impl Cluster {
                 }
                 bail!(
                     "`pgwarden up` did not stop within {} s of SIGINT; killed",
-                    STOP_WITHIN.as_secs()
+                    within.as_secs()
                 )
             }
         }

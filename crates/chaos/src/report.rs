@@ -309,3 +309,52 @@ impl Outcome {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn outcome(args: &[&str]) -> Outcome {
+        let o = Opts::parse_from([&["pgwarden-chaos"], args].concat());
+        let mut out = Outcome::new(&o, 0, 1);
+        out.lost_final = Some(0);
+        out
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        assert!(outcome(&[]).failures().is_empty());
+    }
+
+    #[test]
+    fn two_primaries_and_a_changed_bank_fail_the_run() {
+        let mut o = outcome(&[]);
+        o.moments.push(Moment {
+            at: Instant::now(),
+            primaries: vec!["node0".into(), "node1".into()],
+        });
+        o.bank_violations.push("10 accounts holding 9990".into());
+        let f = o.failures();
+        assert_eq!(f.len(), 2, "{f:?}");
+    }
+
+    #[test]
+    fn lost_writes_fail_only_in_synchronous_mode() {
+        let mut o = outcome(&[]);
+        o.lost_final = Some(3);
+        assert!(o.failures().is_empty());
+        assert!(o.render().contains("lost 3"));
+        let mut o = outcome(&["--sync"]);
+        o.lost_final = Some(3);
+        assert_eq!(o.failures().len(), 1);
+    }
+
+    #[test]
+    fn fewer_faults_than_planned_or_no_final_read_fail_the_run() {
+        let mut o = outcome(&[]);
+        o.planned = 20;
+        o.lost_final = None;
+        assert_eq!(o.failures().len(), 2, "{:?}", o.failures());
+    }
+}

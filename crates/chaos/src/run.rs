@@ -22,9 +22,11 @@ use crate::schedule;
 use crate::workload::{self, Stats};
 
 /// Kept free at the end of the deadline for the final checks and the stop.
-const END_RESERVE: Duration = Duration::from_secs(45);
+const END_RESERVE: Duration = Duration::from_secs(60);
 /// Kept free at the end of the deadline for stopping the cluster.
-const STOP_RESERVE: Duration = Duration::from_secs(15);
+const STOP_RESERVE: Duration = Duration::from_secs(20);
+/// Kept free after the final wait for convergence, for the final reads.
+const READS_RESERVE: Duration = Duration::from_secs(25);
 /// Steady state between two faults.
 const GAP: Duration = Duration::from_secs(1);
 /// After convergence, how much longer a first write may take to come back.
@@ -130,7 +132,7 @@ async fn with_etcd(
                 .notes
                 .push("the hard deadline was reached: the final checks were cut short".into());
         }
-        let stopped = cluster.stop().await;
+        let stopped = cluster.stop(ctx.left(Duration::ZERO)).await;
         r?;
         if let Err(e) = stopped {
             outcome.notes.push(format!("stop: {e:#}"));
@@ -176,12 +178,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The time left before the deadline less `reserve` (at least 10 s).
+    /// The time left before the deadline less `reserve` (at least 5 s).
     fn left(&self, reserve: Duration) -> Duration {
         self.deadline
             .saturating_duration_since(Instant::now())
             .saturating_sub(reserve)
-            .max(Duration::from_secs(10))
+            .max(Duration::from_secs(5))
     }
 }
 
@@ -299,7 +301,7 @@ async fn exercise(
 /// Stops the workloads and the probe, collects their counts, and checks
 /// the final state on the converged primary.
 async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
-    let (cluster, plan, deadline) = (ctx.cluster, ctx.plan, ctx.deadline);
+    let (cluster, plan) = (ctx.cluster, ctx.plan);
     let (stats, probe) = (live.stats.clone(), live.probe.clone());
     stats.stop.store(true, Ordering::Relaxed);
     probe.stop.store(true, Ordering::Relaxed);
@@ -315,11 +317,9 @@ async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
     outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
     outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
     // The final state: every acknowledged id against the final primary.
-    let within = plan.converge_within.min(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(Duration::from_secs(15)),
-    );
+    let within = plan
+        .converge_within
+        .min(ctx.left(STOP_RESERVE + READS_RESERVE));
     let primary = match cluster.wait_converged(within).await {
         Ok((p, _)) => Some(p),
         Err(why) => {
