@@ -22,6 +22,10 @@ pub struct FaultResult {
     pub what: String,
     /// From injection to the first write sent after it and acknowledged.
     pub writes_back: Option<Duration>,
+    /// The longest time without an acknowledged write from injection to
+    /// the end of the fault (a failover that comes later, e.g. once a
+    /// paused DCS resumes, shows here and not in `writes_back`).
+    pub longest_gap: Duration,
     /// From healing to converged, or why not.
     pub converged: Result<Duration, String>,
     pub primary_after: Option<String>,
@@ -40,6 +44,7 @@ impl FaultResult {
             node: node.to_owned(),
             what: f.what.clone(),
             writes_back: None,
+            longest_gap: Duration::ZERO,
             converged: Err("not checked".into()),
             primary_after: None,
             lost: 0,
@@ -58,9 +63,10 @@ impl FaultResult {
             Err(why) => format!("NOT CONVERGED ({why})"),
         };
         format!(
-            "fault {n}/{of} {}: {} | writes back {back} | {conv} | primary {}",
+            "fault {n}/{of} {}: {} | writes back {back}, longest gap {:.1} s | {conv} | primary {}",
             self.kind.name(),
             self.what,
+            self.longest_gap.as_secs_f64(),
             self.primary_after.as_deref().unwrap_or("?")
         )
     }
@@ -238,8 +244,15 @@ impl Outcome {
         );
         let _ = writeln!(
             s,
-            "\n{:<16} {:>5} {:>14} {:>10} {:>6} {:>12} {:>14}",
-            "kind", "count", "writes back p50", "max", "lost", "two-primary", "not converged"
+            "\n{:<16} {:>5} {:>15} {:>10} {:>12} {:>6} {:>12} {:>14}",
+            "kind",
+            "count",
+            "writes back p50",
+            "max",
+            "longest gap",
+            "lost",
+            "two-primary",
+            "not converged"
         );
         let mut by_kind: BTreeMap<Kind, Vec<&FaultResult>> = BTreeMap::new();
         for f in &self.faults {
@@ -260,11 +273,12 @@ impl Outcome {
             };
             let _ = writeln!(
                 s,
-                "{:<16} {:>5} {:>15} {:>10} {:>6} {:>12} {:>14}",
+                "{:<16} {:>5} {:>15} {:>10} {:>12} {:>6} {:>12} {:>14}",
                 k.name(),
                 fs.len(),
                 p50,
                 max,
+                secs(fs.iter().map(|f| f.longest_gap).max().as_ref()),
                 fs.iter().map(|f| f.lost).sum::<u64>(),
                 fs.iter().map(|f| f.two_primaries).sum::<u64>(),
                 fs.iter().filter(|f| f.converged.is_err()).count()

@@ -19,7 +19,7 @@ use crate::opts::{DcsKind, Opts, Plan};
 use crate::probe::{self, Probe};
 use crate::report::{FaultResult, Outcome};
 use crate::schedule;
-use crate::workload::{self, Stats};
+use crate::workload::{self, Ack, Stats};
 
 /// Kept free at the end of the deadline for the final checks and the stop.
 const END_RESERVE: Duration = Duration::from_secs(60);
@@ -285,6 +285,7 @@ async fn exercise(
             }
         }
         r.writes_back = writes_back(&stats, f.at, WRITES_GRACE).await;
+        r.longest_gap = longest_gap(&stats.acks(), f.at, Instant::now());
         println!("{}", r.line(n + 1, steps.len()));
         outcome.faults.push(r);
         match conv {
@@ -365,6 +366,17 @@ async fn writes_back(stats: &Stats, at: Instant, grace: Duration) -> Option<Dura
     }
 }
 
+/// The longest time in `from..to` without an acknowledged write.
+fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for a in acks.iter().filter(|a| a.acked > from && a.acked <= to) {
+        longest = longest.max(a.acked.duration_since(last));
+        last = a.acked;
+    }
+    longest.max(to.saturating_duration_since(last))
+}
+
 /// On the converged primary: acknowledged ids missing from the log (the
 /// new ones are the last fault's), and the bank's total.
 async fn check(
@@ -409,5 +421,28 @@ async fn check(
             outcome.bank_violations.push(v);
         }
         Err(e) => outcome.notes.push(format!("reading chaos_bank: {e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_counts_from_the_fault_and_to_its_end() {
+        let t = Instant::now();
+        let s = |n: u64| t + Duration::from_millis(n);
+        let ack = |n: u64| Ack {
+            id: n as i64,
+            sent: s(n),
+            acked: s(n),
+        };
+        let acks = [ack(50), ack(100), ack(400), ack(450)];
+        assert_eq!(longest_gap(&acks, s(0), s(500)), Duration::from_millis(300));
+        assert_eq!(
+            longest_gap(&acks, s(0), s(1500)),
+            Duration::from_millis(1050)
+        );
+        assert_eq!(longest_gap(&[], s(0), s(200)), Duration::from_millis(200));
     }
 }
