@@ -74,13 +74,15 @@ impl Conn {
 /// Asks a node directly whether it is a primary (`pg_is_in_recovery()` is
 /// false); Err(why) when it does not answer within `timeout`.
 pub async fn is_primary(port: u16, timeout: Duration) -> Result<bool, String> {
+    // One line: the reason goes into one-line reports.
+    let line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let c = Conn::connect(port, timeout)
         .await
-        .map_err(|e| format!("{:#}", e.root_cause()))?;
+        .map_err(|e| line(format!("{:#}", e.root_cause())))?;
     match c
         .value("SELECT pg_is_in_recovery()")
         .await
-        .map_err(|e| format!("{e:#}"))?
+        .map_err(|e| line(format!("{e:#}")))?
         .as_str()
     {
         "f" => Ok(true),
