@@ -1,0 +1,92 @@
+//! Client connections with deadlines: every connect and every statement
+//! is bounded, and a dropped connection's task is aborted (a server that is
+//! SIGSTOPped never answers the goodbye).
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+pub struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+    timeout: Duration,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Conn {
+    /// Connects to 127.0.0.1:`port` as postgres (trust), within `timeout`;
+    /// each statement later gets the same deadline.
+    pub async fn connect(port: u16, timeout: Duration) -> anyhow::Result<Conn> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("postgres")
+            .application_name("pgwarden-chaos")
+            .connect_timeout(timeout);
+        let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+            .await
+            .with_context(|| format!("connect to port {port}: no answer within {timeout:?}"))?
+            .with_context(|| format!("connect to port {port}"))?;
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Conn {
+            client,
+            task,
+            timeout,
+        })
+    }
+
+    /// Runs `sql` (simple protocol; several statements run as one implicit
+    /// transaction) and returns the rows' columns as text.
+    pub async fn query(&self, sql: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        let msgs = tokio::time::timeout(self.timeout, self.client.simple_query(sql))
+            .await
+            .with_context(|| format!("no answer within {:?}", self.timeout))??;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The first column of the first row.
+    pub async fn value(&self, sql: &str) -> anyhow::Result<String> {
+        self.query(sql)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .with_context(|| format!("{sql}: no value"))
+    }
+}
+
+/// Asks a node directly whether it is a primary (`pg_is_in_recovery()` is
+/// false); Err(why) when it does not answer within `timeout`.
+pub async fn is_primary(port: u16, timeout: Duration) -> Result<bool, String> {
+    // One line: the reason goes into one-line reports.
+    let line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let c = Conn::connect(port, timeout)
+        .await
+        .map_err(|e| line(format!("{:#}", e.root_cause())))?;
+    match c
+        .value("SELECT pg_is_in_recovery()")
+        .await
+        .map_err(|e| line(format!("{e:#}")))?
+        .as_str()
+    {
+        "f" => Ok(true),
+        "t" => Ok(false),
+        other => Err(format!("pg_is_in_recovery() answered {other:?}")),
+    }
+}
