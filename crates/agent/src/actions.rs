@@ -277,9 +277,16 @@ impl Agent {
         let ci = leader.map(|(h, p)| self.node.conninfo(h, p));
         self.node.write_conf(ci.as_deref(), None, &cc.parameters)?;
         self.node.set_standby(true)?;
-        self.node.start(Duration::from_secs(120)).await?;
         self.not_streaming_loops = 0;
-        Ok(())
+        // A standby may need WAL from the leader before it accepts
+        // connections (after a rewind, through a replication slot the
+        // leader creates once this member is published again): the loop
+        // does not wait for that; passes go on (and publish), and one that
+        // stays starting is rewound or re-cloned (see local_pg).
+        match self.node.start(REPLICA_START_WAIT).await {
+            Err(e) if !self.node.is_running() => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// pg_rewind against the leader, or a fresh clone when rewinding fails.
@@ -331,6 +338,10 @@ impl Agent {
         Ok(format!("{why}; re-cloned with pg_basebackup"))
     }
 }
+
+/// How long starting a standby waits for it to accept connections before
+/// the loop goes on.
+const REPLICA_START_WAIT: Duration = Duration::from_secs(10);
 
 /// A new primary in strict synchronous mode keeps commits waiting for a
 /// standby (any, until the leader's upkeep names one) instead of taking
