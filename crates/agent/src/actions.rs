@@ -141,15 +141,7 @@ impl Agent {
             },
             Action::TakeLeaseAndPromote => match self.take(ttl).await? {
                 Some(l) => {
-                    // renewed between the steps: each can take seconds
-                    self.node.promote().await?;
-                    self.keep_lease_or_stop(ttl, "promoting").await?;
-                    self.node
-                        .write_conf(None, strict_names(cc), &cc.parameters)?;
-                    self.node.reload().await?;
-                    self.node.checkpoint().await;
-                    self.keep_lease_or_stop(ttl, "the checkpoint after promotion")
-                        .await?;
+                    self.promote(cc, ttl).await?;
                     self.record_history(l.epoch, status).await;
                     self.leader_upkeep(members, cc, None).await?;
                     Ok(format!("promoted (epoch {})", l.epoch))
@@ -160,12 +152,7 @@ impl Agent {
                 if !self.renew(ttl).await? {
                     return Ok("lost the lease before promoting".into());
                 }
-                self.node.promote().await?;
-                self.keep_lease_or_stop(ttl, "promoting").await?;
-                self.node
-                    .write_conf(None, strict_names(cc), &cc.parameters)?;
-                self.node.reload().await?;
-                self.node.checkpoint().await;
+                self.promote(cc, ttl).await?;
                 Ok("promoted".into())
             }
             Action::Demote { leader } => {
@@ -259,6 +246,19 @@ impl Agent {
                 _ => "another node holds it".into(),
             }
         )))
+    }
+
+    /// Promotes this standby, holding the lease: renewed between the
+    /// steps, since each can take seconds.
+    async fn promote(&mut self, cc: &ClusterConfig, ttl: Duration) -> Result<(), AgentError> {
+        self.node.promote().await?;
+        self.keep_lease_or_stop(ttl, "promoting").await?;
+        self.node
+            .write_conf(None, strict_names(cc), &cc.parameters)?;
+        self.node.reload().await?;
+        self.node.checkpoint().await;
+        self.keep_lease_or_stop(ttl, "the checkpoint after promotion")
+            .await
     }
 
     pub(crate) async fn start_primary(&mut self, cc: &ClusterConfig) -> Result<(), AgentError> {

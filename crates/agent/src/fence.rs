@@ -152,7 +152,8 @@ pub fn kill_tree(pid: u32) -> usize {
     pids.len()
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
+/// The processes whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

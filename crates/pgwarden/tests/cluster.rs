@@ -735,23 +735,9 @@ async fn postmaster_kill_without_restart_in_place_fails_over_and_rewinds() {
 /// Sends `sig` to `pid` and to all its children (a postmaster and its
 /// backends: `kill -STOP` of the whole PostgreSQL).
 fn signal_tree(pid: u32, sig: &str) {
-    let mut pids: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<u32>()
-                        .ok()
-                })
-                == Some(pid)
-        })
-        .map(|p| p.to_string())
+    let mut pids: Vec<String> = agent::fence::children_of(pid)
+        .iter()
+        .map(u32::to_string)
         .collect();
     pids.push(pid.to_string());
     Command::new("kill").arg(sig).args(&pids).status().unwrap();
