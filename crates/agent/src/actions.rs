@@ -251,18 +251,51 @@ impl Agent {
     /// Promotes this standby, holding the lease: renewed between the
     /// steps, since each can take seconds.
     async fn promote(&mut self, cc: &ClusterConfig, ttl: Duration) -> Result<(), AgentError> {
-        self.node.promote().await?;
+        self.node.request_promotion().await?;
+        let promoted = self.node.until_promoted(Duration::from_secs(60));
+        self.renewing(ttl, promoted).await??;
+        self.node.set_standby(false)?;
         self.keep_lease_or_stop(ttl, "promoting").await?;
         self.node
             .write_conf(None, strict_names(cc), &cc.parameters)?;
         self.node.reload().await?;
-        self.node.checkpoint().await;
+        let checkpoint = self.node.checkpoint();
+        self.renewing(ttl, checkpoint).await?;
         self.keep_lease_or_stop(ttl, "the checkpoint after promotion")
             .await
     }
 
+    /// Waits for `step` (the end of a promotion, a checkpoint: either can
+    /// outlast the TTL under load) while renewing the lease every
+    /// loop_wait; without that the fence would stop PostgreSQL in the
+    /// middle of it. A renewal that fails stops PostgreSQL and ends the
+    /// wait.
+    async fn renewing<T>(
+        &mut self,
+        ttl: Duration,
+        step: impl std::future::Future<Output = T>,
+    ) -> Result<T, AgentError> {
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                r = &mut step => return Ok(r),
+                _ = tokio::time::sleep(self.cfg.loop_wait) => {
+                    self.keep_lease_or_stop(ttl, "a step that outlasted a pass").await?;
+                }
+            }
+        }
+    }
+
     pub(crate) async fn start_primary(&mut self, cc: &ClusterConfig) -> Result<(), AgentError> {
-        self.node.set_standby(false)?;
+        // Data a standby left (killed during its promotion): started
+        // without standby.signal it would open on the old timeline, beside
+        // the old primary's history. It starts as a standby, and the next
+        // pass, holding the lease, promotes it.
+        let standby_data = matches!(
+            self.node.cluster_state().as_deref(),
+            Some("in archive recovery" | "shut down in recovery")
+        );
+        self.node.set_standby(standby_data)?;
         self.node
             .write_conf(None, strict_names(cc), &cc.parameters)?;
         self.node.start(Duration::from_secs(60)).await?;

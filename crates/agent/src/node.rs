@@ -443,17 +443,94 @@ impl Node {
         }
     }
 
-    pub async fn promote(&mut self) -> Result<(), NodeError> {
-        self.execute("SELECT pg_promote(true, 60)").await?;
-        self.set_standby(false)?;
-        Ok(())
+    /// Asks for a promotion and returns at once: its end is awaited with
+    /// [`Node::until_promoted`] while the lease is renewed.
+    pub async fn request_promotion(&mut self) -> Result<(), NodeError> {
+        self.execute("SELECT pg_promote(false)").await
     }
 
-    /// The control file shows a new timeline only after a checkpoint;
-    /// pg_rewind on the old primary reads it from there.
-    pub async fn checkpoint(&mut self) {
-        if let Err(e) = self.execute("CHECKPOINT").await {
-            tracing::warn!(error = %e, "checkpoint after promotion failed");
+    /// A connection to this node's PostgreSQL over its Unix socket.
+    fn local_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.cfg.run_dir)
+            .port(self.cfg.pg_port)
+            .user(&self.cfg.superuser)
+            .dbname("postgres")
+            .application_name("pgwarden agent")
+            .connect_timeout(Duration::from_secs(2));
+        c
+    }
+
+    /// Runs `sql` on a connection of its own within `limit`; returns the
+    /// first column of the first row, if any. Owns what it needs, so the
+    /// agent can renew its lease while it runs.
+    fn query_owned(
+        &self,
+        sql: &'static str,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = Result<Option<bool>, NodeError>> + 'static {
+        let cfg = self.local_config();
+        async move {
+            let work = async {
+                let (c, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                let rows = c.simple_query(sql).await?;
+                Ok::<_, tokio_postgres::Error>(rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+                    _ => None,
+                }))
+            };
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| NodeError::NoAnswer(limit))?
+                .map_err(|e| NodeError::Sql(e.to_string()))
+        }
+    }
+
+    /// Waits (up to `limit`) until the promotion is over: PostgreSQL is
+    /// out of recovery.
+    pub fn until_promoted(
+        &self,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = Result<(), NodeError>> + 'static {
+        let check = {
+            let cfg = self.local_config();
+            move || {
+                let cfg = cfg.clone();
+                async move {
+                    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+                    tokio::spawn(conn);
+                    let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?;
+                    Some(row.get::<_, bool>(0))
+                }
+            }
+        };
+        async move {
+            let deadline = Instant::now() + limit;
+            loop {
+                let r = tokio::time::timeout(Duration::from_secs(2), check()).await;
+                if matches!(r, Ok(Some(false))) {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(NodeError::Other(format!(
+                        "the promotion did not finish within {limit:?}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// A checkpoint (the control file shows a new timeline only after one;
+    /// pg_rewind on the old primary reads it from there), on a connection
+    /// of its own.
+    pub fn checkpoint(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let q = self.query_owned("CHECKPOINT", Duration::from_secs(60));
+        async move {
+            if let Err(e) = q.await {
+                tracing::warn!(error = %e, "checkpoint after promotion failed");
+            }
         }
     }
 
