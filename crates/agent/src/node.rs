@@ -338,13 +338,8 @@ impl Node {
             self.client = None;
         }
         if self.client.is_none() {
-            let mut c = tokio_postgres::Config::new();
-            c.host_path(&self.cfg.run_dir)
-                .port(self.cfg.pg_port)
-                .user(&self.cfg.superuser)
-                .dbname("postgres")
-                .application_name("pgwarden agent")
-                .connect_timeout(self.cfg.pg_check_timeout);
+            let mut c = self.local_config();
+            c.connect_timeout(self.cfg.pg_check_timeout);
             let limit = self.cfg.pg_check_timeout;
             let (client, conn) = tokio::time::timeout(limit, c.connect(tokio_postgres::NoTls))
                 .await
