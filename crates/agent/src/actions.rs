@@ -380,5 +380,5 @@ const REPLICA_START_WAIT: Duration = Duration::from_secs(10);
 /// standby (any, until the leader's upkeep names one) instead of taking
 /// asynchronous commits in the meantime.
 fn strict_names(cc: &ClusterConfig) -> Option<&'static str> {
-    (cc.synchronous_mode && cc.synchronous_mode_strict).then_some("*")
+    (cc.synchronous_mode.is_on() && cc.synchronous_mode_strict).then_some("*")
 }

@@ -38,6 +38,9 @@ pub struct Agent {
     pub(crate) failsafe_key: Option<ha::failsafe::FailsafeKey>,
     /// Synchronous mode: the DCS Sync key as this pass read it.
     pub(crate) sync_key: Option<ha::sync::SyncKey>,
+    /// Quorum mode: `synchronous_standby_names` in force, and the WAL
+    /// position read after it was (see [`ha::quorum`]).
+    pub(crate) quorum_since: Option<(String, u64)>,
     /// Failsafe mode, from the cluster config last read.
     pub(crate) failsafe: bool,
     /// The leader's last published WAL position.
@@ -84,6 +87,7 @@ impl Agent {
             last_renew: None,
             running_since: None,
             sync_key: None,
+            quorum_since: None,
             failsafe_key: None,
             failsafe: false,
             last_leader_lsn: None,
@@ -154,8 +158,13 @@ impl Agent {
             ttl_ms: c.ttl.as_millis() as u64,
             loop_wait_ms: c.loop_wait.as_millis() as u64,
             maximum_lag_on_failover: c.maximum_lag_on_failover,
-            synchronous_mode: c.synchronous_mode,
+            synchronous_mode: match c.synchronous_mode {
+                config::SyncMode::Off => ha::SyncMode::Off,
+                config::SyncMode::On => ha::SyncMode::On,
+                config::SyncMode::Quorum => ha::SyncMode::Quorum,
+            },
             synchronous_mode_strict: c.synchronous_mode_strict,
+            synchronous_node_count: c.synchronous_node_count,
             failsafe_mode: c.failsafe_mode,
             parameters: Default::default(),
         }
@@ -212,6 +221,24 @@ impl Agent {
         // read from the DCS every pass (also right after a restart)
         self.sync_key = snap.get(Key::Sync).and_then(ha::sync::SyncKey::parse);
         let sync_standby = self.sync_key.as_ref().and_then(|k| k.sync_standby.clone());
+        let quorum_key = self
+            .sync_key
+            .clone()
+            .filter(|k| k.sync_standby.is_none() && cc.synchronous_mode == ha::SyncMode::Quorum);
+        let voter_lsns = match (&quorum_key, &local.pg) {
+            // a candidate asks the other voters now: their published
+            // positions may be a loop old
+            (Some(k), Pg::Running { primary: false, .. })
+                if snap.leader.is_none() && k.voters.contains(&self.cfg.name) =>
+            {
+                let voters: Vec<&Member> = members
+                    .iter()
+                    .filter(|m| m.name != self.cfg.name && k.voters.contains(&m.name))
+                    .collect();
+                crate::peers::flushed_lsns(&self.cfg.superuser, &voters).await
+            }
+            _ => Vec::new(),
+        };
         let failsafe_leader = self
             .shared
             .failsafe_ping
@@ -230,6 +257,8 @@ impl Agent {
             paused: snap.get(Key::Pause).is_some(),
             last_leader_lsn,
             sync_standby: sync_standby.as_deref(),
+            quorum: quorum_key.as_ref(),
+            voter_lsns: &voter_lsns,
         };
         let decision = ha::decide(&view, &local, &self.settings(&cc));
         match self

@@ -29,10 +29,10 @@ impl Agent {
                 )
                 .await;
         }
-        let sync_names = if cc.synchronous_mode {
-            self.manage_sync(members, cc).await?
-        } else {
-            None
+        let sync_names = match cc.synchronous_mode {
+            ha::SyncMode::On => self.manage_sync(members, cc).await?,
+            ha::SyncMode::Quorum => Some(self.manage_quorum(members, cc, status).await?),
+            ha::SyncMode::Off => None,
         };
         let failsafe = cc
             .failsafe_mode
@@ -42,7 +42,7 @@ impl Agent {
             self.dcs.put(Key::Failsafe, v.as_deref()).await?;
             self.failsafe_key = failsafe;
         }
-        if !cc.synchronous_mode && self.sync_key.take().is_some() {
+        if !cc.synchronous_mode.is_on() && self.sync_key.take().is_some() {
             let _ = self.dcs.put(Key::Sync, None).await;
         }
         if self
@@ -63,7 +63,13 @@ impl Agent {
         members: &[Member],
         cc: &ClusterConfig,
     ) -> Result<Option<String>, AgentError> {
-        let repl = self.node.replication().await?;
+        let repl: Vec<(String, String)> = self
+            .node
+            .replication()
+            .await?
+            .into_iter()
+            .map(|s| (s.name, s.sync_state))
+            .collect();
         let me = self.cfg.name.clone();
         let plan = ha::sync::plan(
             &me,
@@ -89,17 +95,72 @@ impl Agent {
                 .replication()
                 .await?
                 .iter()
-                .any(|(a, st)| *a == c && st == "sync");
+                .any(|s| s.name == c && s.sync_state == "sync");
             if is_sync {
                 let k = ha::sync::SyncKey {
                     leader: me,
                     sync_standby: Some(c),
+                    voters: Vec::new(),
+                    quorum: 0,
                 };
                 self.dcs.put(Key::Sync, Some(&k.to_json())).await?;
                 self.sync_key = Some(k);
             }
         }
         Ok(Some(plan.names))
+    }
+
+    /// Quorum mode, in the three steps of [`ha::quorum`]: widen the key,
+    /// change `synchronous_standby_names`, and narrow the key once enough
+    /// voters have flushed past a position read a pass after the change
+    /// (the setting is in force by then). Returns the setting.
+    pub(crate) async fn manage_quorum(
+        &mut self,
+        members: &[Member],
+        cc: &ClusterConfig,
+        status: Option<&Status>,
+    ) -> Result<String, AgentError> {
+        let repl = self.node.replication().await?;
+        let me = self.cfg.name.clone();
+        let plan = ha::quorum::plan(
+            &me,
+            self.sync_key.as_ref(),
+            &repl,
+            members,
+            cc.synchronous_node_count,
+            cc.synchronous_mode_strict,
+        );
+        if let Some(k) = plan.key_first {
+            self.dcs.put(Key::Sync, Some(&k.to_json())).await?;
+            self.sync_key = Some(k);
+        }
+        if self
+            .node
+            .write_conf(None, Some(&plan.names), &cc.parameters)?
+        {
+            self.node.reload().await?;
+            self.quorum_since = None;
+            return Ok(plan.names);
+        }
+        if self.sync_key.as_ref() == Some(&plan.target) {
+            return Ok(plan.names);
+        }
+        let since = match (&self.quorum_since, status) {
+            (Some((names, lsn)), _) if *names == plan.names => *lsn,
+            // this pass's position, read after the last pass's reload
+            (_, Some(st)) => {
+                self.quorum_since = Some((plan.names.clone(), st.lsn));
+                st.lsn
+            }
+            (_, None) => return Ok(plan.names),
+        };
+        if ha::quorum::caught_up(&plan.target, &repl, since) {
+            self.dcs
+                .put(Key::Sync, Some(&plan.target.to_json()))
+                .await?;
+            self.sync_key = Some(plan.target);
+        }
+        Ok(plan.names)
     }
 
     pub(crate) async fn record_history(&self, epoch: u64, status: Option<&Status>) {

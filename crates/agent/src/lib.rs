@@ -10,6 +10,7 @@ pub mod driver;
 pub mod fence;
 mod leader;
 pub mod node;
+mod peers;
 pub mod preflight;
 mod sentences;
 

@@ -591,17 +591,24 @@ impl Node {
         self.execute("SELECT pg_reload_conf()").await
     }
 
-    /// Standbys streaming from this primary: (application_name, sync_state).
-    pub async fn replication(&mut self) -> Result<Vec<(String, String)>, NodeError> {
+    /// Standbys streaming from this primary.
+    pub async fn replication(&mut self) -> Result<Vec<ha::quorum::Streaming>, NodeError> {
         let c = self.connect().await?;
         let rows = tokio::time::timeout(
             Duration::from_secs(3),
-            c.query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[]),
+            c.query("SELECT application_name, sync_state, COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint FROM pg_stat_replication WHERE state = 'streaming'", &[]),
         )
         .await
         .map_err(|_| NodeError::Sql("query timed out".into()))?
         .map_err(|e| NodeError::Sql(e.to_string()))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| ha::quorum::Streaming {
+                name: r.get(0),
+                sync_state: r.get(1),
+                flush_lsn: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
     }
 
     /// Replication slots for the other members, on the primary.

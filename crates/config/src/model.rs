@@ -147,8 +147,10 @@ pub struct AgentConfig {
     pub loop_wait: Duration,
     pub ttl: Duration,
     pub maximum_lag_on_failover: u64,
-    pub synchronous_mode: bool,
+    pub synchronous_mode: SyncMode,
     pub synchronous_mode_strict: bool,
+    /// Quorum mode: standbys that must acknowledge each commit.
+    pub synchronous_node_count: u32,
     pub failsafe_mode: bool,
     pub nofailover: bool,
     pub priority: i32,
@@ -249,8 +251,9 @@ struct RawAgent {
     loop_wait: Option<Spanned<String>>,
     ttl: Option<Spanned<String>>,
     maximum_lag_on_failover: Option<u64>,
-    synchronous_mode: Option<bool>,
+    synchronous_mode: Option<Spanned<toml::Value>>,
     synchronous_mode_strict: Option<bool>,
+    synchronous_node_count: Option<Spanned<u32>>,
     failsafe_mode: Option<bool>,
     nofailover: Option<bool>,
     priority: Option<i32>,
@@ -569,6 +572,25 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
             format!("ttl ({ttl:?}) must be at least twice loop_wait ({loop_wait:?})"),
         ));
     }
+    let synchronous_mode = match &a.synchronous_mode {
+        None => SyncMode::Off,
+        Some(v) => SyncMode::from_toml(v.get_ref()).ok_or_else(|| {
+            Invalid::at(
+                v.span(),
+                "synchronous_mode must be true, false, \"on\", \"off\" or \"quorum\"".to_owned(),
+            )
+        })?,
+    };
+    let synchronous_node_count = match &a.synchronous_node_count {
+        None => 1,
+        Some(n) if *n.get_ref() >= 1 => *n.get_ref(),
+        Some(n) => {
+            return Err(Invalid::at(
+                n.span(),
+                "synchronous_node_count must be at least 1".to_owned(),
+            ))
+        }
+    };
     let data_dir = std::path::PathBuf::from(&a.data_dir);
     let mut parameters = std::collections::BTreeMap::new();
     for (k, v) in a.parameters.unwrap_or_default() {
@@ -604,8 +626,9 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
         loop_wait,
         ttl,
         maximum_lag_on_failover: a.maximum_lag_on_failover.unwrap_or(1 << 20),
-        synchronous_mode: a.synchronous_mode.unwrap_or(false),
+        synchronous_mode,
         synchronous_mode_strict: a.synchronous_mode_strict.unwrap_or(false),
+        synchronous_node_count,
         failsafe_mode: a.failsafe_mode.unwrap_or(false),
         nofailover: a.nofailover.unwrap_or(false),
         priority: a.priority.unwrap_or(0),
@@ -619,4 +642,30 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
         }),
         parameters,
     })
+}
+
+/// `synchronous_mode`: off, on (one synchronous standby) or quorum
+/// (`ANY k`, Patroni 4's quorum commit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
+impl SyncMode {
+    fn from_toml(v: &toml::Value) -> Option<SyncMode> {
+        match v {
+            toml::Value::Boolean(false) => Some(SyncMode::Off),
+            toml::Value::Boolean(true) => Some(SyncMode::On),
+            toml::Value::String(s) => match s.as_str() {
+                "off" => Some(SyncMode::Off),
+                "on" => Some(SyncMode::On),
+                "quorum" => Some(SyncMode::Quorum),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }

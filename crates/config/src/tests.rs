@@ -149,3 +149,29 @@ fn agent_section() {
             .contains("twice loop_wait")
     );
 }
+
+#[test]
+fn synchronous_mode_takes_a_bool_or_a_word() {
+    let agent = |line: &str| {
+        format!("[agent]\nname = \"n1\"\ndata_dir = \"/tmp/x\"\npg_port = 5500\n{line}\n")
+    };
+    let mode = |line: &str| {
+        parse(&agent(line), Path::new("x.toml"))
+            .unwrap()
+            .agent
+            .unwrap()
+    };
+    assert_eq!(mode("").synchronous_mode, SyncMode::Off);
+    assert_eq!(
+        mode("synchronous_mode = true").synchronous_mode,
+        SyncMode::On
+    );
+    let q = mode("synchronous_mode = \"quorum\"\nsynchronous_node_count = 2");
+    assert_eq!(q.synchronous_mode, SyncMode::Quorum);
+    assert_eq!(q.synchronous_node_count, 2);
+    let e = err(&agent("synchronous_mode = \"any\""));
+    assert!(e.contains("\"quorum\""), "{e}");
+    assert!(e.contains("pgwarden.toml:5:"), "the line is named: {e}");
+    let e = err(&agent("synchronous_node_count = 0"));
+    assert!(e.contains("at least 1"), "{e}");
+}

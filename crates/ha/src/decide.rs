@@ -1,7 +1,7 @@
 //! The decision tree. Ordered like an operator would reason: is there a
 //! cluster at all, do I have data, is my PostgreSQL running, and then what
 //! my role must be given who holds the leader lease.
-use crate::member::{Member, Role};
+use crate::member::{Member, Role, SyncMode};
 
 /// The cluster as read from the DCS this pass.
 #[derive(Debug, Clone)]
@@ -16,6 +16,10 @@ pub struct View<'a> {
     pub last_leader_lsn: Option<u64>,
     /// In synchronous mode: the standby that may be promoted.
     pub sync_standby: Option<&'a str>,
+    /// In quorum mode: the Sync key (voters and quorum)...
+    pub quorum: Option<&'a crate::sync::SyncKey>,
+    /// ...and the WAL positions the other voters reported this pass.
+    pub voter_lsns: &'a [(String, u64)],
     /// Failsafe: the old leader asked this node within the TTL whether it
     /// still follows it (it is still running as primary without the DCS).
     pub failsafe_leader: Option<&'a str>,
@@ -65,7 +69,7 @@ pub struct Local {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub maximum_lag_on_failover: u64,
-    pub synchronous_mode: bool,
+    pub synchronous_mode: crate::SyncMode,
     /// Crash restarts in place before the lease is released instead.
     pub max_crash_restarts: u32,
     /// Loops without streaming before a replica is rewound.
@@ -312,7 +316,14 @@ pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
 /// Whether this standby should take over: within the lag limit, and no
 /// healthy eligible member is ahead of it (ties: priority, then name).
 fn best_candidate(view: &View<'_>, local: &Local, my_lsn: u64, s: &Settings) -> Result<(), String> {
-    if s.synchronous_mode {
+    if s.synchronous_mode == SyncMode::Quorum {
+        // the voters' positions are read this pass, not the published ones
+        return match view.quorum {
+            Some(k) => crate::quorum::may_promote(&local.name, my_lsn, k, view.voter_lsns),
+            None => Err("quorum mode: no Sync key yet".into()),
+        };
+    }
+    if s.synchronous_mode == SyncMode::On {
         // Only the synchronous standby has every acknowledged commit; an
         // asynchronous one may have received more WAL, but not promised it.
         return if view.sync_standby == Some(local.name.as_str()) {
@@ -350,7 +361,13 @@ fn eligible(view: &View<'_>, m: &Member, s: &Settings) -> bool {
     let lag_ok = view
         .last_leader_lsn
         .is_none_or(|last| last.saturating_sub(m.lsn) <= s.maximum_lag_on_failover);
-    let sync_ok = !s.synchronous_mode || view.sync_standby == Some(m.name.as_str());
+    let sync_ok = match s.synchronous_mode {
+        SyncMode::Off => true,
+        SyncMode::On => view.sync_standby == Some(m.name.as_str()),
+        SyncMode::Quorum => view
+            .quorum
+            .is_some_and(|k| k.quorum > 0 && k.voters.contains(&m.name)),
+    };
     let failsafe_ok = view.failsafe.is_none_or(|k| k.lists(&m.name));
     m.running && m.role == Role::Replica && !m.nofailover && lag_ok && sync_ok && failsafe_ok
 }

@@ -7,7 +7,8 @@
 mod decide;
 pub mod failsafe;
 mod member;
+pub mod quorum;
 pub mod sync;
 
 pub use decide::{decide, Action, Decision, Local, Pg, Settings, View};
-pub use member::{ClusterConfig, Member, Role};
+pub use member::{ClusterConfig, Member, Role, SyncMode};

@@ -63,8 +63,10 @@ pub struct ClusterConfig {
     pub loop_wait_ms: u64,
     /// A replica further behind than this (bytes) is never promoted.
     pub maximum_lag_on_failover: u64,
-    pub synchronous_mode: bool,
+    pub synchronous_mode: SyncMode,
     pub synchronous_mode_strict: bool,
+    /// Quorum mode: how many standbys must acknowledge a commit.
+    pub synchronous_node_count: u32,
     pub failsafe_mode: bool,
     /// PostgreSQL parameters for every node.
     pub parameters: BTreeMap<String, String>,
@@ -76,10 +78,70 @@ impl Default for ClusterConfig {
             ttl_ms: 5_000,
             loop_wait_ms: 1_000,
             maximum_lag_on_failover: 1 << 20,
-            synchronous_mode: false,
+            synchronous_mode: SyncMode::Off,
             synchronous_mode_strict: false,
+            synchronous_node_count: 1,
             failsafe_mode: false,
             parameters: BTreeMap::new(),
+        }
+    }
+}
+
+/// Synchronous replication, as Patroni's `synchronous_mode`: off, on (one
+/// synchronous standby, `FIRST 1 (...)`, named in the Sync key), or
+/// quorum (`ANY k (...)`: a commit waits for k of the listed standbys).
+/// Written in JSON and TOML as `false`/`true`/`"off"`/`"on"`/`"quorum"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SyncModeRaw", into = "SyncModeRaw")]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
+impl SyncMode {
+    /// Any synchronous replication at all.
+    pub fn is_on(self) -> bool {
+        self != SyncMode::Off
+    }
+    pub fn parse(s: &str) -> Option<SyncMode> {
+        match s {
+            "off" | "false" => Some(SyncMode::Off),
+            "on" | "true" => Some(SyncMode::On),
+            "quorum" => Some(SyncMode::Quorum),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SyncModeRaw {
+    Bool(bool),
+    Word(String),
+}
+
+impl TryFrom<SyncModeRaw> for SyncMode {
+    type Error = String;
+    fn try_from(r: SyncModeRaw) -> Result<SyncMode, String> {
+        match r {
+            SyncModeRaw::Bool(b) => Ok(if b { SyncMode::On } else { SyncMode::Off }),
+            SyncModeRaw::Word(w) => SyncMode::parse(&w).ok_or_else(|| {
+                format!(
+                    "synchronous_mode {w:?}: expected true, false, \"on\", \"off\" or \"quorum\""
+                )
+            }),
+        }
+    }
+}
+
+impl From<SyncMode> for SyncModeRaw {
+    fn from(m: SyncMode) -> SyncModeRaw {
+        match m {
+            SyncMode::Off => SyncModeRaw::Bool(false),
+            SyncMode::On => SyncModeRaw::Bool(true),
+            SyncMode::Quorum => SyncModeRaw::Word("quorum".into()),
         }
     }
 }

@@ -17,6 +17,16 @@ pub struct SyncKey {
     pub leader: String,
     /// The standby that may be promoted, if any.
     pub sync_standby: Option<String>,
+    /// Quorum mode: every acknowledged commit is on at least `quorum` of
+    /// these standbys (see [`crate::quorum`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quorum: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl SyncKey {
@@ -71,6 +81,8 @@ pub fn plan(
     let cleared = SyncKey {
         leader: me.to_owned(),
         sync_standby: None,
+        voters: Vec::new(),
+        quorum: 0,
     };
     // the key must not go on naming a standby other than the one commits
     // will wait for

@@ -453,6 +453,47 @@ async fn synchronous_standby_change_under_writes_loses_nothing() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
+/// Quorum commit (`ANY 1` of both standbys): a standby is lost under a
+/// write loop, the key narrows to the survivor (and never names a voter
+/// set that could miss an acknowledged write), then the leader is lost:
+/// the survivor, the one voter left, is promoted with every acknowledged
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_mode_survives_a_standby_then_the_leader_lost_under_writes() {
+    let q = "synchronous_mode = \"quorum\"\nsynchronous_node_count = 1";
+    let mut c = Cluster::start(3, None, &[q, q, q]);
+    let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    let both = c.wait_quorum(|v, q| v.len() == 2 && q == 1).await;
+    assert!(!both.contains(&leader), "the leader is not its own voter");
+    let names = c
+        .psql(c.pg_ports[leader], "SHOW synchronous_standby_names")
+        .unwrap();
+    assert!(names.starts_with("ANY 1 ("), "{names}");
+    c.write_via_proxy(
+        "CREATE TABLE acked (seq int primary key)",
+        Duration::from_secs(20),
+    );
+    let w = Writer::start(c.proxy_port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.lose_node(both[0]);
+    let left = c.wait_quorum(|v, q| v.len() == 1 && q == 1).await;
+    assert_eq!(left, vec![both[1]]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.lose_node(leader);
+    c.write_via_proxy("SELECT 1", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = w.stop();
+    assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    let (leader_now, _) = c.snapshot().await.unwrap();
+    assert_eq!(
+        leader_now,
+        Some(format!("n{}", both[1])),
+        "the last voter took over"
+    );
+    let lost = c.lost_writes(&acked).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
 /// A writer through the proxy, a fresh connection per write, that keeps
 /// the sequence numbers whose INSERT was acknowledged.
 struct Writer {
@@ -510,6 +551,35 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "no synchronous standby published: {named:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the quorum-mode Sync key has voters and a quorum that
+    /// `ok` accepts; returns the voters' indexes.
+    async fn wait_quorum(&self, ok: impl Fn(&[usize], u32) -> bool) -> Vec<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = dcs::open(&self.dcs_url, "t").await.unwrap();
+            let key = d
+                .snapshot()
+                .await
+                .ok()
+                .and_then(|s| s.get(dcs::Key::Sync).and_then(ha::sync::SyncKey::parse));
+            if let Some(k) = &key {
+                let voters: Vec<usize> = k
+                    .voters
+                    .iter()
+                    .filter_map(|n| n[1..].parse().ok())
+                    .collect();
+                if ok(&voters, k.quorum) {
+                    return voters;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "quorum key never as expected: {key:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::member::SyncMode;
 
 fn member(name: &str, role: Role, running: bool, lsn: u64) -> Member {
     Member {
@@ -23,7 +24,7 @@ fn member(name: &str, role: Role, running: bool, lsn: u64) -> Member {
 fn settings() -> Settings {
     Settings {
         maximum_lag_on_failover: 1000,
-        synchronous_mode: false,
+        synchronous_mode: SyncMode::Off,
         max_crash_restarts: 2,
         rewind_after_loops: 5,
     }
@@ -68,6 +69,8 @@ fn view<'a>(leader: Option<&'a str>, members: &'a [Member]) -> View<'a> {
         paused: false,
         last_leader_lsn: None,
         sync_standby: None,
+        quorum: None,
+        voter_lsns: &[],
         failsafe_leader: None,
         failsafe: None,
         last_leader: None,
@@ -283,7 +286,7 @@ fn synchronous_mode_promotes_only_the_sync_standby() {
         member("c", Role::Replica, true, 40),
     ];
     let s = Settings {
-        synchronous_mode: true,
+        synchronous_mode: SyncMode::On,
         ..settings()
     };
     let v = View {
@@ -306,6 +309,59 @@ fn synchronous_mode_promotes_only_the_sync_standby() {
     };
     assert_eq!(
         decide(&v, &local("b", replica(50)), &s).action,
+        Action::Wait
+    );
+}
+
+#[test]
+fn quorum_mode_promotes_a_voter_that_proves_it_has_every_acknowledged_commit() {
+    let ms = [
+        member("b", Role::Replica, true, 50),
+        member("c", Role::Replica, true, 40),
+        member("d", Role::Replica, true, 40),
+    ];
+    let s = Settings {
+        synchronous_mode: SyncMode::Quorum,
+        ..settings()
+    };
+    let key = crate::sync::SyncKey {
+        leader: "a".into(),
+        sync_standby: None,
+        voters: vec!["b".into(), "c".into(), "d".into()],
+        quorum: 2,
+    };
+    // b's published position is stale: c reports more WAL just now
+    let fresh = [("c".to_string(), 60), ("d".to_string(), 40)];
+    let v = View {
+        quorum: Some(&key),
+        voter_lsns: &fresh,
+        ..view(None, &ms)
+    };
+    assert_eq!(
+        decide(&v, &local("b", replica(50)), &s).action,
+        Action::Wait
+    );
+    let fresh = [("b".to_string(), 50), ("d".to_string(), 40)];
+    let v = View {
+        voter_lsns: &fresh,
+        ..v
+    };
+    assert_eq!(
+        decide(&v, &local("c", replica(60)), &s).action,
+        Action::TakeLeaseAndPromote
+    );
+    // one voter of the two needed answered (itself): not proved
+    let v = View {
+        voter_lsns: &[],
+        ..v
+    };
+    let d = decide(&v, &local("c", replica(60)), &s);
+    assert_eq!(d.action, Action::Wait);
+    assert!(d.reason.contains("1 of the 2"), "{}", d.reason);
+    // no key: nobody
+    let v = View { quorum: None, ..v };
+    assert_eq!(
+        decide(&v, &local("c", replica(60)), &s).action,
         Action::Wait
     );
 }

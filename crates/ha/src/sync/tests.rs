@@ -25,6 +25,8 @@ fn key(leader: &str, standby: Option<&str>) -> SyncKey {
     SyncKey {
         leader: leader.into(),
         sync_standby: standby.map(Into::into),
+        voters: Vec::new(),
+        quorum: 0,
     }
 }
 
