@@ -7,8 +7,9 @@ use ha::{Action, ClusterConfig, Member};
 
 use crate::driver::{first_line, Agent, AgentError};
 use crate::node::Status;
+use crate::ops::{Fencing, NodeOps};
 
-impl Agent {
+impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     pub(crate) fn member_of<'m>(
         members: &'m [Member],
         name: &str,
@@ -187,6 +188,7 @@ impl Agent {
         // the cluster's initialize key is given back and the agent stops.
         self.node
             .initdb()
+            .await
             .map_err(|e| AgentError::Fatal(format!("initdb failed: {e}")))?;
         self.node.write_conf(None, None, &cc.parameters)?;
         self.node.start(Duration::from_secs(60)).await?;
@@ -292,7 +294,7 @@ impl Agent {
         // the old primary's history. It starts as a standby, and the next
         // pass, holding the lease, promotes it.
         let standby_data = matches!(
-            self.node.cluster_state().as_deref(),
+            self.node.cluster_state().await.as_deref(),
             Some("in archive recovery" | "shut down in recovery")
         );
         self.node.set_standby(standby_data)?;
@@ -347,12 +349,12 @@ impl Agent {
             ));
         }
         self.node.stop("fast").await?;
-        if self.node.cluster_state().as_deref() == Some("in production") {
+        if self.node.cluster_state().await.as_deref() == Some("in production") {
             if let Err(e) = self.node.recover_single_user().await {
                 tracing::warn!(error = %e, "crash recovery before pg_rewind failed");
             }
         }
-        let mine = self.node.checkpoint_timeline();
+        let mine = self.node.checkpoint_timeline().await;
         if let Some(mine) = mine.filter(|m| former_primary && leader_tl <= *m) {
             return Err(AgentError::Other(format!(
                 "the leader's checkpoint is on timeline {leader_tl}, not newer than this node's \

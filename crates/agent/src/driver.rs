@@ -1,7 +1,11 @@
 //! The HA driver: the I/O around [`ha::decide`]. One pass reads the DCS
 //! and PostgreSQL, decides, acts, and publishes this member.
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the same as std's, except in the timing tests, where
+// it is paused and advanced by the test
+use tokio::time::Instant;
 
 use config::AgentConfig;
 use dcs::{AnyDcs, Dcs, Key, Snapshot};
@@ -9,6 +13,7 @@ use ha::{Action, ClusterConfig, Local, Member, Pg, Role, Settings, View};
 use tokio::sync::watch;
 
 use crate::node::{Node, NodeError, Status};
+use crate::ops::{Fencing, NodeOps};
 
 /// Passes in a row a standby may fail to start, stay starting, or not
 /// stream before it is rewound or re-cloned.
@@ -21,13 +26,15 @@ pub struct Shared {
     pub leader: Mutex<Option<String>>,
     pub members: Mutex<Vec<Member>>,
     /// Failsafe: the last leader that asked us to confirm we follow it.
-    pub failsafe_ping: Mutex<Option<(String, Instant)>>,
+    pub failsafe_ping: Mutex<Option<(String, std::time::Instant)>>,
 }
 
-pub struct Agent {
+/// The agent of one node: its DCS, its PostgreSQL and its fence, real
+/// ones in production ([`Agent::new`]), fakes in the loop's timing tests.
+pub struct Agent<D = AnyDcs, N = Node, F = crate::fence::Fence> {
     pub(crate) cfg: AgentConfig,
-    pub(crate) dcs: AnyDcs,
-    pub(crate) node: Node,
+    pub(crate) dcs: D,
+    pub(crate) node: N,
     pub shared: Arc<Shared>,
     pub(crate) crash_restarts: u32,
     pub(crate) not_streaming_loops: u32,
@@ -53,7 +60,7 @@ pub struct Agent {
     /// Checks of the local PostgreSQL in a row that got no answer.
     pub(crate) unanswered: u32,
     /// Stops PostgreSQL when the lease is not proved in time.
-    pub(crate) fence: crate::fence::Fence,
+    pub(crate) fence: F,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +84,14 @@ impl Agent {
         let dcs = dcs::open(&cfg.dcs, &cfg.cluster).await?;
         let node = Node::new(cfg.clone())?;
         let fence = crate::fence::Fence::new(&cfg.run_dir);
-        Ok(Agent {
+        Ok(Agent::with_parts(cfg, dcs, node, fence))
+    }
+}
+
+impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
+    /// An agent of these parts, without the machine checks of [`Agent::new`].
+    pub fn with_parts(cfg: AgentConfig, dcs: D, node: N, fence: F) -> Self {
+        Agent {
             cfg,
             dcs,
             node,
@@ -95,7 +109,7 @@ impl Agent {
             fatal: None,
             unanswered: 0,
             fence,
-        })
+        }
     }
 
     /// Runs the HA loop until `shutdown` turns true; then stops PostgreSQL
@@ -108,7 +122,7 @@ impl Agent {
         let mut log = crate::sentences::SentenceLog::default();
         loop {
             let sentence = self.run_once().await;
-            for line in log.lines(&sentence, Instant::now()) {
+            for line in log.lines(&sentence, std::time::Instant::now()) {
                 tracing::info!(node = %self.cfg.name, "{line}");
             }
             self.publish(&sentence).await;
@@ -118,7 +132,7 @@ impl Agent {
                 return Err(AgentError::Fatal(f));
             }
             let loop_wait = self.cfg.loop_wait;
-            let exited = self.node.exited.clone();
+            let exited = self.node.exited();
             tokio::select! {
                 _ = tokio::time::sleep(loop_wait) => {}
                 _ = exited.notified() => tracing::info!(node = %self.cfg.name, "postmaster exited: acting at once"),
@@ -205,15 +219,12 @@ impl Agent {
             crash_restarts: self.crash_restarts,
             not_streaming_loops: self.not_streaming_loops,
         };
-        let last_leader_lsn = snap
+        let leader_status = snap
             .get(Key::Status)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["lsn"].as_u64());
+            .and_then(ha::records::LeaderStatus::parse);
+        let last_leader_lsn = leader_status.as_ref().map(|s| s.lsn);
         self.last_leader_lsn = last_leader_lsn;
-        let last_leader = snap
-            .get(Key::Status)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["leader"].as_str().map(str::to_owned));
+        let last_leader = leader_status.map(|s| s.leader).filter(|l| !l.is_empty());
         self.failsafe_key = snap
             .get(Key::Failsafe)
             .and_then(ha::failsafe::FailsafeKey::parse)
@@ -412,12 +423,11 @@ impl Agent {
                 "PostgreSQL hung and the fence stopped it before the lease could expire".into();
             return Err(self.fenced(leader, why).await);
         }
-        let state = self.node.cluster_state().unwrap_or_default();
+        let state = self.node.cluster_state().await.unwrap_or_default();
         let was_primary =
             !self.node.is_standby_dir() && (state == "in production" || state == "shut down");
-        let crashed = self.node.crashed.load(std::sync::atomic::Ordering::Acquire)
-            || state == "in production"
-            || state == "in archive recovery";
+        let crashed =
+            self.node.crashed() || state == "in production" || state == "in archive recovery";
         Ok((
             if crashed {
                 Pg::Crashed { was_primary }

@@ -5,8 +5,9 @@ use ha::{ClusterConfig, Member};
 
 use crate::driver::{Agent, AgentError};
 use crate::node::Status;
+use crate::ops::{Fencing, NodeOps};
 
-impl Agent {
+impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     /// The leader's chores: slots for every member, its position for
     /// candidates' lag checks, its configuration.
     pub(crate) async fn leader_upkeep(
@@ -18,16 +19,12 @@ impl Agent {
         let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
         self.node.ensure_slots(&names).await?;
         if let Some(st) = status {
-            let _ = self
-                .dcs
-                .put(
-                    Key::Status,
-                    Some(&format!(
-                        "{{\"lsn\":{},\"timeline\":{},\"leader\":\"{}\"}}",
-                        st.lsn, st.timeline, self.cfg.name
-                    )),
-                )
-                .await;
+            let v = ha::records::LeaderStatus {
+                lsn: st.lsn,
+                timeline: st.timeline,
+                leader: self.cfg.name.clone(),
+            };
+            let _ = self.dcs.put(Key::Status, Some(&v.to_json())).await;
         }
         let sync_names = match cc.synchronous_mode {
             ha::SyncMode::On => self.manage_sync(members, cc).await?,
@@ -170,23 +167,26 @@ impl Agent {
                 Err(_) => return,
             };
             let old = snap.get(Key::History).map(str::to_owned);
-            let mut list: Vec<serde_json::Value> = old
+            let mut list = old
                 .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok())
+                .map(ha::records::parse_history)
                 .unwrap_or_default();
-            list.push(serde_json::json!({
-                "epoch": epoch,
-                "new_leader": self.cfg.name,
-                "lsn": status.map(|s| s.lsn),
-                "timeline": status.map(|s| s.timeline),
-                "at_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
-            }));
+            list.push(ha::records::HistoryEntry {
+                epoch,
+                new_leader: self.cfg.name.clone(),
+                lsn: status.map(|s| s.lsn),
+                timeline: status.map(|s| s.timeline),
+                at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+            });
             if self
                 .dcs
                 .compare_and_set(
                     Key::History,
                     old.as_deref(),
-                    &serde_json::Value::Array(list).to_string(),
+                    &ha::records::history_json(&list),
                 )
                 .await
                 .unwrap_or(false)

@@ -10,8 +10,11 @@ pub mod driver;
 pub mod fence;
 mod leader;
 pub mod node;
+pub mod ops;
 mod peers;
 pub mod preflight;
 mod sentences;
+#[cfg(test)]
+mod timing;
 
 pub use driver::Agent;

@@ -96,15 +96,20 @@ impl Node {
     }
 
     /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
-    pub fn cluster_state(&self) -> Option<String> {
-        self.controldata("Database cluster state:")
+    pub async fn cluster_state(&self) -> Option<String> {
+        self.controldata("Database cluster state:").await
     }
 
-    /// One field of pg_controldata.
-    fn controldata(&self, field: &str) -> Option<String> {
+    /// One field of pg_controldata, run off the loop's thread.
+    async fn controldata(&self, field: &'static str) -> Option<String> {
         let mut c = self.inst.command("pg_controldata");
         c.arg("-D").arg(self.data_dir()).env("LC_ALL", "C");
-        let out = pg::command::run_watched(c, Duration::from_secs(10), None).ok()?;
+        let out = tokio::task::spawn_blocking(move || {
+            pg::command::run_watched(c, Duration::from_secs(10), None)
+        })
+        .await
+        .ok()?
+        .ok()?;
         out.lines()
             .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
     }
@@ -189,8 +194,11 @@ impl Node {
         Ok(())
     }
 
-    pub fn initdb(&self) -> Result<(), NodeError> {
-        self.inst.initdb()?;
+    pub async fn initdb(&self) -> Result<(), NodeError> {
+        let inst = self.inst.clone();
+        tokio::task::spawn_blocking(move || inst.initdb())
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??;
         self.ensure_include()?;
         self.write_hba()?;
         Ok(())
@@ -581,8 +589,9 @@ impl Node {
     }
 
     /// The timeline of this node's last checkpoint (pg_controldata).
-    pub fn checkpoint_timeline(&self) -> Option<u32> {
-        self.controldata("Latest checkpoint's TimeLineID:")?
+    pub async fn checkpoint_timeline(&self) -> Option<u32> {
+        self.controldata("Latest checkpoint's TimeLineID:")
+            .await?
             .parse()
             .ok()
     }

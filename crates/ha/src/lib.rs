@@ -8,6 +8,7 @@ mod decide;
 pub mod failsafe;
 mod member;
 pub mod quorum;
+pub mod records;
 pub mod sync;
 
 pub use decide::{decide, Action, Decision, Local, Pg, Settings, View};
