@@ -429,15 +429,26 @@ impl Node {
     /// synchronous standby, whose own trouble is not this node's), within
     /// `limit`: no answer is a miss like an unanswered status query.
     async fn write_check(&mut self, limit: Duration) -> Result<(), NodeError> {
-        const Q: &str =
-            "BEGIN; SET LOCAL synchronous_commit = local; SELECT txid_current(); COMMIT";
+        // The transaction must write WAL of its own and hold an xid, or
+        // PostgreSQL commits it without flushing (an xid alone writes no
+        // WAL): a transactional logical message does both, and leaves no
+        // row anywhere.
+        const Q: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
+            SELECT pg_logical_emit_message(true, 'pgwarden', 'write check'); COMMIT";
         let c = self.connect().await?;
         match tokio::time::timeout(limit, c.batch_execute(Q)).await {
             Ok(Ok(())) => Ok(()),
-            // refused (a read-only setting): an answer, not a hang
-            Ok(Err(e)) => {
+            // refused by PostgreSQL (a read-only setting): an answer, not
+            // a hang
+            Ok(Err(e)) if e.as_db_error().is_some() => {
                 tracing::debug!(error = %e, "write check refused");
                 Ok(())
+            }
+            // the connection broke (the fence stopped PostgreSQL in the
+            // middle of the check): no answer, and not a sign of health
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(NodeError::Sql(format!("write check: {e}")))
             }
             Err(_) => {
                 self.client = None;

@@ -17,11 +17,48 @@ struct Cluster {
     pg_ports: Vec<u16>,
     proxy: Option<Child>,
     proxy_port: u16,
+    /// Data directories that are loop-mounted file systems of their own.
+    disks: Vec<PathBuf>,
 }
 
 impl Cluster {
     fn start(n: usize, dcs_url: Option<String>, extra: &[&str]) -> Cluster {
+        Cluster::start_in(TempDir::new("cluster"), Vec::new(), n, dcs_url, extra)
+    }
+
+    /// As [`Cluster::start`], each data directory a small ext4 file system
+    /// of its own (a loop device), so a test can freeze one node's disk.
+    fn start_on_disks(n: usize, extra: &[&str]) -> Cluster {
         let dir = TempDir::new("cluster");
+        let mut disks = Vec::new();
+        for i in 0..n {
+            let img = dir.path().join(format!("n{i}.img"));
+            let mnt = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&mnt).unwrap();
+            let sh = format!(
+                "truncate -s 512M {img} && mkfs.ext4 -q -F {img} && mount -o loop {img} {mnt} \
+                 && rmdir {mnt}/lost+found && chown postgres:postgres {mnt} && chmod 700 {mnt}",
+                img = img.display(),
+                mnt = mnt.display()
+            );
+            let ok = Command::new("sh")
+                .args(["-c", &sh])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot make a loop-mounted disk: {sh}");
+            disks.push(mnt);
+        }
+        Cluster::start_in(dir, disks, n, None, extra)
+    }
+
+    fn start_in(
+        dir: TempDir,
+        disks: Vec<PathBuf>,
+        n: usize,
+        dcs_url: Option<String>,
+        extra: &[&str],
+    ) -> Cluster {
         let dcs_url =
             dcs_url.unwrap_or_else(|| format!("local://{}", dir.path().join("dcs").display()));
         let pg_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -29,7 +66,7 @@ impl Cluster {
             let conf = format!(
                 "[agent]\nname = \"n{i}\"\ncluster = \"t\"\ndcs = \"{dcs_url}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
                  pg_port = {}\napi_listen = \"127.0.0.1:{}\"\n{}\n",
-                dir.path().join(format!("n{i}")).display(),
+                data_dir(dir.path(), &disks, i).display(),
                 dir.path().join(format!("n{i}.run")).display(),
                 pg_port,
                 free_port(),
@@ -53,6 +90,7 @@ impl Cluster {
             pg_ports,
             proxy: None,
             proxy_port,
+            disks,
         };
         for i in 0..n {
             let a = c.spawn_agent(i);
@@ -68,6 +106,24 @@ impl Cluster {
                 .unwrap(),
         );
         c
+    }
+
+    /// The last `n` lines of every agent's and PostgreSQL's log.
+    fn logs(&self, n: usize) -> String {
+        (0..self.agents.len())
+            .map(|i| {
+                let pg = self
+                    .dir
+                    .path()
+                    .join(format!("n{i}.run"))
+                    .join("postgresql.log");
+                format!(
+                    "--- agent{i}\n{}\n--- postgresql n{i}\n{}\n",
+                    testkit_tail(&self.dir.path().join(format!("agent{i}.log")), n),
+                    testkit_tail(&pg, n)
+                )
+            })
+            .collect()
     }
 
     fn log(&self, name: &str) -> std::fs::File {
@@ -89,7 +145,7 @@ impl Cluster {
     }
 
     fn data(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{i}"))
+        data_dir(self.dir.path(), &self.disks, i)
     }
 
     async fn snapshot(&self) -> Option<(Option<String>, Vec<ha::Member>)> {
@@ -125,22 +181,7 @@ impl Cluster {
                 }
             }
             if Instant::now() > deadline {
-                let logs: String = (0..self.agents.len())
-                    .map(|i| {
-                        format!(
-                            "--- agent{i}\n{}\n--- postgresql n{i}\n{}\n",
-                            testkit_tail(&self.dir.path().join(format!("agent{i}.log")), 15),
-                            testkit_tail(
-                                &self
-                                    .dir
-                                    .path()
-                                    .join(format!("n{i}.run"))
-                                    .join("postgresql.log"),
-                                15
-                            )
-                        )
-                    })
-                    .collect();
+                let logs = self.logs(15);
                 panic!(
                     "cluster not healthy with {n} members after {limit:?}: {:?}\n{logs}",
                     self.snapshot().await
@@ -204,6 +245,15 @@ impl Cluster {
     }
 }
 
+/// Node `i`'s data directory: in the cluster's directory, or on its own
+/// disk (not the mount point itself: a clone renames its copy into place).
+fn data_dir(dir: &std::path::Path, disks: &[PathBuf], i: usize) -> PathBuf {
+    match disks.get(i) {
+        Some(d) => d.join("data"),
+        None => dir.join(format!("n{i}")),
+    }
+}
+
 fn testkit_tail(p: &std::path::Path, n: usize) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let l: Vec<&str> = s.lines().collect();
@@ -212,6 +262,14 @@ fn testkit_tail(p: &std::path::Path, n: usize) -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // a frozen disk would hold every stop below forever
+        for d in &self.disks {
+            let _ = Command::new("fsfreeze")
+                .arg("-u")
+                .arg(d)
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Some(mut p) = self.proxy.take() {
             let _ = p.kill();
             let _ = p.wait();
@@ -235,6 +293,9 @@ impl Drop for Cluster {
                     let _ = Command::new("kill").args(["-9", pid.trim()]).status();
                 }
             }
+        }
+        for d in &self.disks {
+            let _ = Command::new("umount").arg("-l").arg(d).status();
         }
     }
 }
@@ -925,4 +986,92 @@ async fn a_frozen_agent_cannot_leave_its_primary_writable() {
         .unwrap(),
         "t|1"
     );
+}
+
+/// The primary's disk freezes (`fsfreeze`: every write blocks, reads from
+/// memory still answer), as a stalled disk or I/O path would. Its agent's
+/// write check finds commits hanging; the node is fenced and a standby
+/// takes over; no acknowledged write is lost (synchronous mode); once the
+/// disk thaws the old primary rejoins as a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_whose_disk_freezes_is_replaced() {
+    let sync = "synchronous_mode = true";
+    let mut c = Cluster::start_on_disks(3, &[sync, sync, sync]);
+    let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    c.wait_sync_standby(|_| true).await;
+    c.write_via_proxy(
+        "CREATE TABLE acked (seq int primary key)",
+        Duration::from_secs(20),
+    );
+    let w = Writer::start(c.proxy_port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let disk = c.disks[leader].clone();
+    let frozen = Command::new("fsfreeze")
+        .arg("-f")
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(frozen.success(), "fsfreeze -f {}", disk.display());
+    // never left frozen: thawed after 30 s whatever happens here
+    let thaw = {
+        let disk = disk.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(30));
+            let _ = Command::new("fsfreeze").arg("-u").arg(&disk).status();
+        })
+    };
+    // each try within 3 s: a write routed to the frozen primary hangs
+    let t0 = Instant::now();
+    loop {
+        let port = c.proxy_port.to_string();
+        let ok = Command::new("timeout")
+            .args([
+                "3",
+                "psql",
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", "postgres", "-c", "INSERT INTO acked VALUES (-1)"])
+            .env("PGCONNECT_TIMEOUT", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(25),
+            "no write through the proxy within 25 s\n{}",
+            c.logs(25)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "writes back {:.1} s after the freeze",
+        t0.elapsed().as_secs_f64()
+    );
+    if std::env::var_os("PGWARDEN_TEST_LOGS").is_some() {
+        eprintln!("{}", c.logs(30));
+    }
+    let (leader_now, _) = c.snapshot().await.unwrap();
+    assert_ne!(
+        leader_now,
+        Some(format!("n{leader}")),
+        "a standby took over"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = w.stop();
+    let lost = c.lost_writes(&acked).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let _ = Command::new("fsfreeze").arg("-u").arg(&disk).status();
+    thaw.join().unwrap();
+    let new_leader = c.wait_healthy(3, Duration::from_secs(120)).await;
+    assert_ne!(new_leader, leader, "the old primary came back as a standby");
 }
