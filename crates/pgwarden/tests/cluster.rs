@@ -996,7 +996,7 @@ async fn a_frozen_agent_cannot_leave_its_primary_writable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_whose_disk_freezes_is_replaced() {
     let sync = "synchronous_mode = true";
-    let mut c = Cluster::start_on_disks(3, &[sync, sync, sync]);
+    let c = Cluster::start_on_disks(3, &[sync, sync, sync]);
     let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
     c.wait_sync_standby(|_| true).await;
     c.write_via_proxy(
