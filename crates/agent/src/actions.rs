@@ -166,6 +166,9 @@ impl Agent {
                 self.start_replica(Some((&host, port)), cc).await?;
                 Ok(format!("stopped; {how}; following {leader}"))
             }
+            Action::Switchover(step) => {
+                Box::pin(self.switchover_act(step, members, cc, status)).await
+            }
             Action::Follow { leader } => {
                 let m = Self::member_of(members, leader)?;
                 let ci = self.node.conninfo(&m.host, m.port);

@@ -10,7 +10,9 @@ pub mod driver;
 pub mod fence;
 mod leader;
 pub mod node;
+pub mod ops;
 pub mod preflight;
 mod sentences;
+mod switchover;
 
 pub use driver::Agent;
