@@ -418,3 +418,173 @@ async fn operations_refuse_with_reasons_and_change_the_configuration() {
         assert_eq!(m["role"], want, "{m}");
     }
 }
+
+/// `pgwarden ctl ARGS` against the cluster's agents (with the token file
+/// unless `anonymous`): exit code, stdout, stderr.
+fn ctl(c: &Cluster, args: &[&str], anonymous: bool) -> (i32, String, String) {
+    let apis: Vec<String> = c
+        .api_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let token = c.dir.path().join("token");
+    std::fs::write(&token, format!("{}\n", harness::TOKEN)).unwrap();
+    let mut cmd = std::process::Command::new(harness::BIN);
+    cmd.arg("ctl").arg("--api").arg(apis.join(","));
+    if !anonymous {
+        cmd.arg("--token-file").arg(&token);
+    }
+    let o = cmd
+        .args(args)
+        .env_remove("PGWARDEN_API")
+        .env_remove("PGWARDEN_API_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ctl_ok(c: &Cluster, args: &[&str]) -> String {
+    let (code, out, err) = ctl(c, args, false);
+    assert_eq!(code, 0, "ctl {args:?}: {out}{err}");
+    out
+}
+
+fn ctl_json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(ctl_ok(c, &a).trim()).unwrap()
+}
+
+fn member_field(list: &serde_json::Value, name: &str, field: &str) -> serde_json::Value {
+    list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| m[field].clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_the_cluster() {
+    let c = Cluster::start(3, "");
+    let leader = c.wait_healthy(3, Duration::from_secs(90)).await;
+    let (s1, s2) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // (the agents serve the cluster as their last pass read it)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = ctl_ok(&c, &["list"]);
+        if out.matches("streaming").count() == 2 {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for i in 0..3 {
+        assert!(out.contains(&format!("| n{i} ")), "{out}");
+    }
+    assert!(out.contains("Leader") && out.contains("streaming"), "{out}");
+    assert!(ctl_ok(&c, &["topology"]).contains(&format!("| + n{s1}")));
+    let list = ctl_json(&c, &["list"]);
+    assert_eq!(list["leader"], format!("n{leader}"));
+
+    // exit codes: no token 4, unreachable 3, refused 5, usage 2
+    let (code, _, err) = ctl(&c, &["pause"], true);
+    assert_eq!(code, 4, "{err}");
+    let o = std::process::Command::new(harness::BIN)
+        .args(["ctl", "--api", "127.0.0.1:1", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    let (code, _, err) = ctl(&c, &["edit-config", "--set", "tll_ms=1", "--force"], false);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("tll_ms"), "{err}");
+    let (code, _, err) = ctl(&c, &["reinit", &format!("n{leader}"), "--force"], false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is the leader"), "{err}");
+    let (code, _, err) = ctl(&c, &["switchover", "--to", "n9"], false);
+    assert_eq!(code, 2, "{err}");
+
+    // maintenance mode shows in list
+    ctl_ok(&c, &["pause"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctl_ok(&c, &["list"]).contains("Maintenance mode: on") {
+        assert!(Instant::now() < deadline, "pause not shown");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ctl_ok(&c, &["resume"]);
+
+    // configuration: a change without restart, one that needs it
+    ctl_ok(
+        &c,
+        &[
+            "edit-config",
+            "--set",
+            "parameters.work_mem=16MB",
+            "--force",
+        ],
+    );
+    assert_eq!(
+        ctl_json(&c, &["show-config"])["parameters"]["work_mem"],
+        "16MB"
+    );
+    ctl_ok(
+        &c,
+        &[
+            "edit-config",
+            "--set",
+            "parameters.max_connections=150",
+            "--force",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = ctl_json(&c, &["list"]);
+        if (0..3).all(|i| member_field(&l, &format!("n{i}"), "pending_restart") == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pending restart: {l}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(ctl_ok(&c, &["list"]).contains("| *"));
+    ctl_ok(&c, &["restart", "--pending", "--force"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = ctl_json(&c, &["list"]);
+        if (0..3).all(|i| member_field(&l, &format!("n{i}"), "pending_restart") == false) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restart still pending: {l}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        c.psql(c.pg_ports[s2], "show max_connections").unwrap(),
+        "150"
+    );
+    c.wait_healthy(3, Duration::from_secs(60)).await;
+
+    // switchover, then a manual failover back
+    let out = ctl_ok(&c, &["switchover", "--to", &format!("n{s1}"), "--force"]);
+    assert!(out.contains(&format!("n{s1} is the leader")), "{out}");
+    c.wait_healthy(3, Duration::from_secs(60)).await;
+    let out = ctl_ok(&c, &["failover", "--to", &format!("n{leader}"), "--force"]);
+    assert!(out.contains(&format!("n{leader} is the leader")), "{out}");
+    c.wait_healthy(3, Duration::from_secs(60)).await;
+
+    // a standby rebuilt from the leader
+    let out = ctl_ok(&c, &["reinit", &format!("n{s2}"), "--force"]);
+    assert!(out.contains(&format!("n{s2}:")), "{out}");
+    c.wait_healthy(3, Duration::from_secs(90)).await;
+
+    let h = ctl_ok(&c, &["history"]);
+    for word in ["switchover", "manual failover", "restart", "reinit"] {
+        assert!(h.contains(word), "{word} missing:\n{h}");
+    }
+    ctl_ok(&c, &["reload"]);
+}

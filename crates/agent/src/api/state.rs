@@ -1,18 +1,27 @@
 //! State endpoints: this member, the cluster, its history and its dynamic
-//! configuration, as the HA loop last read them from the DCS (every
-//! loop_wait), so that they answer while the DCS does not.
+//! configuration, read from the DCS (or, while it does not answer, as the
+//! HA loop last read them).
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dcs::{Key, Snapshot};
+use dcs::{Dcs, Key, Snapshot};
 use ha::status::{ClusterStatus, MemberStatus};
 use ha::Member;
 
 use super::error::ApiError;
 use super::St;
 
-fn snapshot(api: &super::Api) -> Result<Snapshot, ApiError> {
+/// The DCS read now (so that a change just made shows), or, when it does
+/// not answer within 2 s, as the loop last read it.
+async fn snapshot(api: &super::Api) -> Result<Snapshot, ApiError> {
+    let fresh = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        api.dcs().await?.snapshot().await.map_err(ApiError::from)
+    })
+    .await;
+    if let Ok(Ok(s)) = fresh {
+        return Ok(s);
+    }
     api.shared
         .ops
         .snapshot()
@@ -56,11 +65,11 @@ pub async fn me(State(api): State<St>) -> Response {
 }
 
 pub async fn cluster(State(api): State<St>) -> Result<Json<ClusterStatus>, ApiError> {
-    Ok(Json(cluster_status(&snapshot(&api)?)))
+    Ok(Json(cluster_status(&snapshot(&api).await?)))
 }
 
 pub async fn history(State(api): State<St>) -> Result<Json<Vec<ha::history::Entry>>, ApiError> {
-    let snap = snapshot(&api)?;
+    let snap = snapshot(&api).await?;
     Ok(Json(
         snap.get(Key::History)
             .map(ha::history::parse)
@@ -69,7 +78,7 @@ pub async fn history(State(api): State<St>) -> Result<Json<Vec<ha::history::Entr
 }
 
 pub async fn config(State(api): State<St>) -> Result<Json<serde_json::Value>, ApiError> {
-    let snap = snapshot(&api)?;
+    let snap = snapshot(&api).await?;
     let raw = snap.get(Key::Config).ok_or_else(|| {
         ApiError::unavailable("the cluster has no configuration yet (not bootstrapped)")
     })?;
