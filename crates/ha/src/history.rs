@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const KEEP: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A new leader took over without being asked.
     #[default]
