@@ -92,8 +92,9 @@ pub async fn run(ctx: &Ctx, cmd: CtlCommand) -> Result<(), CtlError> {
         CtlCommand::Restart {
             member,
             pending,
+            rolling,
             force,
-        } => restart(ctx, member, pending, force).await,
+        } => restart(ctx, member, pending, rolling, force).await,
         CtlCommand::Reload { member } => reload(ctx, member).await,
         CtlCommand::ShowConfig => {
             let (_, v) = ctx.get_any("/config").await?;
@@ -267,12 +268,13 @@ async fn restart(
     ctx: &Ctx,
     name: Option<String>,
     pending: bool,
+    rolling: bool,
     force: bool,
 ) -> Result<(), CtlError> {
     let (_, c) = ctx.cluster().await?;
-    let mut targets: Vec<&MemberStatus> = match &name {
-        Some(n) => vec![member(&c, n)?],
-        None => c.members.iter().collect(),
+    let mut targets: Vec<MemberStatus> = match &name {
+        Some(n) => vec![member(&c, n)?.clone()],
+        None => c.members.clone(),
     };
     if pending {
         targets.retain(|m| m.pending_restart);
@@ -284,12 +286,28 @@ async fn restart(
     // standbys first, the leader last
     targets.sort_by_key(|m| (m.role == MemberRole::Leader, m.name.clone()));
     let names: Vec<&str> = targets.iter().map(|m| m.name.as_str()).collect();
+    let how = if rolling {
+        " one at a time (the leader after a switchover)"
+    } else {
+        ""
+    };
     confirm(
-        &format!("Restart PostgreSQL on {}?", names.join(", ")),
+        &format!("Restart PostgreSQL on {}{how}?", names.join(", ")),
         force,
     )?;
     let mut results = Vec::new();
     for m in targets {
+        if rolling && m.role == MemberRole::Leader {
+            let r = ctx
+                .client
+                .at(&m.api_url)
+                .call("POST", "/switchover", Some(&json!({ "leader": m.name })))
+                .await?;
+            if !ctx.json {
+                println!("{}: {}", m.name, r.body["message"].as_str().unwrap_or(""));
+            }
+            handover(ctx, &m.name, None, "switchover").await?;
+        }
         let body = json!({ "restart_pending": pending });
         let r = ctx
             .client
@@ -301,11 +319,35 @@ async fn restart(
             println!("{}: {msg}", m.name);
         }
         results.push(json!({"member": m.name, "message": msg}));
+        if rolling {
+            streaming_again(ctx, &m.name).await?;
+        }
     }
     if ctx.json {
         println!("{}", json!({ "restarted": results }));
     }
     Ok(())
+}
+
+/// Waits until `name` streams from the leader (or leads) again.
+async fn streaming_again(ctx: &Ctx, name: &str) -> Result<(), CtlError> {
+    let start = Instant::now();
+    loop {
+        if let Ok((_, c)) = ctx.cluster().await {
+            if c.members.iter().any(|m| {
+                m.name == name
+                    && (m.state == ha::status::State::Streaming || m.role == MemberRole::Leader)
+            }) {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > HANDOVER_WAIT {
+            return Err(CtlError::NotDone(format!(
+                "{name} does not stream again {HANDOVER_WAIT:?} after its restart: see `pgwarden ctl list`"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 async fn reload(ctx: &Ctx, name: Option<String>) -> Result<(), CtlError> {

@@ -82,6 +82,10 @@ pub enum CtlCommand {
         /// Only members whose settings need a restart.
         #[arg(long)]
         pending: bool,
+        /// One member at a time, each streaming again before the next; the
+        /// leader hands over (a switchover) and is restarted as a standby.
+        #[arg(long)]
+        rolling: bool,
         #[arg(long)]
         force: bool,
     },

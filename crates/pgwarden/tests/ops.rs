@@ -553,7 +553,8 @@ async fn ctl_drives_the_cluster() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(ctl_ok(&c, &["list"]).contains("| *"));
-    ctl_ok(&c, &["restart", "--pending", "--force"]);
+    let out = ctl_ok(&c, &["restart", "--pending", "--rolling", "--force"]);
+    assert!(out.contains("switchover done"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let l = ctl_json(&c, &["list"]);
@@ -567,7 +568,9 @@ async fn ctl_drives_the_cluster() {
         c.psql(c.pg_ports[s2], "show max_connections").unwrap(),
         "150"
     );
-    c.wait_healthy(3, Duration::from_secs(60)).await;
+    // the rolling restart handed the leader role over
+    let leader = c.wait_healthy(3, Duration::from_secs(60)).await;
+    let (s1, s2) = ((leader + 1) % 3, (leader + 2) % 3);
 
     // switchover, then a manual failover back
     let out = ctl_ok(&c, &["switchover", "--to", &format!("n{s1}"), "--force"]);
