@@ -116,9 +116,9 @@ async fn lag_ok(api: &super::Api, seen: &Seen, q: &Q) -> Result<bool, ApiError> 
     let Some(me) = seen.me.as_ref() else {
         return Ok(false);
     };
-    let Some(bytes) = me.lag else {
-        return Ok(false);
-    };
+    // Unknown only before the leader has published its position (just
+    // after bootstrap): a streaming standby passes, as with Patroni.
+    let bytes = me.lag.unwrap_or(0);
     Ok(match limit {
         Lag::Bytes(b) => bytes <= b,
         Lag::Time(_) if bytes == 0 => true,
