@@ -35,7 +35,7 @@ wait_healthy() { # all nodes up, one primary, the proxy writing
     if [ "$n" -ge 3 ] && psql_p -d postgres -c "select 1" >/dev/null 2>&1; then
       # every member streaming or primary, according to the agents
       local ok; ok=$(curl -s "$(grep -h api_listen "$B"/node0.toml | cut -d'"' -f2 | sed 's|^|http://|')/cluster" |
-        python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for m in d["members"] if m["running"] and (m["role"]=="primary" or m["streaming"])))' 2>/dev/null || echo 0)
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for m in d["members"] if m["role"]=="leader" or m["state"]=="streaming"))' 2>/dev/null || echo 0)
       [ "$ok" -ge 3 ] && return 0
     fi
     sleep 0.5

@@ -7,7 +7,7 @@ use ha::{Action, ClusterConfig, Member};
 
 use crate::driver::{first_line, Agent, AgentError};
 use crate::node::Status;
-use crate::ops::{Fencing, NodeOps};
+use crate::traits::{Fencing, NodeOps};
 
 impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     pub(crate) fn member_of<'m>(
@@ -166,6 +166,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 let how = self.rewind_or_reclone(&host, port).await?;
                 self.start_replica(Some((&host, port)), cc).await?;
                 Ok(format!("stopped; {how}; following {leader}"))
+            }
+            Action::Switchover(step) => {
+                Box::pin(self.switchover_act(step, members, cc, status)).await
             }
             Action::Follow { leader } => {
                 let m = Self::member_of(members, leader)?;

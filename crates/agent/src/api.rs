@@ -1,136 +1,196 @@
-//! The agent's REST API: health endpoints for load balancers (HAProxy
-//! style: 200 or 503) and the cluster state as JSON.
+//! The agent's REST API, served with axum (hyper): health endpoints with
+//! Patroni's paths and codes for load balancers (`health.rs`), the
+//! cluster's state (`state.rs`), operations behind a token (`ops.rs`,
+//! `auth.rs`), and `POST /failsafe?leader=NAME`, by which a leader cut off
+//! from the DCS asks whether this node still follows it. Described in
+//! docs/openapi.yaml.
 //!
-//! GET /health   200 when PostgreSQL runs
-//! GET /primary  200 when this node is the running primary
-//! GET /replica  200 when this node is a running standby
-//! GET /cluster  leader and members
-//! GET /         this member (with the last loop's sentence)
-//! POST /failsafe?leader=NAME  200 when this node is a running standby of
-//!               NAME (failsafe mode: the leader asks while the DCS is down)
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+//! Every connection is bounded: at most `MAX_CONNECTIONS` at once, its
+//! request head within 5 s, the whole exchange within 2 minutes, one
+//! request per connection, bodies up to 64 kB.
+mod auth;
+mod config_patch;
+mod error;
+mod health;
+mod ops;
+mod state;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use config::AgentConfig;
 use ha::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
 
 use crate::driver::Shared;
+pub use error::ApiError;
+pub use health::{parse_lag, Lag};
 
+const MAX_CONNECTIONS: usize = 64;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+pub(crate) struct Api {
+    cfg: AgentConfig,
+    shared: Arc<Shared>,
+    /// The API's own DCS connection, for the operations (opened at the
+    /// first, so that the API answers while the DCS is down).
+    dcs: OnceCell<dcs::AnyDcs>,
+}
+
+type St = Arc<Api>;
+
+impl Api {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        auth::check(headers, self.cfg.api_token.as_deref())
+    }
+
+    async fn dcs(&self) -> Result<&dcs::AnyDcs, ApiError> {
+        self.dcs
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    dcs::open(&self.cfg.dcs, &self.cfg.cluster),
+                )
+                .await
+                {
+                    Ok(r) => r.map_err(ApiError::from),
+                    Err(_) => Err(ApiError::unavailable("the DCS does not answer")),
+                }
+            })
+            .await
+    }
+}
+
+fn router(api: St) -> Router {
+    use health as h;
+    Router::new()
+        .route("/", get(state::me))
+        .route("/patroni", get(state::me))
+        .route("/member", get(state::me))
+        .route("/cluster", get(state::cluster))
+        .route("/history", get(state::history))
+        .route("/config", get(state::config).patch(ops::patch_config))
+        .route("/primary", get(h::primary).options(h::primary))
+        .route("/leader", get(h::primary).options(h::primary))
+        .route("/master", get(h::primary).options(h::primary))
+        .route("/read-write", get(h::primary).options(h::primary))
+        .route("/replica", get(h::replica).options(h::replica))
+        .route("/standby", get(h::replica).options(h::replica))
+        .route("/read-only", get(h::read_only).options(h::read_only))
+        .route("/sync", get(h::sync).options(h::sync))
+        .route("/synchronous", get(h::sync).options(h::sync))
+        .route("/async", get(h::asynchronous).options(h::asynchronous))
+        .route(
+            "/asynchronous",
+            get(h::asynchronous).options(h::asynchronous),
+        )
+        .route("/health", get(h::health).options(h::health))
+        .route("/liveness", get(h::liveness).options(h::liveness))
+        .route("/readiness", get(h::readiness).options(h::readiness))
+        .route("/switchover", post(ops::switchover))
+        .route("/failover", post(ops::failover))
+        .route("/restart", post(ops::restart))
+        .route("/reload", post(ops::reload))
+        .route("/reinitialize", post(ops::reinitialize))
+        .route("/pause", post(ops::pause))
+        .route("/resume", post(ops::resume))
+        .route("/failsafe", post(failsafe))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {}: see docs/openapi.yaml", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// Binds `cfg.api_listen` and serves until the task is aborted.
 pub async fn serve(
-    addr: SocketAddr,
+    cfg: &AgentConfig,
     shared: Arc<Shared>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = TcpListener::bind(cfg.api_listen).await?;
+    let app = router(Arc::new(Api {
+        cfg: cfg.clone(),
+        shared,
+        dcs: OnceCell::new(),
+    }));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let shared = shared.clone();
+            // over the limit: the connection is closed at once
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let app = app.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while n < buf.len() {
-                        let k = s.read(&mut buf[n..]).await?;
-                        if k == 0 {
-                            break;
-                        }
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-                if !matches!(read, Ok(Ok(()))) {
-                    return;
-                }
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let mut parts = req.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-                let (code, body) = respond(method, path, &shared);
-                let reason = match code {
-                    200 => "OK",
-                    404 => "Not Found",
-                    400 => "Bad Request",
-                    409 => "Conflict",
-                    405 => "Method Not Allowed",
-                    _ => "Service Unavailable",
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(resp.as_bytes()))
-                    .await;
+                let service = hyper::service::service_fn(move |req| {
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await;
+                drop(permit);
             });
         }
     }))
 }
 
-fn respond(method: &str, path: &str, shared: &Shared) -> (u16, String) {
-    if method == "POST" {
-        return match path.split_once('?') {
-            Some(("/failsafe", q)) => failsafe(q, shared),
-            _ => (405, "{\"error\":\"only GET, and POST /failsafe\"}".into()),
-        };
-    }
-    if method != "GET" && method != "HEAD" && method != "OPTIONS" {
-        return (405, "{\"error\":\"only GET\"}".into());
-    }
-    let member = shared.member.lock().map(|m| m.clone()).unwrap_or(None);
-    let leader = shared.leader.lock().map(|l| l.clone()).unwrap_or(None);
-    let me = member.as_ref();
-    let json = me.map(|m| m.to_json()).unwrap_or_else(|| "{}".into());
-    let ok = |c: bool| if c { 200 } else { 503 };
-    match path.split('?').next().unwrap_or("/") {
-        "/" | "/member" | "/patroni" => (ok(me.is_some()), json),
-        "/health" | "/liveness" | "/readiness" => (ok(me.is_some_and(|m| m.running)), json),
-        "/primary" | "/leader" | "/master" | "/read-write" => {
-            let is = me.is_some_and(|m| {
-                m.running && m.role == Role::Primary && leader.as_deref() == Some(m.name.as_str())
-            });
-            (ok(is), json)
-        }
-        "/replica" | "/standby" | "/read-only" => (
-            ok(me.is_some_and(|m| m.running && m.role == Role::Replica)),
-            json,
-        ),
-        "/cluster" => {
-            let members = shared.members.lock().map(|m| m.clone()).unwrap_or_default();
-            let body = serde_json::json!({
-                "leader": leader,
-                "members": members.iter().map(|m| serde_json::from_str::<serde_json::Value>(&m.to_json()).unwrap_or_default()).collect::<Vec<_>>(),
-            });
-            (200, body.to_string())
-        }
-        _ => (404, "{\"error\":\"not found\"}".into()),
-    }
-}
-
 /// A leader without the DCS asks whether this node still follows it.
-fn failsafe(query: &str, shared: &Shared) -> (u16, String) {
-    let Some(leader) = query.split('&').find_map(|kv| kv.strip_prefix("leader=")) else {
-        return (400, "{\"error\":\"leader= missing\"}".into());
+async fn failsafe(
+    State(api): State<St>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(leader) = q.get("leader") else {
+        return ApiError::bad("leader= missing")
+            .field("leader")
+            .into_response();
     };
-    let member = shared.member.lock().map(|m| m.clone()).unwrap_or(None);
-    let known_leader = shared.leader.lock().map(|l| l.clone()).unwrap_or(None);
+    let member = api.shared.member.lock().map(|m| m.clone()).unwrap_or(None);
+    let known_leader = api.shared.leader.lock().map(|l| l.clone()).unwrap_or(None);
     // Still a running standby, and the last leader seen in the DCS was it.
     let follows = member.is_some_and(|m| m.running && m.role == Role::Replica)
-        && known_leader.as_deref() == Some(leader);
+        && known_leader.as_deref() == Some(leader.as_str());
     if !follows {
-        return (409, "{\"follows\":false}".into());
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"follows": false})),
+        )
+            .into_response();
     }
-    *shared
+    *api.shared
         .failsafe_ping
         .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((leader.to_owned(), std::time::Instant::now()));
-    (200, "{\"follows\":true}".into())
+        .unwrap_or_else(|e| e.into_inner()) = Some((leader.clone(), Instant::now()));
+    Json(serde_json::json!({"follows": true})).into_response()
 }
 
 /// Asks the member at `api_url` whether it follows `leader`.

@@ -13,7 +13,7 @@ use ha::{Action, ClusterConfig, Local, Member, Pg, Role, Settings, View};
 use tokio::sync::watch;
 
 use crate::node::{Node, NodeError, Status};
-use crate::ops::{Fencing, NodeOps};
+use crate::traits::{Fencing, NodeOps};
 
 /// Passes in a row a standby may fail to start, stay starting, or not
 /// stream before it is rewound or re-cloned.
@@ -27,6 +27,8 @@ pub struct Shared {
     pub members: Mutex<Vec<Member>>,
     /// Failsafe: the last leader that asked us to confirm we follow it.
     pub failsafe_ping: Mutex<Option<(String, std::time::Instant)>>,
+    /// Operations asked through the API; the last snapshot and pass.
+    pub ops: crate::ops::Ops,
 }
 
 /// The agent of one node: its DCS, its PostgreSQL and its fence, real
@@ -115,13 +117,15 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     /// Runs the HA loop until `shutdown` turns true; then stops PostgreSQL
     /// (a primary gives its lease up first) and returns.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-        let api = crate::api::serve(self.cfg.api_listen, self.shared.clone())
+        let api = crate::api::serve(&self.cfg, self.shared.clone())
             .await
             .map_err(|e| AgentError::Other(format!("REST API on {}: {e}", self.cfg.api_listen)))?;
         let mut leader_rx = self.dcs.watch_leader();
         let mut log = crate::sentences::SentenceLog::default();
         loop {
+            let op = self.run_op().await;
             let sentence = self.run_once().await;
+            let sentence = op.map(|o| format!("{o}; {sentence}")).unwrap_or(sentence);
             for line in log.lines(&sentence, std::time::Instant::now()) {
                 tracing::info!(node = %self.cfg.name, "{line}");
             }
@@ -133,7 +137,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             }
             let loop_wait = self.cfg.loop_wait;
             let exited = self.node.exited();
+            let op = self.shared.ops.wake.clone();
             tokio::select! {
+                _ = op.notified() => {}
                 _ = tokio::time::sleep(loop_wait) => {}
                 _ = exited.notified() => tracing::info!(node = %self.cfg.name, "postmaster exited: acting at once"),
                 r = leader_rx.changed() => { if r.is_err() { tokio::time::sleep(loop_wait).await; } }
@@ -190,6 +196,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             Ok(s) => s,
             Err(e) => return self.dcs_unavailable(e).await,
         };
+        self.shared.ops.saw(&snap);
         let members: Vec<Member> = snap
             .members
             .values()
@@ -258,7 +265,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             .clone()
             .filter(|(_, t)| t.elapsed() < self.cfg.ttl)
             .map(|(l, _)| l);
+        let switchover = crate::ops::due_switchover(&snap);
         let view = View {
+            switchover: switchover.as_ref(),
             failsafe_leader: failsafe_leader.as_deref(),
             failsafe: self.failsafe_key.as_ref().filter(|_| snap.leader.is_none()),
             last_leader: last_leader.as_deref(),

@@ -5,7 +5,7 @@ use ha::{ClusterConfig, Member};
 
 use crate::driver::{Agent, AgentError};
 use crate::node::Status;
-use crate::ops::{Fencing, NodeOps};
+use crate::traits::{Fencing, NodeOps};
 
 impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     /// The leader's chores: slots for every member, its position for
@@ -167,27 +167,21 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 Err(_) => return,
             };
             let old = snap.get(Key::History).map(str::to_owned);
-            let mut list = old
-                .as_deref()
-                .map(ha::records::parse_history)
-                .unwrap_or_default();
-            list.push(ha::records::HistoryEntry {
-                epoch,
-                new_leader: self.cfg.name.clone(),
+            let entry = ha::history::Entry {
+                epoch: Some(epoch),
+                new_leader: Some(self.cfg.name.clone()),
                 lsn: status.map(|s| s.lsn),
                 timeline: status.map(|s| s.timeline),
                 at_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_millis() as u64,
-            });
+                ..Default::default()
+            };
+            let new = ha::history::append(old.as_deref(), entry);
             if self
                 .dcs
-                .compare_and_set(
-                    Key::History,
-                    old.as_deref(),
-                    &ha::records::history_json(&list),
-                )
+                .compare_and_set(Key::History, old.as_deref(), &new)
                 .await
                 .unwrap_or(false)
             {

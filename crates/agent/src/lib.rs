@@ -14,7 +14,9 @@ pub mod ops;
 mod peers;
 pub mod preflight;
 mod sentences;
+mod switchover;
 #[cfg(test)]
 mod timing;
+pub mod traits;
 
 pub use driver::Agent;

@@ -607,6 +607,14 @@ impl Node {
             .ok()
     }
 
+    /// Where this node's last checkpoint record starts (pg_controldata):
+    /// after a clean shutdown, the end of its WAL.
+    pub async fn checkpoint_lsn(&self) -> Option<u64> {
+        let v = self.controldata("Latest checkpoint location:").await?;
+        let (hi, lo) = v.split_once('/')?;
+        Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    }
+
     pub async fn reload(&mut self) -> Result<(), NodeError> {
         self.execute("SELECT pg_reload_conf()").await
     }

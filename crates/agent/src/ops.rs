@@ -1,207 +1,243 @@
-//! What the HA loop needs of its PostgreSQL ([`NodeOps`]) and of its fence
-//! ([`Fencing`]), as traits: the real [`Node`] and [`Fence`] in the agent,
-//! fakes in the loop's timing tests (slow promotion, slow or failing DCS).
-//! The DCS is already behind [`dcs::Dcs`].
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+//! What the REST API and the HA loop share beyond the member state: the
+//! last DCS snapshot and pass, and the operations an operator asks of this
+//! node (restart, reload, reinitialize). Those are carried out by the loop
+//! between two passes, never beside one of its actions.
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
+use dcs::{Dcs, Key, Snapshot};
+use tokio::sync::{oneshot, Notify};
 
-use crate::fence::Fence;
-use crate::node::{Node, NodeError, Status};
+use crate::driver::{Agent, AgentError};
+use crate::traits::{Fencing, NodeOps};
 
-pub trait NodeOps: Send + 'static {
-    fn has_data(&self) -> bool;
-    fn is_running(&self) -> bool;
-    fn is_standby_dir(&self) -> bool;
-    /// The postmaster's PID, when it runs.
-    fn postmaster(&self) -> Option<u32>;
-    /// The postmaster exited without the agent asking.
-    fn crashed(&self) -> bool;
-    /// Woken when the postmaster exits.
-    fn exited(&self) -> Arc<Notify>;
-    /// pg_controldata's "Database cluster state".
-    fn cluster_state(&self) -> impl Future<Output = Option<String>> + Send;
-    fn checkpoint_timeline(&self) -> impl Future<Output = Option<u32>> + Send;
-    /// The agent's settings file; true when it changed.
-    fn write_conf(
-        &self,
-        primary_conninfo: Option<&str>,
-        sync_names: Option<&str>,
-        parameters: &BTreeMap<String, String>,
-    ) -> Result<bool, NodeError>;
-    fn conninfo(&self, host: &str, port: u16) -> String;
-    fn set_standby(&self, on: bool) -> Result<(), NodeError>;
-    fn initdb(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn wipe(&self) -> Result<(), NodeError>;
-    fn clone_from(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn start(&mut self, timeout: Duration) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn stop(&mut self, mode: &str) -> impl Future<Output = Result<(), NodeError>> + Send;
-    /// SIGKILL to the postmaster and its children; how many were signalled.
-    fn kill(&mut self) -> usize;
-    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn status(&mut self) -> impl Future<Output = Result<Status, NodeError>> + Send;
-    fn reload(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn replication(
-        &mut self,
-    ) -> impl Future<Output = Result<Vec<ha::quorum::Streaming>, NodeError>> + Send;
-    fn ensure_slots(
-        &mut self,
-        members: &[String],
-    ) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn request_promotion(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send;
-    /// Owns what it needs: the lease is renewed while it runs.
-    fn until_promoted(
-        &self,
-        limit: Duration,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static;
-    /// Owns what it needs: the lease is renewed while it runs.
-    fn checkpoint(&self) -> impl Future<Output = ()> + Send + 'static;
-    /// (in recovery, checkpoint timeline) of the leader, after a checkpoint.
-    fn checkpoint_on(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> impl Future<Output = Result<(bool, u32), NodeError>> + Send;
-    fn recover_single_user(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
-    fn rewind(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> impl Future<Output = Result<String, NodeError>> + Send;
+/// An operation on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Stop and start PostgreSQL in its role (a leader keeps its lease).
+    Restart,
+    /// pg_reload_conf().
+    Reload,
+    /// A standby: a fresh copy of the leader (pg_basebackup), then follow it.
+    Reinit,
 }
 
-/// Stops PostgreSQL when the lease is not proved in time.
-pub trait Fencing: Send + 'static {
-    /// Stop postmaster `pid` unless armed again within `valid` of
-    /// `sent_ago` ago.
-    fn arm(&self, pid: u32, valid: Duration, sent_ago: Duration) -> std::io::Result<()>;
-    fn disarm(&self);
-}
-
-impl Fencing for Fence {
-    fn arm(&self, pid: u32, valid: Duration, sent_ago: Duration) -> std::io::Result<()> {
-        Fence::arm(self, pid, valid, sent_ago)
-    }
-    fn disarm(&self) {
-        Fence::disarm(self)
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Restart => "restart",
+            Op::Reload => "reload",
+            Op::Reinit => "reinitialization",
+        }
     }
 }
 
-impl NodeOps for Node {
-    fn has_data(&self) -> bool {
-        Node::has_data(self)
+type Reply = oneshot::Sender<Result<String, String>>;
+
+/// Shared by the loop and the API (a field of [`crate::driver::Shared`]).
+#[derive(Default)]
+pub struct Ops {
+    queue: Mutex<Option<(Op, Reply)>>,
+    /// Wakes the loop when an operation is queued.
+    pub(crate) wake: Arc<Notify>,
+    seen: Mutex<Option<Snapshot>>,
+    last_pass: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Ops {
+    /// Queues `op`; the answer comes when the loop has done it. Err when
+    /// another operation waits already.
+    pub fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<String, String>>, String> {
+        let mut q = lock(&self.queue);
+        if let Some((other, _)) = q.as_ref() {
+            return Err(format!(
+                "a {} of this node is already under way",
+                other.name()
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        *q = Some((op, tx));
+        drop(q);
+        self.wake.notify_one();
+        Ok(rx)
     }
-    fn is_running(&self) -> bool {
-        Node::is_running(self)
+    /// The DCS as the loop last read it.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        lock(&self.seen).clone()
     }
-    fn is_standby_dir(&self) -> bool {
-        Node::is_standby_dir(self)
+    /// When the loop last started a pass.
+    pub fn last_pass(&self) -> Option<Instant> {
+        *lock(&self.last_pass)
     }
-    fn postmaster(&self) -> Option<u32> {
-        Node::postmaster(self)
+    pub(crate) fn saw(&self, snap: &Snapshot) {
+        *lock(&self.seen) = Some(snap.clone());
     }
-    fn crashed(&self) -> bool {
-        self.crashed.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// The request in the DCS Failover key, if its time has come and it has
+/// not expired.
+pub(crate) fn due_switchover(snap: &Snapshot) -> Option<ha::switchover::Switchover> {
+    let now = now_ms();
+    snap.get(Key::Failover)
+        .and_then(ha::switchover::Switchover::parse)
+        .filter(|r| r.due(now) && !r.expired(now))
+}
+
+impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
+    /// Before each pass: drops an expired switchover request (the leader
+    /// does), then carries out a queued operation; its sentence goes
+    /// before the pass's (the pass always follows: a leader renews its
+    /// lease however many operations are asked).
+    pub(crate) async fn run_op(&mut self) -> Option<String> {
+        *lock(&self.shared.ops.last_pass) = Some(Instant::now());
+        self.drop_expired_request().await;
+        let (op, reply) = lock(&self.shared.ops.queue).take()?;
+        let r = match op {
+            Op::Restart => self.restart_op().await,
+            Op::Reload => self
+                .node
+                .reload()
+                .await
+                .map(|()| "reloaded PostgreSQL's configuration (requested)".to_owned())
+                .map_err(AgentError::from),
+            Op::Reinit => self.reinit_op().await,
+        };
+        let r = r.map_err(|e| format!("{} failed: {e}", op.name()));
+        let sentence = match &r {
+            Ok(s) | Err(s) => s.clone(),
+        };
+        if r.is_ok() && op != Op::Reload {
+            let kind = match op {
+                Op::Reinit => ha::history::Kind::Reinit,
+                _ => ha::history::Kind::Restart,
+            };
+            self.record_op(kind).await;
+        }
+        let _ = reply.send(r);
+        Some(sentence)
     }
-    fn exited(&self) -> Arc<Notify> {
-        self.exited.clone()
+
+    fn leads(&self) -> bool {
+        lock(&self.shared.leader).as_deref() == Some(self.cfg.name.as_str())
     }
-    fn cluster_state(&self) -> impl Future<Output = Option<String>> + Send {
-        Node::cluster_state(self)
+
+    async fn drop_expired_request(&mut self) {
+        let Some(snap) = self.shared.ops.snapshot() else {
+            return;
+        };
+        let expired = snap
+            .get(Key::Failover)
+            .and_then(ha::switchover::Switchover::parse)
+            .is_some_and(|r| r.expired(now_ms()));
+        if expired && self.leads() {
+            tracing::warn!("a switchover/failover request expired: removed");
+            let _ = self.dcs.put(Key::Failover, None).await;
+        }
     }
-    fn checkpoint_timeline(&self) -> impl Future<Output = Option<u32>> + Send {
-        Node::checkpoint_timeline(self)
+
+    /// Stops and starts PostgreSQL in its role; a leader renews its lease
+    /// before and after, so it stays the leader throughout.
+    async fn restart_op(&mut self) -> Result<String, AgentError> {
+        if !self.node.has_data() {
+            return Err(AgentError::Other("this node has no data yet".into()));
+        }
+        let snap = self.shared.ops.snapshot().unwrap_or_default();
+        let cc = self.cluster_config(&snap);
+        let ttl = Duration::from_millis(cc.ttl_ms.max(1000));
+        if self.leads() {
+            if !self.renew(ttl).await? {
+                return Err(AgentError::Other(
+                    "this node lost the lease: not restarting".into(),
+                ));
+            }
+            self.node.stop("fast").await?;
+            self.start_primary(&cc).await?;
+            self.keep_lease_or_stop(ttl, "the restart").await?;
+            return Ok("restarted PostgreSQL as primary (requested); kept the lease".into());
+        }
+        let leader = lock(&self.shared.leader).clone();
+        let members = lock(&self.shared.members).clone();
+        let target = leader
+            .as_deref()
+            .and_then(|l| members.iter().find(|m| m.name == l))
+            .map(|m| (m.host.clone(), m.port));
+        self.node.stop("fast").await?;
+        self.start_replica(target.as_ref().map(|(h, p)| (h.as_str(), *p)), &cc)
+            .await?;
+        Ok("restarted PostgreSQL as a standby (requested)".into())
     }
-    fn write_conf(
-        &self,
-        primary_conninfo: Option<&str>,
-        sync_names: Option<&str>,
-        parameters: &BTreeMap<String, String>,
-    ) -> Result<bool, NodeError> {
-        Node::write_conf(self, primary_conninfo, sync_names, parameters)
+
+    /// A fresh copy of the leader. The data directory is replaced only
+    /// once the copy is complete.
+    async fn reinit_op(&mut self) -> Result<String, AgentError> {
+        if self.leads() {
+            return Err(AgentError::Other(
+                "this node is the leader: switch over first".into(),
+            ));
+        }
+        let leader = lock(&self.shared.leader).clone();
+        let members = lock(&self.shared.members).clone();
+        let Some(l) = leader
+            .as_deref()
+            .and_then(|l| members.iter().find(|m| m.name == l))
+            .filter(|m| m.running && m.role == ha::Role::Primary)
+            .cloned()
+        else {
+            return Err(AgentError::Other("no running leader to copy from".into()));
+        };
+        let snap = self.shared.ops.snapshot().unwrap_or_default();
+        let cc = self.cluster_config(&snap);
+        self.node.stop("fast").await?;
+        self.node.clone_from(&l.host, l.port).await?;
+        self.start_replica(Some((&l.host, l.port)), &cc).await?;
+        Ok(format!(
+            "reinitialized from {} with pg_basebackup (requested); started as its standby",
+            l.name
+        ))
     }
-    fn conninfo(&self, host: &str, port: u16) -> String {
-        Node::conninfo(self, host, port)
+
+    async fn record_op(&self, kind: ha::history::Kind) {
+        let e = ha::history::Entry {
+            kind,
+            at_ms: now_ms(),
+            epoch: None,
+            from: None,
+            new_leader: None,
+            member: Some(self.cfg.name.clone()),
+            reason: Some("requested through the REST API".into()),
+            lsn: None,
+            timeline: None,
+        };
+        self.append_history(e).await;
     }
-    fn set_standby(&self, on: bool) -> Result<(), NodeError> {
-        Node::set_standby(self, on)
-    }
-    fn initdb(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::initdb(self)
-    }
-    fn wipe(&self) -> Result<(), NodeError> {
-        Node::wipe(self)
-    }
-    fn clone_from(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::clone_from(self, host, port)
-    }
-    fn start(&mut self, timeout: Duration) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::start(self, timeout)
-    }
-    fn stop(&mut self, mode: &str) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::stop(self, mode)
-    }
-    fn kill(&mut self) -> usize {
-        Node::kill(self)
-    }
-    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::execute(self, sql)
-    }
-    fn status(&mut self) -> impl Future<Output = Result<Status, NodeError>> + Send {
-        Node::status(self)
-    }
-    fn reload(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::reload(self)
-    }
-    fn replication(
-        &mut self,
-    ) -> impl Future<Output = Result<Vec<ha::quorum::Streaming>, NodeError>> + Send {
-        Node::replication(self)
-    }
-    fn ensure_slots(
-        &mut self,
-        members: &[String],
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::ensure_slots(self, members)
-    }
-    fn request_promotion(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::request_promotion(self)
-    }
-    fn until_promoted(
-        &self,
-        limit: Duration,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
-        Node::until_promoted(self, limit)
-    }
-    fn checkpoint(&self) -> impl Future<Output = ()> + Send + 'static {
-        Node::checkpoint(self)
-    }
-    fn checkpoint_on(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> impl Future<Output = Result<(bool, u32), NodeError>> + Send {
-        Node::checkpoint_on(self, host, port)
-    }
-    fn recover_single_user(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Node::recover_single_user(self)
-    }
-    fn rewind(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> impl Future<Output = Result<String, NodeError>> + Send {
-        Node::rewind(self, host, port)
+
+    /// Appends to the History key (compare-and-set, a few tries).
+    pub(crate) async fn append_history(&self, e: ha::history::Entry) {
+        for _ in 0..5 {
+            let Ok(snap) = self.dcs.snapshot().await else {
+                return;
+            };
+            let old = snap.get(Key::History).map(str::to_owned);
+            let new = ha::history::append(old.as_deref(), e.clone());
+            if self
+                .dcs
+                .compare_and_set(Key::History, old.as_deref(), &new)
+                .await
+                .unwrap_or(false)
+            {
+                return;
+            }
+        }
     }
 }

@@ -131,6 +131,11 @@ pub struct AgentConfig {
     pub pg_port: u16,
     /// The agent's REST API.
     pub api_listen: SocketAddr,
+    /// The token the REST API's mutating endpoints require (`Authorization:
+    /// Bearer TOKEN`, or basic auth with it as the password): from
+    /// `api_token`, or the first line of `api_token_file`. None: they are
+    /// refused.
+    pub api_token: Option<String>,
     pub os_user: String,
     pub superuser: String,
     pub replication_user: String,
@@ -241,6 +246,8 @@ struct RawAgent {
     host: Option<String>,
     pg_port: Spanned<u32>,
     api_listen: Option<Spanned<String>>,
+    api_token: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
     os_user: Option<String>,
     superuser: Option<String>,
     replication_user: Option<String>,
@@ -532,6 +539,41 @@ fn scram_verifier_shape(s: &str) -> bool {
     }
 }
 
+/// The API token, given inline or in a file (its first line); at least
+/// 16 characters, a shorter one is easy to guess.
+fn api_token(
+    inline: &Option<Spanned<String>>,
+    file: &Option<Spanned<String>>,
+) -> Result<Option<String>, Invalid> {
+    let (token, span) = match (inline, file) {
+        (Some(t), Some(_)) => {
+            return Err(Invalid::at(
+                t.span(),
+                "give api_token or api_token_file, not both",
+            ))
+        }
+        (Some(t), None) => (t.get_ref().trim().to_owned(), t.span()),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f.get_ref()).map_err(|e| {
+                Invalid::at(
+                    f.span(),
+                    format!("api_token_file {:?} cannot be read: {e}", f.get_ref()),
+                )
+            })?;
+            let line = text.lines().next().unwrap_or("").trim().to_owned();
+            (line, f.span())
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Invalid::at(
+            span,
+            "the API token must be at least 16 characters without spaces",
+        ));
+    }
+    Ok(Some(token))
+}
+
 fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
     let name = a.name.get_ref().clone();
     if name.is_empty()
@@ -562,6 +604,7 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
             )
         })?,
     };
+    let api_token = api_token(&a.api_token, &a.api_token_file)?;
     let loop_wait = duration(&a.loop_wait, Duration::from_secs(1))?;
     let ttl = duration(&a.ttl, Duration::from_secs(5))?;
     let pg_check_timeout = duration(&a.pg_check_timeout, Duration::from_secs(2))?;
@@ -614,6 +657,7 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
         host: a.host.unwrap_or_else(|| "127.0.0.1".to_owned()),
         pg_port,
         api_listen,
+        api_token,
         os_user: a.os_user.unwrap_or_else(|| "postgres".to_owned()),
         superuser: a.superuser.unwrap_or_else(|| "postgres".to_owned()),
         replication_user: a

@@ -175,3 +175,32 @@ fn synchronous_mode_takes_a_bool_or_a_word() {
     let e = err(&agent("synchronous_node_count = 0"));
     assert!(e.contains("at least 1"), "{e}");
 }
+
+#[test]
+fn agent_api_token() {
+    let base = "[agent]\nname = \"n\"\ndata_dir = \"/d\"\npg_port = 1\n";
+    let c = parse(
+        &format!("{base}api_token = \"0123456789abcdef0123\"\n"),
+        Path::new("a.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.agent.unwrap().api_token.as_deref(),
+        Some("0123456789abcdef0123")
+    );
+    assert!(err(&format!("{base}api_token = \"short\"\n")).starts_with("pgwarden.toml:5:13:"));
+    let e = err(&format!("{base}api_token_file = \"/nonexistent/token\"\n"));
+    assert!(e.contains("cannot be read"), "{e}");
+    let file = std::env::temp_dir().join(format!("pgw-token-{}", std::process::id()));
+    std::fs::write(&file, "fedcba9876543210fedcba\n").unwrap();
+    let c = parse(
+        &format!("{base}api_token_file = \"{}\"\n", file.display()),
+        Path::new("a.toml"),
+    )
+    .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        c.agent.unwrap().api_token.as_deref(),
+        Some("fedcba9876543210fedcba")
+    );
+}

@@ -28,6 +28,9 @@ pub struct View<'a> {
     pub failsafe: Option<&'a crate::failsafe::FailsafeKey>,
     /// Who last published the leader's position (the last known leader).
     pub last_leader: Option<&'a str>,
+    /// A switchover or failover request whose time has come
+    /// ([`crate::switchover`]).
+    pub switchover: Option<&'a crate::switchover::Switchover>,
 }
 
 impl View<'_> {
@@ -115,6 +118,8 @@ pub enum Action {
     },
     /// Nothing to do.
     Wait,
+    /// A step of a requested switchover or failover.
+    Switchover(crate::switchover::Step),
 }
 
 /// An action with the sentence the loop reports.
@@ -132,6 +137,9 @@ fn d(action: Action, reason: impl Into<String>) -> Decision {
 }
 
 pub fn decide(view: &View<'_>, local: &Local, s: &Settings) -> Decision {
+    if let Some(d) = crate::switchover::step(view, local, s) {
+        return d;
+    }
     let me = local.name.as_str();
     let leader = view.leader;
     let i_lead = leader == Some(me);
@@ -357,7 +365,7 @@ fn best_candidate(view: &View<'_>, local: &Local, my_lsn: u64, s: &Settings) -> 
 /// Whether member `m` could be promoted: a running standby, not tagged
 /// nofailover, within the lag limit, and in synchronous mode the
 /// synchronous standby.
-fn eligible(view: &View<'_>, m: &Member, s: &Settings) -> bool {
+pub(crate) fn eligible(view: &View<'_>, m: &Member, s: &Settings) -> bool {
     let lag_ok = view
         .last_leader_lsn
         .is_none_or(|last| last.saturating_sub(m.lsn) <= s.maximum_lag_on_failover);

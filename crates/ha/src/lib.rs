@@ -6,10 +6,14 @@
 
 mod decide;
 pub mod failsafe;
+pub mod history;
 mod member;
 pub mod quorum;
 pub mod records;
+pub mod status;
+pub mod switchover;
 pub mod sync;
+pub mod time;
 
 pub use decide::{decide, Action, Decision, Local, Pg, Settings, View};
 pub use member::{ClusterConfig, Member, Role, SyncMode};

@@ -1,5 +1,4 @@
-//! The typed values of the DCS keys the leader writes besides the lease:
-//! its last position (Status key), and the failover history (History key).
+//! The Status key the leader writes every pass: its last position.
 use serde::{Deserialize, Serialize};
 
 /// The Status key: the leader's last published position, for candidates'
@@ -13,21 +12,6 @@ pub struct LeaderStatus {
     pub leader: String,
 }
 
-/// One change of leader, as the History key lists them (oldest first).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// The lease epoch the new leader took.
-    pub epoch: u64,
-    pub new_leader: String,
-    /// Its position and timeline when it took over, when known.
-    #[serde(default)]
-    pub lsn: Option<u64>,
-    #[serde(default)]
-    pub timeline: Option<u32>,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-}
-
 impl LeaderStatus {
     pub fn parse(s: &str) -> Option<LeaderStatus> {
         serde_json::from_str(s).ok()
@@ -37,32 +21,20 @@ impl LeaderStatus {
     }
 }
 
-/// The History key's list; a value that does not parse reads as empty
-/// (the next entry starts it again).
-pub fn parse_history(s: &str) -> Vec<HistoryEntry> {
-    serde_json::from_str(s).unwrap_or_default()
-}
-
-pub fn history_json(list: &[HistoryEntry]) -> String {
-    serde_json::to_string(list).expect("serializable")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_values_read_back_and_old_history_entries_parse() {
+    fn the_status_reads_back_also_without_its_newer_fields() {
         let st = LeaderStatus {
             lsn: 7,
             timeline: 2,
             leader: "a".into(),
         };
         assert_eq!(LeaderStatus::parse(&st.to_json()), Some(st));
-        let old = r#"[{"epoch":3,"new_leader":"b","lsn":null,"timeline":null,"at_ms":5}]"#;
-        let h = parse_history(old);
-        assert_eq!(h[0].new_leader, "b");
-        assert_eq!(parse_history(&history_json(&h)), h);
-        assert!(parse_history("not json").is_empty());
+        let old = LeaderStatus::parse(r#"{"lsn":9}"#).expect("an older value");
+        assert_eq!(old.lsn, 9);
+        assert!(old.leader.is_empty());
     }
 }

@@ -32,6 +32,9 @@ pub enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Operate a running cluster through its agents' REST API (list,
+    /// switchover, failover, restart, edit-config, pause, history...).
+    Ctl(ctl::CtlArgs),
     /// Check a configuration file and report the first mistake with its line.
     CheckConfig {
         #[arg(long, short)]

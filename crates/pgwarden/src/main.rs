@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Proxy(a) => cmd_proxy::run(a),
         cli::Command::Up(a) => cmd_up::run(a),
         cli::Command::Agent(a) => cmd_agent::run(a),
+        cli::Command::Ctl(args) => return cmd_ctl(args),
         cli::Command::Fence { file } => agent::fence::supervise(&file).map_err(Into::into),
         cli::Command::CheckConfig { config } => config::load(&config)
             .map(|_| println!("{}: OK", config.display()))
@@ -30,6 +31,20 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("pgwarden: {e:#}");
             std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// `pgwarden ctl`: its own exit codes (see the README), no logging.
+fn cmd_ctl(args: ctl::CtlArgs) -> std::process::ExitCode {
+    let r = runtime::build(1)
+        .map_err(|e| ctl::CtlError::Usage(e.to_string()))
+        .and_then(|rt| rt.block_on(ctl::run(args)));
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden ctl: {e}");
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }

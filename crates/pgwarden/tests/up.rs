@@ -142,6 +142,31 @@ async fn up_serves_through_the_proxy_and_restarts_a_dead_agent() {
         .get(0);
     assert!(!in_recovery, "writes go to the primary");
 
+    // `pgwarden ctl` finds the agents and the token in the `up` directory
+    // (as the current directory, or given with --dir)
+    let ctl = |args: &[&str], cwd: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .arg("ctl")
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("PGWARDEN_API")
+            .env_remove("PGWARDEN_API_TOKEN")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, out) = ctl(&["list"], &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("node0") && out.contains("Leader"), "{out}");
+    let d = dir.to_string_lossy().into_owned();
+    let (code, out) = ctl(&["--dir", &d, "pause"], tmp.path());
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = ctl(&["--dir", &d, "resume"], tmp.path());
+    assert_eq!(code, Some(0), "{out}");
+
     // kill -9 the agent of node1: `up` starts a new one, which manages the
     // node again
     let conf = dir.join("node1.toml");

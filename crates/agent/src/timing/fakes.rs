@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::node::{NodeError, Status};
-use crate::ops::{Fencing, NodeOps};
+use crate::traits::{Fencing, NodeOps};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -229,6 +229,9 @@ impl NodeOps for FakeNode {
     }
     async fn checkpoint_timeline(&self) -> Option<u32> {
         Some(1)
+    }
+    async fn checkpoint_lsn(&self) -> Option<u64> {
+        Some(self.with(|s| s.lsn))
     }
     fn write_conf(
         &self,

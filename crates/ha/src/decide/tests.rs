@@ -74,6 +74,7 @@ fn view<'a>(leader: Option<&'a str>, members: &'a [Member]) -> View<'a> {
         failsafe_leader: None,
         failsafe: None,
         last_leader: None,
+        switchover: None,
     }
 }
 

@@ -34,7 +34,14 @@ impl Layout {
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.data_root.join(format!("node{i}"))
     }
+    /// The agents' REST API token (`pgwarden ctl` reads it from here).
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join(TOKEN_FILE)
+    }
 }
+
+/// The file in an `up` directory holding the API token.
+pub const TOKEN_FILE: &str = "api-token";
 
 /// The directory's cluster, as recorded in its node files.
 struct Recorded {
@@ -66,10 +73,15 @@ pub fn prepare(args: &UpArgs) -> anyhow::Result<(Layout, Vec<String>)> {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     }
     let mut notes = Vec::new();
+    ensure_token(&dir.join(TOKEN_FILE))?;
     let layout = match recorded(&dir)? {
         None => fresh(&dir, args, &mut notes)?,
         Some(rec) => resumed(&dir, args, rec, &mut notes)?,
     };
+    // directories made before agents had a token get it
+    for i in 0..layout.nodes {
+        add_token_file(&layout.node_conf(i), &layout.token_file())?;
+    }
     Ok((layout, notes))
 }
 
@@ -266,6 +278,44 @@ fn write_nodes(
             ),
         )?;
     }
+    Ok(())
+}
+
+/// Writes a fresh random API token (readable by its owner only) unless
+/// the file exists.
+fn ensure_token(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("cannot read /dev/urandom for the API token")?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
+/// Sets `api_token_file` in a node file's `[agent]` when it has none.
+fn add_token_file(conf: &Path, token: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(conf)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", conf.display()))?;
+    let agent = &doc["agent"];
+    if agent.get("api_token_file").is_some() || agent.get("api_token").is_some() {
+        return Ok(());
+    }
+    doc["agent"]["api_token_file"] = toml_edit::value(token.display().to_string());
+    std::fs::write(conf, doc.to_string())?;
     Ok(())
 }
 
