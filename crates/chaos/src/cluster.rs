@@ -53,6 +53,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// The local DCS's directory, when the DCS is local.
     pub local_dcs: Option<PathBuf>,
+    /// Synchronous mode.
+    sync: bool,
 }
 
 pub struct StartOptions<'a> {
@@ -143,6 +145,7 @@ impl Cluster {
                 port,
                 nodes,
                 local_dcs: None,
+                sync: o.sync,
             });
         }
         let dir = o.root.join("up");
@@ -168,6 +171,7 @@ impl Cluster {
             port,
             nodes: Vec::new(),
             local_dcs: None,
+            sync: o.sync,
         })
     }
 
@@ -304,9 +308,10 @@ impl Cluster {
     }
 
     /// Converged: exactly one primary, every other node a standby streaming
-    /// from it, its agent answering that it is the DCS leader, and every
-    /// other agent answering healthy. Returns the primary, or what is not
-    /// yet so.
+    /// from it (in synchronous mode, one of them synchronous: until then no
+    /// standby may be promoted), its agent answering that it is the DCS
+    /// leader, and every other agent answering healthy. Returns the
+    /// primary, or what is not yet so.
     pub async fn converged(&self) -> Result<usize, String> {
         let t = Duration::from_secs(1);
         let roles = self.roles(t).await;
@@ -330,11 +335,17 @@ impl Cluster {
         let pi = self.nodes.iter().position(|n| n.name == p).unwrap_or(0);
         let streaming = match Conn::connect(&self.nodes[pi].pg, t).await {
             Ok(c) => c
-                .query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+                .query(
+                    "SELECT application_name, sync_state FROM pg_stat_replication \
+                     WHERE state = 'streaming'",
+                )
                 .await
                 .map_err(|e| format!("{p}: pg_stat_replication: {e:#}"))?,
             Err(e) => return Err(format!("{p}: {e:#}")),
         };
+        let synchronous = streaming
+            .iter()
+            .any(|r| r.get(1).cloned().flatten().as_deref() == Some("sync"));
         let streaming: Vec<String> = streaming
             .into_iter()
             .filter_map(|r| r.into_iter().next().flatten())
@@ -347,6 +358,9 @@ impl Cluster {
             .collect();
         if !missing.is_empty() {
             return Err(format!("not streaming from {p}: {}", missing.join(", ")));
+        }
+        if self.sync && !synchronous {
+            return Err(format!("{p} has no synchronous standby yet"));
         }
         for (i, n) in self.nodes.iter().enumerate() {
             let path = if i == pi { "/primary" } else { "/health" };
