@@ -264,6 +264,11 @@ async fn teardown(a: &Args<'_>, res: &mut Resources, outcome: &mut Outcome) {
     if let Some(live) = res.live.take() {
         live.stats.stop.store(true, Ordering::Relaxed);
         live.probe.stop.store(true, Ordering::Relaxed);
+        // Cut short (interrupted, an error): the counts so far, so that a
+        // moment with two primaries is still reported.
+        if !live.tasks.is_empty() {
+            counts(&live, outcome);
+        }
         for t in live.tasks {
             t.abort();
         }
@@ -462,13 +467,8 @@ async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
         // Every client call is bounded by 5 s.
         let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
     }
+    counts(live, outcome);
     let acks = stats.acks();
-    outcome.acknowledged = acks.len() as u64;
-    outcome.transfers = stats.transfers.load(Ordering::Relaxed);
-    outcome.probe_rounds = probe.rounds();
-    outcome.moments = probe.moments();
-    outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
-    outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
     // The final state: every acknowledged id against the final primary.
     let within = plan
         .converge_within
@@ -499,6 +499,17 @@ async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
                 .push(format!("final read of chaos_log: {e:#}")),
         }
     }
+}
+
+/// The workloads' and the probe's counts so far.
+fn counts(live: &Live, outcome: &mut Outcome) {
+    let (stats, probe) = (&live.stats, &live.probe);
+    outcome.acknowledged = stats.acks().len() as u64;
+    outcome.transfers = stats.transfers.load(Ordering::Relaxed);
+    outcome.probe_rounds = probe.rounds();
+    outcome.moments = probe.moments();
+    outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
+    outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
 }
 
 /// The time from the fault to the first write sent after it and
