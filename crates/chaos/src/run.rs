@@ -110,8 +110,14 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     }
     teardown(&a, &mut res, &mut outcome).await;
     outcome.elapsed = started.elapsed();
-    if opts.keep {
-        println!("pgwarden-chaos: kept {}", root.display());
+    // A failed run keeps its logs: what the agents did is the evidence.
+    let failed = r.is_ok() && !outcome.failures().is_empty();
+    if opts.keep || failed {
+        println!(
+            "pgwarden-chaos: kept {}{}",
+            root.display(),
+            if opts.keep { "" } else { " (the run failed)" }
+        );
     } else if let Err(e) = std::fs::remove_dir_all(&root) {
         eprintln!("pgwarden-chaos: cannot remove {}: {e}", root.display());
     }
