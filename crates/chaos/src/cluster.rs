@@ -429,11 +429,18 @@ fn read_log(path: &Path) -> String {
     ))
 }
 
-/// The directory of a `local://` DCS named in a node file.
+/// The store of a `local://` DCS named in a node file: the directory of
+/// its cluster under the URL's path (as `dcs::open` opens it).
 fn local_dcs(node_file: &Path) -> Option<PathBuf> {
     let v: toml::Value = std::fs::read_to_string(node_file).ok()?.parse().ok()?;
-    let dcs = v.get("agent")?.get("dcs")?.as_str()?;
-    dcs.strip_prefix("local://").map(PathBuf::from)
+    let a = v.get("agent")?;
+    let dcs = a.get("dcs")?.as_str()?;
+    let cluster = a
+        .get("cluster")
+        .and_then(|c| c.as_str())
+        .unwrap_or("pgwarden");
+    dcs.strip_prefix("local://")
+        .map(|d| Path::new(d).join(cluster))
 }
 
 fn read_node(path: &Path) -> anyhow::Result<Node> {

@@ -349,9 +349,13 @@ pub fn heal(f: &mut Injected) -> Vec<String> {
             Undo::Cont(p) if procs::state(p).is_some() => procs::signal(p, Signal::Cont),
             Undo::Cont(_) => Ok(()),
             Undo::LinkUp(l) => netns::set_link(&l, true),
-            Undo::Remove(p) => {
-                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))
-            }
+            Undo::Remove(p) => match std::fs::remove_file(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
+                    "{} was already gone (something in the cluster removed it during the fault)",
+                    p.display()
+                )),
+                r => r.with_context(|| format!("cannot remove {}", p.display())),
+            },
             Undo::Store(mut b) => b.restore(),
         };
         if let Err(e) = r {
