@@ -1,7 +1,9 @@
 //! The cluster under test: a real `pgwarden up` run as a child process in
-//! a temporary directory, its parts found from its node files and /proc
-//! (agents, postmasters), who is primary, whether it has converged, and
-//! stopping it (SIGINT to `up`, which stops everything under it).
+//! a temporary directory, or with `--net netns` the agents and the proxy
+//! this suite starts itself in network namespaces (`spawned.rs`); its
+//! parts found from its node files and /proc (agents, postmasters), who
+//! is primary, whether it has converged, and stopping it (SIGINT to `up`,
+//! which stops everything under it).
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,8 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::conn::{is_primary, Conn};
+use crate::conn::{is_primary, Conn, Target};
+use crate::netns::Net;
 use crate::procs::{self, Signal};
+use crate::spawned::{self, Spawned};
 
 /// How long `up` may take to print "pgwarden is up".
 const UP_WITHIN: Duration = Duration::from_secs(180);
@@ -22,17 +26,35 @@ const STOP_WITHIN: Duration = Duration::from_secs(90);
 #[derive(Clone, Debug)]
 pub struct Node {
     pub name: String,
-    pub pg_port: u16,
+    /// Its PostgreSQL over TCP, at the address it advertises.
+    pub pg: Target,
+    /// Its PostgreSQL over the Unix socket in its run directory (reached
+    /// whatever the network does).
+    pub socket: Target,
     pub data_dir: PathBuf,
     pub api: SocketAddr,
 }
 
+enum Runner {
+    Up {
+        child: tokio::process::Child,
+        pid: u32,
+        log: PathBuf,
+        o_nodes: u8,
+    },
+    Spawned(Spawned),
+}
+
 pub struct Cluster {
-    up: tokio::process::Child,
-    up_pid: u32,
+    runner: Runner,
     pub dir: PathBuf,
     pub port: u16,
+    /// Read once the cluster is up (`up` writes the node files).
     pub nodes: Vec<Node>,
+    /// The local DCS's directory, when the DCS is local.
+    pub local_dcs: Option<PathBuf>,
+    /// Synchronous mode.
+    sync: bool,
 }
 
 pub struct StartOptions<'a> {
@@ -41,6 +63,8 @@ pub struct StartOptions<'a> {
     pub nodes: u8,
     pub dcs: Option<String>,
     pub sync: bool,
+    /// Start the nodes in these namespaces instead of running `up`.
+    pub net: Option<&'a Net>,
 }
 
 /// A free TCP port on the loopback (bound then released).
@@ -100,60 +124,134 @@ async fn prepare_sync(o: &StartOptions<'_>, dir: &Path, port: u16) -> anyhow::Re
 }
 
 impl Cluster {
-    pub async fn start(o: StartOptions<'_>) -> anyhow::Result<Cluster> {
-        let dir = o.root.join("up");
+    /// Starts the cluster's processes; [`Cluster::wait_up`] waits for it.
+    /// Whatever happens next, [`Cluster::stop`] stops what was started.
+    pub async fn launch(o: StartOptions<'_>) -> anyhow::Result<Cluster> {
         let port = free_port()?;
+        if let Some(net) = o.net {
+            let dir = o.root.join("net");
+            let dcs = o.dcs.as_deref().context("--net netns needs --dcs etcd")?;
+            let files = spawned::write_files(&dir, o.nodes.into(), dcs, port, o.sync)?;
+            let nodes = files
+                .nodes
+                .iter()
+                .map(|f| read_node(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let data_dirs = nodes.iter().map(|n| n.data_dir.clone()).collect();
+            let s = Spawned::start(o.pgwarden, &dir, net, &files, data_dirs)?;
+            return Ok(Cluster {
+                runner: Runner::Spawned(s),
+                dir,
+                port,
+                nodes,
+                local_dcs: None,
+                sync: o.sync,
+            });
+        }
+        let dir = o.root.join("up");
         if o.sync {
             prepare_sync(&o, &dir, port).await?;
         }
         let log_path = o.root.join("up.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut up = up_command(&o, &dir, port)
+        let child = up_command(&o, &dir, port)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot run {}", o.pgwarden.display()))?;
-        let up_pid = up.id().context("`pgwarden up` exited at once")?;
-        let deadline = Instant::now() + UP_WITHIN;
-        loop {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if text.contains("pgwarden is up") {
-                break;
-            }
-            if let Some(st) = up.try_wait()? {
-                bail!(
-                    "`pgwarden up` exited ({st}) before it was up:\n{}",
-                    tail(&text, 15)
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = procs::signal(up_pid, Signal::Int);
-                let _ = tokio::time::timeout(STOP_WITHIN, up.wait()).await;
-                bail!(
-                    "`pgwarden up` was not up within {} s:\n{}",
-                    UP_WITHIN.as_secs(),
-                    tail(&text, 15)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let nodes = (0..o.nodes)
-            .map(|i| read_node(&dir.join(format!("node{i}.toml"))))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pid = child.id().context("`pgwarden up` exited at once")?;
         Ok(Cluster {
-            up,
-            up_pid,
+            runner: Runner::Up {
+                child,
+                pid,
+                log: log_path,
+                o_nodes: o.nodes,
+            },
             dir,
             port,
-            nodes,
+            nodes: Vec::new(),
+            local_dcs: None,
+            sync: o.sync,
         })
+    }
+
+    /// Waits until the cluster is up: `up` says so, or (netns) it has
+    /// converged and the proxy accepts connections.
+    pub async fn wait_up(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + UP_WITHIN;
+        let n = match &mut self.runner {
+            Runner::Up {
+                child,
+                log,
+                o_nodes,
+                ..
+            } => {
+                loop {
+                    let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                    if text.contains("pgwarden is up") {
+                        break;
+                    }
+                    if let Some(st) = child.try_wait()? {
+                        bail!(
+                            "`pgwarden up` exited ({st}) before it was up:\n{}",
+                            tail(&text, 15)
+                        );
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "`pgwarden up` was not up within {} s:\n{}",
+                            UP_WITHIN.as_secs(),
+                            tail(&text, 15)
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                *o_nodes
+            }
+            Runner::Spawned(_) => 0,
+        };
+        if n > 0 {
+            self.nodes = (0..n)
+                .map(|i| read_node(&self.dir.join(format!("node{i}.toml"))))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            self.local_dcs = local_dcs(&self.dir.join("node0.toml"));
+            return Ok(());
+        }
+        let mut why = String::new();
+        while Instant::now() < deadline {
+            if let Runner::Spawned(s) = &mut self.runner {
+                if let Some(st) = s.proxy_exited() {
+                    bail!(
+                        "the proxy exited ({st}):\n{}",
+                        tail(&read_log(&self.dir.join("logs").join("proxy.log")), 10)
+                    );
+                }
+            }
+            match self.converged().await {
+                Ok(_) => {
+                    let proxy = tokio::net::TcpStream::connect(("127.0.0.1", self.port));
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), proxy).await {
+                        return Ok(());
+                    }
+                    why = format!("the proxy does not accept connections on {}", self.port);
+                }
+                Err(w) => why = w,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let logs: Vec<String> = (0..self.nodes.len())
+            .flat_map(|i| self.log_tail(i, 5))
+            .collect();
+        bail!(
+            "the cluster was not up within {} s ({why}); agents' logs:\n{}",
+            UP_WITHIN.as_secs(),
+            logs.join("\n")
+        )
     }
 
     /// The last `n` lines of node `i`'s agent log, without colour codes.
     pub fn log_tail(&self, i: usize, n: usize) -> Vec<String> {
-        let path = self.dir.join("logs").join(format!("agent{i}.log"));
-        let text = std::fs::read(&path).unwrap_or_default();
-        let text = strip_ansi(&String::from_utf8_lossy(&text));
+        let text = read_log(&self.dir.join("logs").join(format!("agent{i}.log")));
         let lines: Vec<String> = text
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -162,13 +260,19 @@ impl Cluster {
         lines[lines.len().saturating_sub(n)..].to_vec()
     }
 
-    /// The agent of node `i`: the child of `up` started with its node file.
+    /// The agent of node `i`: the child of `up` started with its node
+    /// file, or the one this suite started.
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
-        // `up` passes its canonicalised directory: matched by file name.
-        let file = format!("/node{i}.toml");
-        procs::children(self.up_pid)
-            .into_iter()
-            .find(|p| procs::cmdline(*p).iter().any(|a| a.ends_with(&file)) && procs::alive(*p))
+        match &self.runner {
+            Runner::Up { pid, .. } => {
+                // `up` passes its canonicalised directory: matched by file name.
+                let file = format!("/node{i}.toml");
+                procs::children(*pid).into_iter().find(|p| {
+                    procs::cmdline(*p).iter().any(|a| a.ends_with(&file)) && procs::alive(*p)
+                })
+            }
+            Runner::Spawned(s) => s.agent_pid(i),
+        }
     }
 
     pub fn postmaster_pid(&self, i: usize) -> Option<u32> {
@@ -179,8 +283,8 @@ impl Cluster {
     pub async fn roles(&self, timeout: Duration) -> Vec<Result<bool, String>> {
         let mut set = tokio::task::JoinSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            let port = n.pg_port;
-            set.spawn(async move { (i, is_primary(port, timeout).await) });
+            let to = n.pg.clone();
+            set.spawn(async move { (i, is_primary(&to, timeout).await) });
         }
         let mut out = vec![Err("not asked".to_owned()); self.nodes.len()];
         while let Some(r) = set.join_next().await {
@@ -204,9 +308,10 @@ impl Cluster {
     }
 
     /// Converged: exactly one primary, every other node a standby streaming
-    /// from it, its agent answering that it is the DCS leader, and every
-    /// other agent answering healthy. Returns the primary, or what is not
-    /// yet so.
+    /// from it (in synchronous mode, one of them synchronous: until then no
+    /// standby may be promoted), its agent answering that it is the DCS
+    /// leader, and every other agent answering healthy. Returns the
+    /// primary, or what is not yet so.
     pub async fn converged(&self) -> Result<usize, String> {
         let t = Duration::from_secs(1);
         let roles = self.roles(t).await;
@@ -228,13 +333,19 @@ impl Cluster {
             return Err(format!("primaries: [{}]", primaries.join(", ")));
         };
         let pi = self.nodes.iter().position(|n| n.name == p).unwrap_or(0);
-        let streaming = match Conn::connect(self.nodes[pi].pg_port, t).await {
+        let streaming = match Conn::connect(&self.nodes[pi].pg, t).await {
             Ok(c) => c
-                .query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+                .query(
+                    "SELECT application_name, sync_state FROM pg_stat_replication \
+                     WHERE state = 'streaming'",
+                )
                 .await
                 .map_err(|e| format!("{p}: pg_stat_replication: {e:#}"))?,
             Err(e) => return Err(format!("{p}: {e:#}")),
         };
+        let synchronous = streaming
+            .iter()
+            .any(|r| r.get(1).cloned().flatten().as_deref() == Some("sync"));
         let streaming: Vec<String> = streaming
             .into_iter()
             .filter_map(|r| r.into_iter().next().flatten())
@@ -247,6 +358,9 @@ impl Cluster {
             .collect();
         if !missing.is_empty() {
             return Err(format!("not streaming from {p}: {}", missing.join(", ")));
+        }
+        if self.sync && !synchronous {
+            return Err(format!("{p} has no synchronous standby yet"));
         }
         for (i, n) in self.nodes.iter().enumerate() {
             let path = if i == pi { "/primary" } else { "/health" };
@@ -276,21 +390,26 @@ impl Cluster {
 
     /// SIGINT to `up` (it stops the proxy, the agents and PostgreSQL);
     /// if it has not stopped in time, SIGKILL to it and to the agents and
-    /// postmasters it left. Waits at most `within` (at most 90 s).
+    /// postmasters it left. Waits at most `within` (at most 90 s). With
+    /// `--net netns`, stops what this suite started ([`Spawned::stop`]).
     pub async fn stop(&mut self, within: Duration) -> anyhow::Result<()> {
         let within = within.min(STOP_WITHIN);
         let leftovers: Vec<u32> = (0..self.nodes.len())
             .flat_map(|i| [self.agent_pid(i), self.postmaster_pid(i)])
             .flatten()
             .collect();
-        if matches!(self.up.try_wait(), Ok(None)) {
-            procs::signal(self.up_pid, Signal::Int)?;
+        let (up, up_pid) = match &mut self.runner {
+            Runner::Spawned(s) => return s.stop(within).await,
+            Runner::Up { child, pid, .. } => (child, *pid),
+        };
+        if matches!(up.try_wait(), Ok(None)) {
+            procs::signal(up_pid, Signal::Int)?;
         }
-        match tokio::time::timeout(within, self.up.wait()).await {
+        match tokio::time::timeout(within, up.wait()).await {
             Ok(_) => Ok(()),
             Err(_) => {
-                let _ = self.up.start_kill();
-                let _ = self.up.wait().await;
+                let _ = up.start_kill();
+                let _ = up.wait().await;
                 for p in leftovers.into_iter().filter(|p| procs::alive(*p)) {
                     let _ = procs::signal(p, Signal::Kill);
                 }
@@ -301,6 +420,27 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A log's text without colour codes.
+fn read_log(path: &Path) -> String {
+    strip_ansi(&String::from_utf8_lossy(
+        &std::fs::read(path).unwrap_or_default(),
+    ))
+}
+
+/// The store of a `local://` DCS named in a node file: the directory of
+/// its cluster under the URL's path (as `dcs::open` opens it).
+fn local_dcs(node_file: &Path) -> Option<PathBuf> {
+    let v: toml::Value = std::fs::read_to_string(node_file).ok()?.parse().ok()?;
+    let a = v.get("agent")?;
+    let dcs = a.get("dcs")?.as_str()?;
+    let cluster = a
+        .get("cluster")
+        .and_then(|c| c.as_str())
+        .unwrap_or("pgwarden");
+    dcs.strip_prefix("local://")
+        .map(|d| Path::new(d).join(cluster))
 }
 
 fn read_node(path: &Path) -> anyhow::Result<Node> {
@@ -322,10 +462,27 @@ fn read_node(path: &Path) -> anyhow::Result<Node> {
         .and_then(|x| x.as_integer())
         .and_then(|p| u16::try_from(p).ok())
         .with_context(|| format!("{}: no pg_port", path.display()))?;
+    let data_dir = PathBuf::from(s("data_dir")?);
+    let run_dir = a
+        .get("run_dir")
+        .and_then(|x| x.as_str())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.with_extension("run"));
     Ok(Node {
         name: s("name")?.to_owned(),
-        pg_port,
-        data_dir: PathBuf::from(s("data_dir")?),
+        pg: Target {
+            host: a
+                .get("host")
+                .and_then(|x| x.as_str())
+                .unwrap_or("127.0.0.1")
+                .to_owned(),
+            port: pg_port,
+        },
+        socket: Target {
+            host: run_dir.to_string_lossy().into_owned(),
+            port: pg_port,
+        },
+        data_dir,
         api: s("api_listen")?
             .parse()
             .with_context(|| format!("{}: api_listen", path.display()))?,

@@ -6,6 +6,34 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
+/// Where a PostgreSQL server is: an IP address, or a directory holding
+/// its Unix socket (a path starting with '/'), and its port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// 127.0.0.1:`port`.
+    pub fn local(port: u16) -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.starts_with('/') {
+            write!(f, "{}/.s.PGSQL.{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 pub struct Conn {
     client: Client,
     task: tokio::task::JoinHandle<()>,
@@ -19,20 +47,21 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    /// Connects to 127.0.0.1:`port` as postgres (trust), within `timeout`;
-    /// each statement later gets the same deadline.
-    pub async fn connect(port: u16, timeout: Duration) -> anyhow::Result<Conn> {
+    /// Connects to `to` as postgres (trust), within `timeout`; each
+    /// statement later gets the same deadline.
+    pub async fn connect(to: &Target, timeout: Duration) -> anyhow::Result<Conn> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(port)
+        // A host starting with '/' is a socket directory to tokio-postgres.
+        cfg.host(&to.host)
+            .port(to.port)
             .user("postgres")
             .dbname("postgres")
             .application_name("pgwarden-chaos")
             .connect_timeout(timeout);
         let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
             .await
-            .with_context(|| format!("connect to port {port}: no answer within {timeout:?}"))?
-            .with_context(|| format!("connect to port {port}"))?;
+            .with_context(|| format!("connect to {to}: no answer within {timeout:?}"))?
+            .with_context(|| format!("connect to {to}"))?;
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -73,10 +102,10 @@ impl Conn {
 
 /// Asks a node directly whether it is a primary (`pg_is_in_recovery()` is
 /// false); Err(why) when it does not answer within `timeout`.
-pub async fn is_primary(port: u16, timeout: Duration) -> Result<bool, String> {
+pub async fn is_primary(to: &Target, timeout: Duration) -> Result<bool, String> {
     // One line: the reason goes into one-line reports.
     let line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let c = Conn::connect(port, timeout)
+    let c = Conn::connect(to, timeout)
         .await
         .map_err(|e| line(format!("{:#}", e.root_cause())))?;
     match c

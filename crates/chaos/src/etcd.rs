@@ -14,14 +14,17 @@ use crate::procs;
 pub struct Etcd {
     child: tokio::process::Child,
     pub pid: u32,
+    host: String,
     pub client_port: u16,
 }
 
 impl Etcd {
-    pub async fn start(root: &Path) -> anyhow::Result<Etcd> {
+    /// Starts etcd with its clients' port on `host` (127.0.0.1, or the
+    /// root namespace's address on the dcs network).
+    pub async fn start(root: &Path, host: &str) -> anyhow::Result<Etcd> {
         let client_port = free_port()?;
         let peer_port = free_port()?;
-        let c = format!("http://127.0.0.1:{client_port}");
+        let c = format!("http://{host}:{client_port}");
         let p = format!("http://127.0.0.1:{peer_port}");
         let log_path = root.join("etcd.log");
         let log = std::fs::File::create(&log_path)?;
@@ -39,11 +42,15 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // Not stopped by a Ctrl-C meant for this suite: the agents
+            // are stopped first, with their DCS still there.
+            .process_group(0)
+            .kill_on_drop(true)
             .spawn()
             .context("cannot run etcd (Debian package etcd-server)")?;
         let pid = child.id().context("etcd exited at once")?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthy(client_port).await {
+        while !healthy(host, client_port).await {
             if let Some(st) = child.try_wait()? {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 bail!("etcd exited ({st}):\n{}", tail(&text, 10));
@@ -58,12 +65,13 @@ impl Etcd {
         Ok(Etcd {
             child,
             pid,
+            host: host.to_owned(),
             client_port,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.client_port)
+        format!("etcd://{}:{}", self.host, self.client_port)
     }
 
     /// SIGTERM, then SIGKILL after 10 s. Resumed first: a paused etcd
@@ -83,11 +91,9 @@ impl Etcd {
     }
 }
 
-async fn healthy(port: u16) -> bool {
+async fn healthy(host: &str, port: u16) -> bool {
     let get = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
         s.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;

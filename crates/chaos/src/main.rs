@@ -8,12 +8,17 @@ mod cluster;
 mod conn;
 mod etcd;
 mod faults;
+mod localdcs;
+mod netns;
 mod opts;
 mod probe;
 mod procs;
 mod report;
 mod run;
 mod schedule;
+mod sh;
+mod spawned;
+mod walfs;
 mod workload;
 
 use clap::Parser;

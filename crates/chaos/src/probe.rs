@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::conn::is_primary;
+use crate::conn::{is_primary, Target};
 
 const EVERY: Duration = Duration::from_millis(50);
 /// A node that does not answer within this is counted as not answering.
@@ -34,16 +34,16 @@ impl Probe {
     }
 }
 
-/// Probes `nodes` (name, PostgreSQL port) until told to stop.
-pub async fn run(nodes: Vec<(String, u16)>, probe: Arc<Probe>) {
+/// Probes `nodes` (name, where to connect) until told to stop.
+pub async fn run(nodes: Vec<(String, Target)>, probe: Arc<Probe>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !probe.stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let at = Instant::now();
         let mut set = tokio::task::JoinSet::new();
-        for (name, port) in nodes.iter().cloned() {
-            set.spawn(async move { (name, is_primary(port, ANSWER_WITHIN).await) });
+        for (name, to) in nodes.iter().cloned() {
+            set.spawn(async move { (name, is_primary(&to, ANSWER_WITHIN).await) });
         }
         let mut primaries = Vec::new();
         while let Some(r) = set.join_next().await {

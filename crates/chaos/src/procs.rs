@@ -1,9 +1,8 @@
 //! Processes by PID through /proc: parent, command line, children, and
 //! signals sent with kill(1) to one PID at a time (never by name).
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::Context;
+use crate::sh;
 
 /// The parent PID from /proc/<pid>/stat; None when the process is gone.
 pub fn ppid(pid: u32) -> Option<u32> {
@@ -83,13 +82,29 @@ impl Signal {
 
 /// Sends `sig` to the one process `pid`.
 pub fn signal(pid: u32, sig: Signal) -> anyhow::Result<()> {
-    let st = Command::new("kill")
-        .arg(format!("-{}", sig.name()))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run kill")?;
-    anyhow::ensure!(st.success(), "kill -{} {pid} failed", sig.name());
+    sh::run(
+        "kill",
+        &[&format!("-{}", sig.name()), &pid.to_string()],
+        sh::QUICK,
+    )
+    .map_err(|e| anyhow::anyhow!("kill -{} {pid} failed: {e}", sig.name()))?;
     Ok(())
+}
+
+/// The processes whose command line mentions `needle` (a path of this
+/// run), except this one.
+pub fn with_arg_containing(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|p| *p != me && cmdline(*p).iter().any(|a| a.contains(needle)))
+        .collect()
+}
+
+/// Whether `pid` is a live pgwarden-chaos (a run that owns its resources).
+pub fn is_chaos_run(pid: u32) -> bool {
+    alive(pid)
+        && cmdline(pid)
+            .first()
+            .is_some_and(|a| a.ends_with("pgwarden-chaos"))
 }

@@ -12,13 +12,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use tokio::sync::watch;
+
 use crate::cluster::{Cluster, StartOptions};
+use crate::conn::Target;
 use crate::etcd::Etcd;
 use crate::faults::{self, Kind};
-use crate::opts::{DcsKind, Opts, Plan};
+use crate::netns::{self, Net};
+use crate::opts::{DcsKind, Opts, Plan, Selection};
 use crate::probe::{self, Probe};
 use crate::report::{FaultResult, Outcome};
 use crate::schedule;
+use crate::walfs::{self, WalFs};
 use crate::workload::{self, Ack, Stats};
 
 /// Kept free at the end of the deadline for the final checks and the stop.
@@ -35,6 +40,7 @@ const WRITES_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let plan = opts.plan();
+    let sel = opts.select()?;
     let seed = opts.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -53,98 +59,240 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
         "{} not found (build it: cargo build --release -p pgwarden, or give --pgwarden)",
         pgwarden.display()
     );
+    for l in netns::clean_leftovers()
+        .into_iter()
+        .chain(walfs::clean_leftovers())
+    {
+        println!("pgwarden-chaos: removed {l}, left by an earlier run that is gone");
+    }
+    let interrupt = interrupt_watch()?;
     let root = temp_root()?;
+    let kinds: Vec<&str> = sel.kinds.iter().map(|k| k.name()).collect();
     println!(
-        "pgwarden-chaos: {} profile, seed {seed}, {} faults planned, deadline {} s; in {}",
+        "pgwarden-chaos: {} profile, seed {seed}, {} faults planned, deadline {} s; in {}\n\
+         pgwarden-chaos: nodes {}; kinds: {}",
         format!("{:?}", opts.profile).to_lowercase(),
         plan.faults,
         plan.deadline.as_secs(),
-        root.display()
+        root.display(),
+        if sel.netns {
+            "in network namespaces (--net netns)"
+        } else {
+            "on the loopback (`pgwarden up`)"
+        },
+        kinds.join(", ")
     );
-    let r = with_etcd(&opts, &plan, seed, &pgwarden, &root, started).await;
-    if opts.keep {
-        println!("pgwarden-chaos: kept {}", root.display());
+    let mut outcome = Outcome::new(&opts, plan.faults, seed);
+    outcome.left_out = sel.left_out.clone();
+    let mut res = Resources::default();
+    let a = Args {
+        opts: &opts,
+        plan: &plan,
+        sel: &sel,
+        seed,
+        pgwarden: &pgwarden,
+        root: &root,
+        started,
+        deadline: started + plan.deadline,
+    };
+    let r = {
+        let body = body(&a, &mut res, &mut outcome);
+        let mut interrupt = interrupt.clone();
+        tokio::select! {
+            r = body => r,
+            _ = interrupt.wait_for(|i| *i) => Ok(()),
+        }
+    };
+    if *interrupt.borrow() {
+        outcome.notes.push(
+            "interrupted (SIGINT/SIGTERM): the fault in place was healed, the run cut short".into(),
+        );
+    }
+    teardown(&a, &mut res, &mut outcome).await;
+    outcome.elapsed = started.elapsed();
+    // A failed run keeps its logs: what the agents did is the evidence.
+    let failed = r.is_ok() && !outcome.failures().is_empty();
+    if opts.keep || failed {
+        println!(
+            "pgwarden-chaos: kept {}{}",
+            root.display(),
+            if opts.keep { "" } else { " (the run failed)" }
+        );
     } else if let Err(e) = std::fs::remove_dir_all(&root) {
         eprintln!("pgwarden-chaos: cannot remove {}: {e}", root.display());
+    }
+    r.map(|()| outcome)
+}
+
+/// A first SIGINT or SIGTERM cuts the run short: the fault in place is
+/// healed, the cluster stopped, namespaces and mounts removed.
+fn interrupt_watch() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(false);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        eprintln!(
+            "pgwarden-chaos: interrupted: healing, stopping the cluster, removing namespaces \
+             and mounts (at most a few minutes)"
+        );
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+struct Args<'a> {
+    opts: &'a Opts,
+    plan: &'a Plan,
+    sel: &'a Selection,
+    seed: u64,
+    pgwarden: &'a std::path::Path,
+    root: &'a std::path::Path,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Args<'_> {
+    /// The time left before the deadline less `reserve` (at least 5 s).
+    fn left(&self, reserve: Duration) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(reserve)
+            .max(Duration::from_secs(5))
+    }
+}
+
+/// What a run creates, released by [`teardown`] whatever happened.
+#[derive(Default)]
+struct Resources {
+    net: Option<Net>,
+    etcd: Option<Etcd>,
+    walfs: Option<WalFs>,
+    cluster: Option<Cluster>,
+    live: Option<Live>,
+}
+
+/// Creates the network, etcd, the WAL mounts and the cluster, then runs
+/// the faults and the final checks.
+async fn body(a: &Args<'_>, res: &mut Resources, outcome: &mut Outcome) -> anyhow::Result<()> {
+    let nodes = usize::from(a.opts.nodes);
+    if a.sel.netns {
+        res.net = Some(Net::create(nodes)?);
+    }
+    if a.opts.dcs == DcsKind::Etcd {
+        let host = if a.sel.netns {
+            netns::DCS_HOST
+        } else {
+            "127.0.0.1"
+        };
+        res.etcd = Some(Etcd::start(a.root, host).await?);
+    }
+    if a.sel.kinds.contains(&Kind::WalFull) {
+        // Before the agents start: `ip netns exec` gives each its own
+        // copy of the mount table.
+        res.walfs = Some(WalFs::mount(a.root, nodes, "postgres")?);
+    }
+    res.cluster = Some(
+        Cluster::launch(StartOptions {
+            pgwarden: a.pgwarden,
+            root: a.root,
+            nodes: a.opts.nodes,
+            dcs: res.etcd.as_ref().map(Etcd::url),
+            sync: a.opts.sync,
+            net: res.net.as_ref(),
+        })
+        .await?,
+    );
+    let Some(cluster) = res.cluster.as_mut() else {
+        anyhow::bail!("no cluster");
+    };
+    cluster.wait_up().await?;
+    let cluster = &*cluster;
+    println!(
+        "pgwarden-chaos: cluster up after {:.1} s (proxy port {})",
+        a.started.elapsed().as_secs_f64(),
+        cluster.port
+    );
+    if let Some(w) = &res.walfs {
+        let (p, _) = cluster
+            .wait_converged(a.plan.converge_within)
+            .await
+            .map_err(|why| anyhow::anyhow!("not converged before moving pg_wal: {why}"))?;
+        w.prepare(cluster, p, a.plan.converge_within).await?;
+        println!(
+            "pgwarden-chaos: every node's pg_wal is on its {} MB tmpfs",
+            walfs::SIZE_MB
+        );
+    }
+    let ctx = Ctx {
+        env: faults::Env {
+            cluster,
+            etcd: res.etcd.as_ref(),
+            net: res.net.as_ref(),
+            walfs: res.walfs.as_ref(),
+        },
+        plan: a.plan,
+        deadline: a.deadline,
+        netns: a.sel.netns,
+    };
+    let live = res.live.insert(Live {
+        stats: Arc::new(Stats::default()),
+        probe: Arc::new(Probe::default()),
+        tasks: Vec::new(),
+        missing: HashSet::new(),
+    });
+    // The safety net under the deadline: every wait inside is bounded
+    // already, and a fault cancelled here is healed as it is dropped.
+    let r = tokio::time::timeout(
+        ctx.left(END_RESERVE),
+        exercise(&ctx, a.seed, &a.sel.kinds, live, outcome),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        outcome
+            .notes
+            .push("the hard deadline was reached: the faults were cut short".into());
+        Ok(())
+    });
+    let finished = tokio::time::timeout(ctx.left(STOP_RESERVE), finish(&ctx, live, outcome)).await;
+    if finished.is_err() {
+        outcome
+            .notes
+            .push("the hard deadline was reached: the final checks were cut short".into());
     }
     r
 }
 
-async fn with_etcd(
-    opts: &Opts,
-    plan: &Plan,
-    seed: u64,
-    pgwarden: &std::path::Path,
-    root: &std::path::Path,
-    started: Instant,
-) -> anyhow::Result<Outcome> {
-    let mut etcd = match opts.dcs {
-        DcsKind::Etcd => Some(Etcd::start(root).await?),
-        DcsKind::Local => None,
-    };
-    let r = async {
-        let mut cluster = Cluster::start(StartOptions {
-            pgwarden,
-            root,
-            nodes: opts.nodes,
-            dcs: etcd.as_ref().map(Etcd::url),
-            sync: opts.sync,
-        })
-        .await?;
-        println!(
-            "pgwarden-chaos: cluster up after {:.1} s (proxy port {})",
-            started.elapsed().as_secs_f64(),
-            cluster.port
-        );
-        let mut outcome = Outcome::new(opts, plan.faults, seed);
-        let mut live = Live {
-            stats: Arc::new(Stats::default()),
-            probe: Arc::new(Probe::default()),
-            tasks: Vec::new(),
-            missing: HashSet::new(),
-        };
-        let ctx = Ctx {
-            cluster: &cluster,
-            etcd: etcd.as_ref(),
-            plan,
-            deadline: started + plan.deadline,
-        };
-        // The safety net under the deadline: every wait inside is bounded
-        // already, and a fault cancelled here is healed as it is dropped.
-        let r = tokio::time::timeout(
-            ctx.left(END_RESERVE),
-            exercise(&ctx, seed, &opts.kinds, &mut live, &mut outcome),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            outcome
-                .notes
-                .push("the hard deadline was reached: the faults were cut short".into());
-            Ok(())
-        });
-        let finished = tokio::time::timeout(
-            ctx.left(STOP_RESERVE),
-            finish(&ctx, &mut live, &mut outcome),
-        )
-        .await;
-        if finished.is_err() {
-            outcome
-                .notes
-                .push("the hard deadline was reached: the final checks were cut short".into());
+/// Stops the workloads, the cluster and etcd, unmounts the WAL tmpfs
+/// mounts and removes the namespaces, each step bounded.
+async fn teardown(a: &Args<'_>, res: &mut Resources, outcome: &mut Outcome) {
+    if let Some(live) = res.live.take() {
+        live.stats.stop.store(true, Ordering::Relaxed);
+        live.probe.stop.store(true, Ordering::Relaxed);
+        // Cut short (interrupted, an error): the counts so far, so that a
+        // moment with two primaries is still reported.
+        if !live.tasks.is_empty() {
+            counts(&live, outcome);
         }
-        let stopped = cluster.stop(ctx.left(Duration::ZERO)).await;
-        r?;
-        if let Err(e) = stopped {
+        for t in live.tasks {
+            t.abort();
+        }
+    }
+    if let Some(c) = res.cluster.as_mut() {
+        if let Err(e) = c.stop(a.left(Duration::ZERO)).await {
             outcome.notes.push(format!("stop: {e:#}"));
         }
-        outcome.elapsed = started.elapsed();
-        anyhow::Ok(outcome)
     }
-    .await;
-    if let Some(e) = etcd.as_mut() {
+    if let Some(e) = res.etcd.as_mut() {
         e.stop().await;
     }
-    r
+    if let Some(w) = res.walfs.as_mut() {
+        w.unmount();
+    }
+    if let Some(n) = res.net.as_mut() {
+        n.destroy();
+    }
 }
 
 /// `/tmp/pgwarden-chaos-<pid>-<nanos>`, mode 0755: PostgreSQL runs as
@@ -171,10 +319,12 @@ struct Live {
 }
 
 struct Ctx<'a> {
-    cluster: &'a Cluster,
-    etcd: Option<&'a Etcd>,
+    env: faults::Env<'a>,
     plan: &'a Plan,
     deadline: Instant,
+    /// The probe reaches nodes by their Unix sockets (a partition does
+    /// not hide a node from it).
+    netns: bool,
 }
 
 impl Ctx<'_> {
@@ -191,33 +341,28 @@ impl Ctx<'_> {
 async fn exercise(
     ctx: &Ctx<'_>,
     seed: u64,
-    opts_kinds: &[Kind],
+    kinds: &[Kind],
     live: &mut Live,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
-    let (cluster, etcd, plan, deadline) = (ctx.cluster, ctx.etcd, ctx.plan, ctx.deadline);
+    let (cluster, plan, deadline) = (ctx.env.cluster, ctx.plan, ctx.deadline);
     workload::setup(cluster.port).await?;
     let stats = live.stats.clone();
-    let nodes: Vec<(String, u16)> = cluster
+    let nodes: Vec<(String, Target)> = cluster
         .nodes
         .iter()
-        .map(|n| (n.name.clone(), n.pg_port))
+        .map(|n| {
+            let to = if ctx.netns { &n.socket } else { &n.pg };
+            (n.name.clone(), to.clone())
+        })
         .collect();
     live.tasks = vec![
         tokio::spawn(workload::log_writer(cluster.port, stats.clone())),
         tokio::spawn(workload::bank(cluster.port, stats.clone())),
         tokio::spawn(probe::run(nodes, live.probe.clone())),
     ];
-    let kinds: Vec<Kind> = Kind::ALL
-        .into_iter()
-        .filter(|k| opts_kinds.is_empty() || opts_kinds.contains(k))
-        .filter(|k| *k != Kind::DcsOutage || etcd.is_some())
-        .collect();
-    anyhow::ensure!(
-        !kinds.is_empty(),
-        "no fault kind to inject (dcs-outage needs --dcs etcd)"
-    );
-    let steps = schedule::make(seed, &kinds, plan.faults);
+    anyhow::ensure!(!kinds.is_empty(), "no fault kind to inject");
+    let steps = schedule::make(seed, kinds, plan.faults);
     let missing = &mut live.missing;
     // A fault whose checks wait for the next convergence.
     let mut unchecked = false;
@@ -234,7 +379,7 @@ async fn exercise(
         // A fault that did not converge in time gets as long again here:
         // the run goes on if the cluster comes back at all.
         let within = (plan.converge_within * 2).min(left - hold - END_RESERVE);
-        let primary = match cluster.wait_converged(within).await {
+        let mut primary = match cluster.wait_converged(within).await {
             Ok((p, _)) => p,
             Err(why) => {
                 outcome.notes.push(format!(
@@ -249,8 +394,20 @@ async fn exercise(
             check(cluster, primary, &stats, missing, outcome).await;
             unchecked = false;
         }
+        if let (Kind::WalFull, Some(w)) = (step.kind, ctx.env.walfs) {
+            // A node re-cloned since has a plain pg_wal again.
+            match w.prepare(cluster, primary, plan.converge_within).await {
+                Ok(p) => primary = p,
+                Err(e) => {
+                    outcome
+                        .notes
+                        .push(format!("fault {} (wal-full) not injected: {e:#}", n + 1));
+                    continue;
+                }
+            }
+        }
         tokio::time::sleep(GAP).await;
-        let mut f = match faults::inject(step.kind, cluster, etcd, primary, step.pick) {
+        let mut f = match faults::inject(step.kind, &ctx.env, primary, step.pick).await {
             Ok(f) => f,
             Err(e) => {
                 outcome.notes.push(format!(
@@ -262,7 +419,13 @@ async fn exercise(
             }
         };
         tokio::time::sleep(hold).await;
-        faults::heal(&mut f);
+        for e in faults::heal(&mut f) {
+            outcome.notes.push(format!(
+                "fault {} ({}): healing: {e}",
+                n + 1,
+                step.kind.name()
+            ));
+        }
         let healed = Instant::now();
         let conv = cluster.wait_converged(plan.converge_within).await;
         let mut r = FaultResult::new(n + 1, &f, &cluster.nodes[f.node].name);
@@ -302,7 +465,7 @@ async fn exercise(
 /// Stops the workloads and the probe, collects their counts, and checks
 /// the final state on the converged primary.
 async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
-    let (cluster, plan) = (ctx.cluster, ctx.plan);
+    let (cluster, plan) = (ctx.env.cluster, ctx.plan);
     let (stats, probe) = (live.stats.clone(), live.probe.clone());
     stats.stop.store(true, Ordering::Relaxed);
     probe.stop.store(true, Ordering::Relaxed);
@@ -310,13 +473,8 @@ async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
         // Every client call is bounded by 5 s.
         let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
     }
+    counts(live, outcome);
     let acks = stats.acks();
-    outcome.acknowledged = acks.len() as u64;
-    outcome.transfers = stats.transfers.load(Ordering::Relaxed);
-    outcome.probe_rounds = probe.rounds();
-    outcome.moments = probe.moments();
-    outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
-    outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
     // The final state: every acknowledged id against the final primary.
     let within = plan
         .converge_within
@@ -337,7 +495,7 @@ async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
     };
     if let Some(p) = primary {
         check(cluster, p, &stats, &mut live.missing, outcome).await;
-        match workload::logged_ids(cluster.nodes[p].pg_port).await {
+        match workload::logged_ids(&cluster.nodes[p].pg).await {
             Ok(ids) => {
                 outcome.lost_final =
                     Some(acks.iter().filter(|a| !ids.contains(&a.id)).count() as u64)
@@ -347,6 +505,17 @@ async fn finish(ctx: &Ctx<'_>, live: &mut Live, outcome: &mut Outcome) {
                 .push(format!("final read of chaos_log: {e:#}")),
         }
     }
+}
+
+/// The workloads' and the probe's counts so far.
+fn counts(live: &Live, outcome: &mut Outcome) {
+    let (stats, probe) = (&live.stats, &live.probe);
+    outcome.acknowledged = stats.acks().len() as u64;
+    outcome.transfers = stats.transfers.load(Ordering::Relaxed);
+    outcome.probe_rounds = probe.rounds();
+    outcome.moments = probe.moments();
+    outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
+    outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
 }
 
 /// The time from the fault to the first write sent after it and
@@ -386,10 +555,10 @@ async fn check(
     missing: &mut HashSet<i64>,
     outcome: &mut Outcome,
 ) {
-    let port = cluster.nodes[primary].pg_port;
+    let to = &cluster.nodes[primary].pg;
     // Acknowledged before the read began: committed, so visible to it.
     let acks = stats.acks();
-    match workload::logged_ids(port).await {
+    match workload::logged_ids(to).await {
         Ok(ids) => {
             let new: Vec<i64> = acks
                 .iter()
@@ -414,7 +583,7 @@ async fn check(
         Err(e) => outcome.notes.push(format!("reading chaos_log: {e:#}")),
     }
     outcome.bank_checks += 1;
-    match workload::check_bank(port).await {
+    match workload::check_bank(to).await {
         Ok(Ok(())) => {}
         Ok(Err(v)) => {
             println!("  bank violated: {v}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Target};
 
 /// Every client call's deadline (connect, statement).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,7 +47,7 @@ impl Stats {
 
 /// Creates the log and the bank's accounts through the proxy.
 pub async fn setup(proxy_port: u16) -> anyhow::Result<()> {
-    let c = Conn::connect(proxy_port, CALL_TIMEOUT)
+    let c = Conn::connect(&Target::local(proxy_port), CALL_TIMEOUT)
         .await
         .context("the proxy")?;
     c.query(&format!(
@@ -67,7 +67,7 @@ pub async fn log_writer(proxy_port: u16, stats: Arc<Stats>) {
     while !stats.stop.load(Ordering::Relaxed) {
         let c = match conn.take() {
             Some(c) => c,
-            None => match Conn::connect(proxy_port, CALL_TIMEOUT).await {
+            None => match Conn::connect(&Target::local(proxy_port), CALL_TIMEOUT).await {
                 Ok(c) => c,
                 Err(_) => {
                     stats.log_errors.fetch_add(1, Ordering::Relaxed);
@@ -109,7 +109,7 @@ pub async fn bank(proxy_port: u16, stats: Arc<Stats>) {
     while !stats.stop.load(Ordering::Relaxed) {
         let c = match conn.take() {
             Some(c) => c,
-            None => match Conn::connect(proxy_port, CALL_TIMEOUT).await {
+            None => match Conn::connect(&Target::local(proxy_port), CALL_TIMEOUT).await {
                 Ok(c) => c,
                 Err(_) => {
                     stats.bank_errors.fetch_add(1, Ordering::Relaxed);
@@ -139,10 +139,10 @@ pub async fn bank(proxy_port: u16, stats: Arc<Stats>) {
     }
 }
 
-/// The bank's accounts and total as read on the primary at `port`;
+/// The bank's accounts and total as read on `primary`;
 /// Err(text) when they are not ACCOUNTS accounts holding ACCOUNTS*BALANCE.
-pub async fn check_bank(port: u16) -> anyhow::Result<Result<(), String>> {
-    let c = Conn::connect(port, CALL_TIMEOUT).await?;
+pub async fn check_bank(primary: &Target) -> anyhow::Result<Result<(), String>> {
+    let c = Conn::connect(primary, CALL_TIMEOUT).await?;
     let row = c
         .query("SELECT count(*), coalesce(sum(balance), 0) FROM chaos_bank")
         .await?
@@ -166,9 +166,9 @@ pub async fn check_bank(port: u16) -> anyhow::Result<Result<(), String>> {
     })
 }
 
-/// Every id in the log as read on the primary at `port`.
-pub async fn logged_ids(port: u16) -> anyhow::Result<HashSet<i64>> {
-    let c = Conn::connect(port, Duration::from_secs(30)).await?;
+/// Every id in the log as read on the primary at `primary`.
+pub async fn logged_ids(primary: &Target) -> anyhow::Result<HashSet<i64>> {
+    let c = Conn::connect(primary, Duration::from_secs(30)).await?;
     c.query("SELECT id FROM chaos_log")
         .await?
         .into_iter()
