@@ -73,13 +73,36 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn up_command(o: &StartOptions, dir: &Path, port: u16) -> tokio::process::Command {
+/// `n` consecutive free ports from a start that differs from run to run:
+/// `up`'s default (free ports from 15432) would let two runs on one
+/// machine take each other's ports while a node is down.
+fn free_block(n: u16) -> anyhow::Result<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id();
+    for i in 0..200u32 {
+        let base = 20_000 + ((seed.wrapping_add(i * 7919)) % 20_000) as u16;
+        let held: Vec<_> = (0..n)
+            .map_while(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no {n} consecutive free ports between 20000 and 40000")
+}
+
+fn up_command(o: &StartOptions, dir: &Path, port: u16, pg_port: u16) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(o.pgwarden);
     c.arg("up").arg("--dir").arg(dir).args([
         "--nodes",
         &o.nodes.to_string(),
         "--port",
         &port.to_string(),
+        "--pg-port",
+        &pg_port.to_string(),
     ]);
     if let Some(d) = &o.dcs {
         c.args(["--dcs", d]);
@@ -93,12 +116,20 @@ fn up_command(o: &StartOptions, dir: &Path, port: u16) -> tokio::process::Comman
 /// and stops when that port is taken: so the files are written with the
 /// port held here, `synchronous_mode = true` is added to their `[agent]`
 /// section (their last), and the real start resumes the directory.
-async fn prepare_sync(o: &StartOptions<'_>, dir: &Path, port: u16) -> anyhow::Result<()> {
+async fn prepare_sync(
+    o: &StartOptions<'_>,
+    dir: &Path,
+    port: u16,
+    pg_port: u16,
+) -> anyhow::Result<()> {
     let hold = std::net::TcpListener::bind(("127.0.0.1", port))
         .with_context(|| format!("cannot hold port {port}"))?;
-    let out = tokio::time::timeout(Duration::from_secs(60), up_command(o, dir, port).output())
-        .await
-        .context("`pgwarden up` (writing the node files) did not stop within 60 s")??;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        up_command(o, dir, port, pg_port).output(),
+    )
+    .await
+    .context("`pgwarden up` (writing the node files) did not stop within 60 s")??;
     drop(hold);
     for i in 0..o.nodes {
         let f = dir.join(format!("node{i}.toml"));
@@ -149,12 +180,13 @@ impl Cluster {
             });
         }
         let dir = o.root.join("up");
+        let pg_port = free_block(o.nodes.into())?;
         if o.sync {
-            prepare_sync(&o, &dir, port).await?;
+            prepare_sync(&o, &dir, port, pg_port).await?;
         }
         let log_path = o.root.join("up.log");
         let log = std::fs::File::create(&log_path)?;
-        let child = up_command(&o, &dir, port)
+        let child = up_command(&o, &dir, port, pg_port)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -283,8 +315,8 @@ impl Cluster {
     pub async fn roles(&self, timeout: Duration) -> Vec<Result<bool, String>> {
         let mut set = tokio::task::JoinSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            let to = n.pg.clone();
-            set.spawn(async move { (i, is_primary(&to, timeout).await) });
+            let (to, dir) = (n.pg.clone(), n.data_dir.clone());
+            set.spawn(async move { (i, is_primary(&to, timeout, &dir).await) });
         }
         let mut out = vec![Err("not asked".to_owned()); self.nodes.len()];
         while let Some(r) = set.join_next().await {

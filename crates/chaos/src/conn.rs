@@ -102,12 +102,33 @@ impl Conn {
 
 /// Asks a node directly whether it is a primary (`pg_is_in_recovery()` is
 /// false); Err(why) when it does not answer within `timeout`.
-pub async fn is_primary(to: &Target, timeout: Duration) -> Result<bool, String> {
+///
+/// The server must be this node's: its data directory is `data_dir`. A
+/// server of another cluster on the same port (another run on this
+/// machine took the port while this node was down) is an error, never a
+/// second primary of this cluster.
+pub async fn is_primary(
+    to: &Target,
+    timeout: Duration,
+    data_dir: &std::path::Path,
+) -> Result<bool, String> {
     // One line: the reason goes into one-line reports.
     let line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let c = Conn::connect(to, timeout)
         .await
         .map_err(|e| line(format!("{:#}", e.root_cause())))?;
+    let dir = c
+        .value("SELECT current_setting('data_directory')")
+        .await
+        .map_err(|e| line(format!("{e:#}")))?;
+    let same = std::path::Path::new(&dir) == data_dir
+        || std::fs::canonicalize(&dir).ok() == std::fs::canonicalize(data_dir).ok();
+    if !same {
+        return Err(format!(
+            "another cluster's server answers on {}:{} (data directory {dir})",
+            to.host, to.port
+        ));
+    }
     match c
         .value("SELECT pg_is_in_recovery()")
         .await

@@ -22,6 +22,8 @@ pub struct Moment {
 pub struct Probe {
     pub rounds: Mutex<u64>,
     pub moments: Mutex<Vec<Moment>>,
+    /// Answers from another cluster's server on a node's port.
+    pub foreign: Mutex<u64>,
     pub stop: AtomicBool,
 }
 
@@ -35,20 +37,29 @@ impl Probe {
 }
 
 /// Probes `nodes` (name, where to connect) until told to stop.
-pub async fn run(nodes: Vec<(String, Target)>, probe: Arc<Probe>) {
+/// A server that answers on a node's port but is not that node (another
+/// cluster's, see [`is_primary`]) is counted in `foreign`, not as a
+/// primary.
+pub async fn run(nodes: Vec<(String, Target, std::path::PathBuf)>, probe: Arc<Probe>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !probe.stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let at = Instant::now();
         let mut set = tokio::task::JoinSet::new();
-        for (name, to) in nodes.iter().cloned() {
-            set.spawn(async move { (name, is_primary(&to, ANSWER_WITHIN).await) });
+        for (name, to, dir) in nodes.iter().cloned() {
+            set.spawn(async move { (name, is_primary(&to, ANSWER_WITHIN, &dir).await) });
         }
         let mut primaries = Vec::new();
         while let Some(r) = set.join_next().await {
-            if let Ok((name, Ok(true))) = r {
-                primaries.push(name);
+            match r {
+                Ok((name, Ok(true))) => primaries.push(name),
+                Ok((_, Err(e))) if e.starts_with("another cluster") => {
+                    if let Ok(mut f) = probe.foreign.lock() {
+                        *f += 1;
+                    }
+                }
+                _ => {}
             }
         }
         if let Ok(mut r) = probe.rounds.lock() {

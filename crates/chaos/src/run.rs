@@ -348,12 +348,12 @@ async fn exercise(
     let (cluster, plan, deadline) = (ctx.env.cluster, ctx.plan, ctx.deadline);
     workload::setup(cluster.port).await?;
     let stats = live.stats.clone();
-    let nodes: Vec<(String, Target)> = cluster
+    let nodes: Vec<(String, Target, std::path::PathBuf)> = cluster
         .nodes
         .iter()
         .map(|n| {
             let to = if ctx.netns { &n.socket } else { &n.pg };
-            (n.name.clone(), to.clone())
+            (n.name.clone(), to.clone(), n.data_dir.clone())
         })
         .collect();
     live.tasks = vec![
@@ -514,6 +514,13 @@ fn counts(live: &Live, outcome: &mut Outcome) {
     outcome.transfers = stats.transfers.load(Ordering::Relaxed);
     outcome.probe_rounds = probe.rounds();
     outcome.moments = probe.moments();
+    let foreign = probe.foreign.lock().map(|f| *f).unwrap_or(0);
+    let note = format!(
+        "another cluster's server answered on a node's port {foreign} times (another run took the port while the node was down); not counted as primaries"
+    );
+    if foreign > 0 && !outcome.notes.contains(&note) {
+        outcome.notes.push(note);
+    }
     outcome.log_errors = stats.log_errors.load(Ordering::Relaxed);
     outcome.bank_errors = stats.bank_errors.load(Ordering::Relaxed);
 }
