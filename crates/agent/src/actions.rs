@@ -275,7 +275,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     /// loop_wait; without that the fence would stop PostgreSQL in the
     /// middle of it. A renewal that fails stops PostgreSQL and ends the
     /// wait.
-    async fn renewing<T>(
+    pub(crate) async fn renewing<T>(
         &mut self,
         ttl: Duration,
         step: impl std::future::Future<Output = T>,

@@ -9,6 +9,11 @@ use crate::driver::{Agent, AgentError};
 use crate::node::Status;
 use crate::traits::{Fencing, NodeOps};
 
+/// How long a leader stepping down waits, after naming its successor,
+/// before it shuts PostgreSQL down: proxies read the DCS every 250 ms
+/// (`proxy::follow`), then let the transactions under way end.
+const PROXY_DRAIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
 impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     pub(crate) async fn switchover_act(
         &mut self,
@@ -55,6 +60,11 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
         {
             return Ok("the request changed meanwhile: not stepping down".into());
         }
+        // The proxies, seeing the chosen candidate, hold new transactions
+        // until it leads; the ones under way finish here meanwhile, so
+        // that the clean shutdown below cuts none of them.
+        let ttl = self.lease_ttl;
+        self.renewing(ttl, tokio::time::sleep(PROXY_DRAIN)).await?;
         // the fence stays armed until PostgreSQL is down
         self.last_renew = None;
         let stopped = self.node.stop("fast").await;

@@ -207,6 +207,12 @@ async fn switchover_under_writes_hands_over_to_the_candidate() {
     let lost: Vec<&i64> = acked.iter().filter(|s| !present.contains(s)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    // no client saw the switchover: new transactions waited for the
+    // candidate, the ones under way ended before the old primary stopped
+    assert!(
+        errors.is_empty(),
+        "writes failed during the switchover: {errors:?}"
+    );
     // the request is gone, and the history says what happened
     assert_eq!(c.dcs_key(dcs::Key::Failover).await, None);
     let h = c.api(old).get("/history").await.unwrap();

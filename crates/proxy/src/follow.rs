@@ -1,13 +1,17 @@
 //! Following the cluster: the primary is the DCS leader lease holder, at
 //! the address its agent publishes. The proxy watches the leader key, so a
 //! change of leader reaches it at once (no polling of PostgreSQL), and
-//! re-reads the members every second for SHOW POOL_NODES.
+//! re-reads the members (and a switchover in progress) every 250 ms.
 use std::sync::Arc;
 use std::time::Duration;
 
 use dcs::Dcs;
 
 use crate::state::State;
+
+/// How often the DCS is read besides the leader watch: a switchover's
+/// step-down is seen within this.
+const POLL: Duration = Duration::from_millis(250);
 
 pub async fn run(state: Arc<State>, url: String, cluster: String) {
     let dcs = loop {
@@ -43,6 +47,15 @@ pub async fn run(state: Arc<State>, url: String, cluster: String) {
                     .as_ref()
                     .and_then(|l| members.iter().find(|m| m.name == l.name))
                     .map(|m| m.addr());
+                // A leader stepping down for a switchover: new transactions
+                // wait (up to query_wait_timeout) for the successor rather
+                // than reach a server about to shut down.
+                let stepping_down = snap
+                    .get(dcs::Key::Failover)
+                    .and_then(ha::switchover::Switchover::parse)
+                    .and_then(|r| r.chosen)
+                    .is_some_and(|c| snap.leader.as_ref().is_some_and(|l| l.name != c));
+                let primary = primary.filter(|_| !stepping_down);
                 if state
                     .topology
                     .nodes()
@@ -58,7 +71,7 @@ pub async fn run(state: Arc<State>, url: String, cluster: String) {
         }
         tokio::select! {
             r = leader.changed() => { if r.is_err() { tokio::time::sleep(Duration::from_secs(1)).await; } }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -314,13 +314,39 @@ impl Pool {
             None => Box::pin(self.wait_for_primary(wait)).await?,
         };
         // Boxed: a rare path whose state would otherwise sit in every session.
-        let conn = Box::new(Box::pin(self.connect(&target.addr, target.epoch)).await?);
+        let conn = Box::pin(self.connect_primary(&target, wait)).await?;
         self.active.fetch_add(1, Ordering::Relaxed);
         permit.forget();
         Ok(Checkout {
             conn: Some(conn),
             pool: self.clone(),
         })
+    }
+
+    /// A new connection to `target`. Following the DCS, the lease holder
+    /// may still be finishing its promotion (a few ms to a second): while
+    /// the server reports `in_hot_standby = on` the connection is closed
+    /// and made again, up to `wait`, so that no write meets a read-only
+    /// server.
+    async fn connect_primary(
+        &self,
+        target: &crate::topology::Target,
+        wait: Duration,
+    ) -> Result<Box<ServerConn>, ServerError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let c = Box::new(self.connect(&target.addr, target.epoch).await?);
+            let standby = c
+                .reported
+                .iter()
+                .any(|(n, v)| n == "in_hot_standby" && v == "on");
+            if !standby || !self.topology.follows_external() || Instant::now() >= deadline {
+                return Ok(c);
+            }
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tokio::spawn((*c).terminate());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_for_primary(

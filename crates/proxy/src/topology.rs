@@ -293,6 +293,11 @@ impl Topology {
         self.publish(choice);
     }
 
+    /// Whether the primary comes from an external authority (the DCS).
+    pub fn follows_external(&self) -> bool {
+        self.external.load(Ordering::Acquire)
+    }
+
     /// Sets the primary from an external authority (the DCS leader), by
     /// address. From then on health checks no longer decide it.
     pub fn set_external_primary(&self, addr: Option<&str>) {
