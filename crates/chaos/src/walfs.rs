@@ -1,5 +1,5 @@
 //! WAL on small tmpfs file systems (the `wal-full` fault): one tmpfs per
-//! node (`ROOT/walfs/nodeN`, 256 MB, owned by the PostgreSQL OS user),
+//! node (`ROOT/walfs/nodeN`, 1.5 GB, owned by the PostgreSQL OS user),
 //! each node's `pg_wal` a symlink to its own. Neither `initdb` nor
 //! `pg_basebackup` is told `--waldir` by the agent, so `pg_wal` is moved
 //! onto the tmpfs of a running cluster (`relink`): the agent is frozen
@@ -24,8 +24,12 @@ use crate::cluster::Cluster;
 use crate::procs::{self, Signal};
 use crate::sh::{self, QUICK};
 
-/// Each node's tmpfs.
-pub const SIZE_MB: u64 = 256;
+/// Each node's tmpfs: more than the WAL PostgreSQL keeps in normal
+/// running (max_wal_size 1 GB and wal_keep_size 128 MB), so that only the
+/// filler fills it. With 256 MB a standby's pg_wal filled by itself
+/// between restartpoints, and the synchronous standby, the one member that
+/// may be promoted, could then not finish its promotion (long run, seed 23).
+pub const SIZE_MB: u64 = 1536;
 const FILLER: &str = "chaos-filler";
 /// How long PostgreSQL may take to stop for a relink.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
