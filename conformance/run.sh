@@ -84,7 +84,9 @@ for mode in "${MODES[@]}"; do
   echo "== psycopg suite, $mode" >&2
   start=$(date +%s)
   set +e
-  timeout 900 "$SUITE" "host=127.0.0.1 port=$port user=postgres dbname=postgres" -rfE "${extra[@]}" >"$log" 2>&1
+  # CONFORMANCE_ARGS: more pytest arguments, e.g. "-k test_wait_remote_closed"
+  read -r -a more <<< "${CONFORMANCE_ARGS:-}"
+  timeout 900 "$SUITE" "host=127.0.0.1 port=$port user=postgres dbname=postgres" -rfE "${extra[@]}" "${more[@]}" >"$log" 2>&1
   rc=$?
   set -e
   secs=$(( $(date +%s) - start ))
