@@ -142,7 +142,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             },
             Action::TakeLeaseAndPromote => match self.take(ttl).await? {
                 Some(l) => {
-                    self.promote(cc, ttl).await?;
+                    if let Err(e) = self.promote(cc, ttl).await {
+                        return Err(self.promotion_failed(e).await);
+                    }
                     self.record_history(l.epoch, status).await;
                     self.leader_upkeep(members, cc, None).await?;
                     Ok(format!("promoted (epoch {})", l.epoch))
@@ -153,7 +155,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 if !self.renew(ttl).await? {
                     return Ok("lost the lease before promoting".into());
                 }
-                self.promote(cc, ttl).await?;
+                if let Err(e) = self.promote(cc, ttl).await {
+                    return Err(self.promotion_failed(e).await);
+                }
                 Ok("promoted".into())
             }
             Action::Demote { leader } => {
@@ -251,6 +255,29 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 _ => "another node holds it".into(),
             }
         )))
+    }
+
+    /// A promotion that failed (it did not finish in time, PostgreSQL
+    /// crashed in it, the lease was lost): PostgreSQL is stopped, since a
+    /// promotion still under way could end later without the lease, and
+    /// the lease is given up, so that another candidate may try rather
+    /// than this node holding it through attempt after attempt.
+    async fn promotion_failed(&mut self, e: AgentError) -> AgentError {
+        self.last_renew = None;
+        let stopped = self.node.stop("immediate").await;
+        self.unproved();
+        let released = self.dcs.release_leader(&self.cfg.name).await;
+        AgentError::Other(format!(
+            "{e}; stopped PostgreSQL{} and released the lease{}",
+            stopped
+                .err()
+                .map(|e| format!(" (failed: {e})"))
+                .unwrap_or_default(),
+            released
+                .err()
+                .map(|e| format!(" (failed: {e})"))
+                .unwrap_or_default(),
+        ))
     }
 
     /// Promotes this standby, holding the lease: renewed between the

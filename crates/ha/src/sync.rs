@@ -63,7 +63,12 @@ pub fn plan(
     members: &[Member],
     strict: bool,
 ) -> SyncPlan {
-    let is_streaming = |n: &str| streaming.iter().any(|(a, _)| a == n);
+    // Streaming by PostgreSQL's word, and a member now: a standby cut off
+    // from everything stays "streaming" in pg_stat_replication until
+    // wal_sender_timeout (60 s) while every commit waits for it; its
+    // member key expires within the TTL, and then another one is chosen.
+    let is_streaming =
+        |n: &str| streaming.iter().any(|(a, _)| a == n) && members.iter().any(|m| m.name == n);
     // a key another leader wrote names this node or an old standby of
     // that leader: it is replaced before anything else
     let mine = key.filter(|k| k.leader == me);

@@ -262,9 +262,12 @@ impl NodeOps for FakeNode {
         Ok(())
     }
     async fn stop(&mut self, _: &str) -> Result<(), NodeError> {
+        // as the real one: stopping a stopped PostgreSQL does nothing
         self.with(|s| {
-            s.running = false;
-            s.stops.push(Instant::now());
+            if s.running {
+                s.running = false;
+                s.stops.push(Instant::now());
+            }
         });
         Ok(())
     }
@@ -310,14 +313,14 @@ impl NodeOps for FakeNode {
     }
     fn until_promoted(
         &self,
-        _: Duration,
+        limit: Duration,
     ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
         let at = self.with(|s| s.promoted_at);
         async move {
-            if let Some(at) = at {
-                tokio::time::sleep_until(at).await;
-            }
-            Ok(())
+            let Some(at) = at else { return Ok(()) };
+            tokio::time::timeout(limit, tokio::time::sleep_until(at))
+                .await
+                .map_err(|_| NodeError::Other("the promotion did not finish".into()))
         }
     }
     fn checkpoint(&self) -> impl Future<Output = ()> + Send + 'static {

@@ -230,3 +230,18 @@ async fn a_primary_that_loses_the_dcs_stops_before_its_lease_can_expire() {
         "not at the first failed read"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_promotion_that_never_ends_gives_the_lease_up_and_stops_postgresql() {
+    let mut p = parts();
+    lone_standby(&p, Duration::from_secs(3600), Duration::ZERO);
+    let sentence = p.agent.run_once().await;
+    assert!(sentence.contains("released the lease"), "{sentence}");
+    assert_eq!(p.dcs.holder(), None, "another candidate may try");
+    assert_eq!(
+        p.node.with(|s| s.stops.len()),
+        1,
+        "stopped: it must not end the promotion later"
+    );
+    assert!(!p.node.writable());
+}

@@ -135,3 +135,21 @@ fn the_key_reads_back() {
     );
     assert_eq!(SyncKey::parse("nonsense"), None);
 }
+
+#[test]
+fn a_synchronous_standby_whose_member_key_expired_is_replaced() {
+    // b is cut off: PostgreSQL still lists it as streaming (until
+    // wal_sender_timeout), but its member key has expired
+    let ms = [standby("c", 20)];
+    let k = key("a", Some("b"));
+    let p = plan(
+        "a",
+        Some(&k),
+        &repl(&[("b", "sync"), ("c", "async")]),
+        &ms,
+        false,
+    );
+    assert_eq!(p.key_first, Some(key("a", None)), "b leaves the key first");
+    assert_eq!(p.names, "FIRST 1 (\"c\")");
+    assert_eq!(p.publish_when_sync.as_deref(), Some("c"));
+}
