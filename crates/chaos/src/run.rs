@@ -181,12 +181,11 @@ async fn body(a: &Args<'_>, res: &mut Resources, outcome: &mut Outcome) -> anyho
         res.net = Some(Net::create(nodes)?);
     }
     if a.opts.dcs == DcsKind::Etcd {
-        let host = if a.sel.netns {
-            netns::DCS_HOST
-        } else {
-            "127.0.0.1"
+        let host = match &res.net {
+            Some(n) => n.dcs_host(),
+            None => "127.0.0.1".to_owned(),
         };
-        res.etcd = Some(Etcd::start(a.root, host).await?);
+        res.etcd = Some(Etcd::start(a.root, &host).await?);
     }
     if a.sel.kinds.contains(&Kind::WalFull) {
         // Before the agents start: `ip netns exec` gives each its own
