@@ -365,6 +365,7 @@ async fn exercise(
     let missing = &mut live.missing;
     // A fault whose checks wait for the next convergence.
     let mut unchecked = false;
+    let mut crowded_said = false;
     for (n, step) in steps.iter().enumerate() {
         let hold = step.kind.hold(plan);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -444,6 +445,13 @@ async fn exercise(
                             .map(move |l| format!("{name}: {l}"))
                     })
                     .collect();
+            }
+        }
+        if let Some(c) = ctx.env.walfs.and_then(|w| w.crowded()) {
+            if !crowded_said {
+                println!("  {c}");
+                outcome.notes.push(format!("after fault {}: {c}", n + 1));
+                crowded_said = true;
             }
         }
         r.writes_back = writes_back(&stats, f.at, WRITES_GRACE).await;

@@ -1,5 +1,5 @@
 //! WAL on small tmpfs file systems (the `wal-full` fault): one tmpfs per
-//! node (`ROOT/walfs/nodeN`, 256 MB, owned by the PostgreSQL OS user),
+//! node (`ROOT/walfs/nodeN`, 1 GB, owned by the PostgreSQL OS user),
 //! each node's `pg_wal` a symlink to its own. Neither `initdb` nor
 //! `pg_basebackup` is told `--waldir` by the agent, so `pg_wal` is moved
 //! onto the tmpfs of a running cluster (`relink`): the agent is frozen
@@ -24,8 +24,13 @@ use crate::cluster::Cluster;
 use crate::procs::{self, Signal};
 use crate::sh::{self, QUICK};
 
-/// Each node's tmpfs.
-pub const SIZE_MB: u64 = 256;
+/// Each node's tmpfs. Not smaller: pg_wal keeps one segment (16 MB) per
+/// timeline within wal_keep_size (128 MB of WAL), so every failover adds
+/// one while the cluster writes little (a long run with 256 MB filled all
+/// three by itself after about 15 failovers).
+pub const SIZE_MB: u64 = 1024;
+/// A tmpfs whose WAL alone takes more than this share is said so.
+const CROWDED_PERCENT: u64 = 60;
 const FILLER: &str = "chaos-filler";
 /// How long PostgreSQL may take to stop for a relink.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
@@ -175,6 +180,37 @@ impl WalFs {
                 .0;
         }
         Ok(p)
+    }
+
+    /// The megabytes of node `i`'s tmpfs taken by anything but the filler.
+    fn wal_mb(&self, i: usize) -> u64 {
+        let Ok(dir) = std::fs::read_dir(&self.mounts[i]) else {
+            return 0;
+        };
+        let bytes: u64 = dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != FILLER)
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        bytes >> 20
+    }
+
+    /// The nodes whose WAL alone fills more than CROWDED_PERCENT of their
+    /// tmpfs, said in a sentence (a cluster that fills its WAL tmpfs by
+    /// itself is not what `wal-full` injects).
+    pub fn crowded(&self) -> Option<String> {
+        let full: Vec<String> = (0..self.mounts.len())
+            .map(|i| (i, self.wal_mb(i)))
+            .filter(|(_, mb)| mb * 100 > SIZE_MB * CROWDED_PERCENT)
+            .map(|(i, mb)| format!("node{i} {mb} MB"))
+            .collect();
+        (!full.is_empty()).then(|| {
+            format!(
+                "WAL alone takes over {CROWDED_PERCENT}% of the {SIZE_MB} MB WAL tmpfs: {}",
+                full.join(", ")
+            )
+        })
     }
 
     /// Fills node `i`'s tmpfs with a file owned by root until it is full;
