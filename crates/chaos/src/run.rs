@@ -1,9 +1,11 @@
-//! One run of the suite: starts etcd (if asked) and the cluster, the
+//! One run of the suite: creates the namespaces (`--net netns`), etcd (if
+//! asked), the WAL tmpfs mounts (`wal-full`) and the cluster, the
 //! workloads and the probe, then for each scheduled fault waits for
 //! convergence, injects, heals, waits for convergence again and checks
 //! for lost writes and the bank total; stops everything it started, by
-//! PID, and removes its directory. Every wait is bounded by the profile's
-//! deadline.
+//! PID, unmounts and removes what it created (also on an error and on
+//! SIGINT/SIGTERM), and removes its directory unless the run failed.
+//! Every wait is bounded by the profile's deadline.
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, StartOptions};
