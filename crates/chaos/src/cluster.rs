@@ -162,7 +162,7 @@ impl Cluster {
         if let Some(net) = o.net {
             let dir = o.root.join("net");
             let dcs = o.dcs.as_deref().context("--net netns needs --dcs etcd")?;
-            let files = spawned::write_files(&dir, o.nodes.into(), dcs, port, o.sync)?;
+            let files = spawned::write_files(&dir, net, o.nodes.into(), dcs, port, o.sync)?;
             let nodes = files
                 .nodes
                 .iter()

@@ -2,8 +2,9 @@
 //! with two veth links, one on the "dcs" bridge (where etcd listens,
 //! 10.213.1.0/24) and one on the "data" bridge (PostgreSQL, replication,
 //! the proxy, the agents' APIs, 10.213.2.0/24). The bridges live in the
-//! root namespace, which has 10.213.1.1 and 10.213.2.1; nothing routes
-//! between the two networks. A partition sets the root-side end of a
+//! root namespace, which has the .1 address of each; nothing routes
+//! between the two networks. A run that finds these networks in use (by
+//! another run) takes the next pair, 10.213.3-4, and so on. A partition sets the root-side end of a
 //! node's link down: its packets are dropped silently, as a cut cable
 //! does.
 //!
@@ -18,10 +19,8 @@ use crate::procs;
 use crate::sh::{self, QUICK};
 
 const PREFIX: &str = "pgwc";
-/// The root namespace's address on the dcs network: etcd listens here.
-pub const DCS_HOST: &str = "10.213.1.1";
-const DCS_NET: &str = "10.213.1";
-const DATA_NET: &str = "10.213.2";
+/// The first two octets of every network of ours.
+const NET16: &str = "10.213";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -36,12 +35,6 @@ impl Side {
             Side::Data => 'p',
         }
     }
-    fn net(self) -> &'static str {
-        match self {
-            Side::Dcs => DCS_NET,
-            Side::Data => DATA_NET,
-        }
-    }
     /// The interface's name inside a node's namespace.
     fn inner(self) -> &'static str {
         match self {
@@ -54,6 +47,8 @@ impl Side {
 pub struct Net {
     tag: String,
     nodes: usize,
+    /// The third octet of the dcs network; the data network's is next.
+    octet: u8,
     /// Removed already (or never created).
     gone: bool,
 }
@@ -69,14 +64,18 @@ impl Net {
     pub fn create(nodes: usize) -> anyhow::Result<Net> {
         anyhow::ensure!(nodes < 200, "too many nodes for the netns network");
         let routes = ip(&["-o", "route", "show"])?;
-        for net in [DCS_NET, DATA_NET] {
-            if let Some(r) = routes.lines().find(|l| l.starts_with(&format!("{net}."))) {
-                bail!("{net}.0/24 is in use on this machine ({r}); --net netns needs it");
-            }
-        }
+        let used = |o: u8| {
+            routes
+                .lines()
+                .any(|l| l.starts_with(&format!("{NET16}.{o}.")))
+        };
+        let Some(octet) = (1..=253u8).step_by(2).find(|o| !used(*o) && !used(o + 1)) else {
+            bail!("every {NET16}.x.0/24 network is in use on this machine; --net netns needs two");
+        };
         let mut net = Net {
             tag: format!("{PREFIX}{}", std::process::id()),
             nodes,
+            octet,
             gone: false,
         };
         if let Err(e) = net.build() {
@@ -90,7 +89,13 @@ impl Net {
         for side in [Side::Dcs, Side::Data] {
             let br = self.bridge(side);
             ip(&["link", "add", "name", &br, "type", "bridge"])?;
-            ip(&["addr", "add", &format!("{}.1/24", side.net()), "dev", &br])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}.1/24", self.net(side)),
+                "dev",
+                &br,
+            ])?;
             ip(&["link", "set", &br, "up"])?;
         }
         for i in 0..self.nodes {
@@ -103,7 +108,7 @@ impl Net {
                     "link", "add", &outer, "type", "veth", "peer", "name", inner, "netns", &ns,
                 ])?;
                 ip(&["link", "set", &outer, "master", &self.bridge(side), "up"])?;
-                let addr = format!("{}.{}/24", side.net(), 10 + i);
+                let addr = format!("{}.{}/24", self.net(side), 10 + i);
                 ip(&["-n", &ns, "addr", "add", &addr, "dev", inner])?;
                 ip(&["-n", &ns, "link", "set", inner, "up"])?;
             }
@@ -124,10 +129,28 @@ impl Net {
         format!("{}n{i}{}", self.tag, side.letter())
     }
 
+    /// A network's first three octets.
+    fn net(&self, side: Side) -> String {
+        match side {
+            Side::Dcs => format!("{NET16}.{}", self.octet),
+            Side::Data => format!("{NET16}.{}", self.octet + 1),
+        }
+    }
+
+    /// The data network, as a CIDR (for pg_hba).
+    pub fn data_cidr(&self) -> String {
+        format!("{}.0/24", self.net(Side::Data))
+    }
+
+    /// The root namespace's address on the dcs network: etcd listens here.
+    pub fn dcs_host(&self) -> String {
+        format!("{}.1", self.net(Side::Dcs))
+    }
+
     /// Node `i`'s address on the data network: what it listens on and
     /// advertises.
-    pub fn data_ip(i: usize) -> String {
-        format!("{DATA_NET}.{}", 10 + i)
+    pub fn data_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.net(Side::Data), 10 + i)
     }
 
     /// Removes the namespaces and the bridges (deleting a veth end removes
@@ -212,6 +235,7 @@ mod tests {
         let n = Net {
             tag: format!("{PREFIX}4194304"),
             nodes: 9,
+            octet: 3,
             gone: true,
         };
         for name in [n.veth(8, Side::Dcs), n.ns(8), n.bridge(Side::Data)] {
@@ -220,6 +244,8 @@ mod tests {
         }
         assert_eq!(owner("pgwcx"), None);
         assert_eq!(owner("eth0"), None);
-        assert_eq!(Net::data_ip(2), "10.213.2.12");
+        assert_eq!(n.data_ip(2), "10.213.4.12");
+        assert_eq!(n.dcs_host(), "10.213.3.1");
+        assert_eq!(n.data_cidr(), "10.213.4.0/24");
     }
 }

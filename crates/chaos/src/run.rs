@@ -1,9 +1,11 @@
-//! One run of the suite: starts etcd (if asked) and the cluster, the
+//! One run of the suite: creates the namespaces (`--net netns`), etcd (if
+//! asked), the WAL tmpfs mounts (`wal-full`) and the cluster, the
 //! workloads and the probe, then for each scheduled fault waits for
 //! convergence, injects, heals, waits for convergence again and checks
 //! for lost writes and the bank total; stops everything it started, by
-//! PID, and removes its directory. Every wait is bounded by the profile's
-//! deadline.
+//! PID, unmounts and removes what it created (also on an error and on
+//! SIGINT/SIGTERM), and removes its directory unless the run failed.
+//! Every wait is bounded by the profile's deadline.
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, StartOptions};
@@ -181,12 +182,11 @@ async fn body(a: &Args<'_>, res: &mut Resources, outcome: &mut Outcome) -> anyho
         res.net = Some(Net::create(nodes)?);
     }
     if a.opts.dcs == DcsKind::Etcd {
-        let host = if a.sel.netns {
-            netns::DCS_HOST
-        } else {
-            "127.0.0.1"
+        let host = match &res.net {
+            Some(n) => n.dcs_host(),
+            None => "127.0.0.1".to_owned(),
         };
-        res.etcd = Some(Etcd::start(a.root, host).await?);
+        res.etcd = Some(Etcd::start(a.root, &host).await?);
     }
     if a.sel.kinds.contains(&Kind::WalFull) {
         // Before the agents start: `ip netns exec` gives each its own
@@ -366,6 +366,7 @@ async fn exercise(
     let missing = &mut live.missing;
     // A fault whose checks wait for the next convergence.
     let mut unchecked = false;
+    let mut crowded_said = false;
     for (n, step) in steps.iter().enumerate() {
         let hold = step.kind.hold(plan);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -445,6 +446,13 @@ async fn exercise(
                             .map(move |l| format!("{name}: {l}"))
                     })
                     .collect();
+            }
+        }
+        if let Some(c) = ctx.env.walfs.and_then(|w| w.crowded()) {
+            if !crowded_said {
+                println!("  {c}");
+                outcome.notes.push(format!("after fault {}: {c}", n + 1));
+                crowded_said = true;
             }
         }
         r.writes_back = writes_back(&stats, f.at, WRITES_GRACE).await;

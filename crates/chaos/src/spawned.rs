@@ -46,15 +46,17 @@ pub struct Files {
 /// Writes the node files and proxy.toml into `dir`.
 pub fn write_files(
     dir: &Path,
+    net: &Net,
     nodes: usize,
     dcs: &str,
     proxy_port: u16,
     sync: bool,
 ) -> anyhow::Result<Files> {
+    let cidr = net.data_cidr();
     std::fs::create_dir_all(dir.join("logs"))?;
     let mut files = Vec::new();
     for i in 0..nodes {
-        let ip = Net::data_ip(i);
+        let ip = net.data_ip(i);
         let f = dir.join(format!("node{i}.toml"));
         std::fs::write(
             &f,
@@ -65,8 +67,8 @@ pub fn write_files(
                  host = \"{ip}\"\npg_port = {PG_PORT}\napi_listen = \"{ip}:{API_PORT}\"\n\
                  os_user = \"postgres\"\nsynchronous_mode = {sync}\n\
                  pg_hba = [\"local all all trust\", \"host all all 127.0.0.1/32 trust\", \
-                 \"host all all 10.213.2.0/24 trust\", \"local replication all trust\", \
-                 \"host replication all 10.213.2.0/24 trust\"]\n",
+                 \"host all all {cidr} trust\", \"local replication all trust\", \
+                 \"host replication all {cidr} trust\"]\n",
                 d = dir.display()
             ),
         )?;

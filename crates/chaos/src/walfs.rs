@@ -26,10 +26,13 @@ use crate::sh::{self, QUICK};
 
 /// Each node's tmpfs: more than the WAL PostgreSQL keeps in normal
 /// running (max_wal_size 1 GB and wal_keep_size 128 MB), so that only the
-/// filler fills it. With 256 MB a standby's pg_wal filled by itself
-/// between restartpoints, and the synchronous standby, the one member that
-/// may be promoted, could then not finish its promotion (long run, seed 23).
+/// filler fills it. With 256 MB a standby's pg_wal filled by itself (one
+/// 16 MB segment per timeline within wal_keep_size, and WAL up to
+/// max_wal_size between restartpoints), and the synchronous standby, the
+/// one member that may be promoted, could then not finish its promotion.
 pub const SIZE_MB: u64 = 1536;
+/// A tmpfs whose WAL alone takes more than this share is said so.
+const CROWDED_PERCENT: u64 = 60;
 const FILLER: &str = "chaos-filler";
 /// How long PostgreSQL may take to stop for a relink.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
@@ -179,6 +182,37 @@ impl WalFs {
                 .0;
         }
         Ok(p)
+    }
+
+    /// The megabytes of node `i`'s tmpfs taken by anything but the filler.
+    fn wal_mb(&self, i: usize) -> u64 {
+        let Ok(dir) = std::fs::read_dir(&self.mounts[i]) else {
+            return 0;
+        };
+        let bytes: u64 = dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != FILLER)
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        bytes >> 20
+    }
+
+    /// The nodes whose WAL alone fills more than CROWDED_PERCENT of their
+    /// tmpfs, said in a sentence (a cluster that fills its WAL tmpfs by
+    /// itself is not what `wal-full` injects).
+    pub fn crowded(&self) -> Option<String> {
+        let full: Vec<String> = (0..self.mounts.len())
+            .map(|i| (i, self.wal_mb(i)))
+            .filter(|(_, mb)| mb * 100 > SIZE_MB * CROWDED_PERCENT)
+            .map(|(i, mb)| format!("node{i} {mb} MB"))
+            .collect();
+        (!full.is_empty()).then(|| {
+            format!(
+                "WAL alone takes over {CROWDED_PERCENT}% of the {SIZE_MB} MB WAL tmpfs: {}",
+                full.join(", ")
+            )
+        })
     }
 
     /// Fills node `i`'s tmpfs with a file owned by root until it is full;
