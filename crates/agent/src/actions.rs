@@ -142,6 +142,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             },
             Action::TakeLeaseAndPromote => match self.take(ttl).await? {
                 Some(l) => {
+                    self.slots_for(members).await;
                     if let Err(e) = self.promote(cc, ttl).await {
                         return Err(self.promotion_failed(e).await);
                     }
@@ -155,6 +156,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 if !self.renew(ttl).await? {
                     return Ok("lost the lease before promoting".into());
                 }
+                self.slots_for(members).await;
                 if let Err(e) = self.promote(cc, ttl).await {
                     return Err(self.promotion_failed(e).await);
                 }
@@ -278,6 +280,17 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 .map(|e| format!(" (failed: {e})"))
                 .unwrap_or_default(),
         ))
+    }
+
+    /// Slots for the other members before a promotion: they stream from
+    /// the new primary as soon as it is one (each walreceiver that finds
+    /// no slot waits wal_retrieve_retry_interval before it tries again).
+    /// A standby can create them; a failure only delays the standbys.
+    async fn slots_for(&mut self, members: &[Member]) {
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        if let Err(e) = self.node.ensure_slots(&names).await {
+            tracing::warn!(error = %e, "replication slots before promotion");
+        }
     }
 
     /// Promotes this standby, holding the lease: renewed between the

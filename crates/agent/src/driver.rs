@@ -197,7 +197,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             Err(e) => return self.dcs_unavailable(e).await,
         };
         self.shared.ops.saw(&snap);
-        let members: Vec<Member> = snap
+        let mut members: Vec<Member> = snap
             .members
             .values()
             .filter_map(|v| Member::from_json(v))
@@ -266,6 +266,18 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             .filter(|(_, t)| t.elapsed() < self.cfg.ttl)
             .map(|(l, _)| l);
         let switchover = crate::ops::due_switchover(&snap);
+        if switchover.is_some() && matches!(local.pg, Pg::Running { primary: true, .. }) {
+            // A leader choosing a successor compares its own position with
+            // its standbys' as it sees them now: the ones they published
+            // are up to a pass old, megabytes behind under load.
+            if let Ok(rows) = self.node.replication().await {
+                for m in members.iter_mut() {
+                    if let Some(r) = rows.iter().find(|r| r.name == m.name) {
+                        m.lsn = m.lsn.max(r.flush_lsn);
+                    }
+                }
+            }
+        }
         let view = View {
             switchover: switchover.as_ref(),
             failsafe_leader: failsafe_leader.as_deref(),

@@ -131,7 +131,7 @@ impl Node {
              listen_addresses = '{}'\nport = {}\nunix_socket_directories = '{}'\n\
              wal_level = replica\nhot_standby = on\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
              wal_log_hints = on\nwal_keep_size = '128MB'\nhot_standby_feedback = on\n\
-             recovery_target_timeline = 'latest'\nlogging_collector = off\n",
+             recovery_target_timeline = 'latest'\nwal_retrieve_retry_interval = '1s'\nlogging_collector = off\n",
             c.host,
             c.pg_port,
             c.run_dir.display()
@@ -332,6 +332,35 @@ impl Node {
             return Ok(());
         }
         self.stopping.store(true, Ordering::Release);
+        // Our own child: signalled here and watched exiting, without
+        // pg_ctl's 100 ms polling (a switchover waits on it).
+        let own = self.pid.load(Ordering::Acquire);
+        let signal = match mode {
+            "smart" => Some("-TERM"),
+            "fast" => Some("-INT"),
+            "immediate" => Some("-QUIT"),
+            _ => None,
+        };
+        if let (true, Some(sig)) = (own != 0, signal) {
+            let sent = tokio::process::Command::new("kill")
+                .arg(sig)
+                .arg(own.to_string())
+                .stderr(std::process::Stdio::null())
+                .status();
+            let sent = tokio::time::timeout(Duration::from_secs(5), sent).await;
+            if matches!(sent, Ok(Ok(st)) if st.success()) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while self.pid.load(Ordering::Acquire) == own {
+                    if Instant::now() > deadline {
+                        return Err(NodeError::Other(format!(
+                            "PostgreSQL did not stop within 60 s ({mode} shutdown)"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                return Ok(());
+            }
+        }
         let inst = self.inst.clone();
         let mode = mode.to_owned();
         tokio::task::spawn_blocking(move || inst.stop(&mode))
@@ -543,7 +572,7 @@ impl Node {
         let q = self.query_owned("CHECKPOINT", Duration::from_secs(60));
         async move {
             if let Err(e) = q.await {
-                tracing::warn!(error = %e, "checkpoint after promotion failed");
+                tracing::warn!(error = %e, "checkpoint failed");
             }
         }
     }
@@ -639,7 +668,22 @@ impl Node {
             .collect())
     }
 
-    /// Replication slots for the other members, on the primary.
+    /// Client sessions other than this one with a transaction open: a
+    /// leader stepping down waits for them to end.
+    pub async fn open_transactions(&mut self) -> Result<u64, NodeError> {
+        const Q: &str = "SELECT count(*) FROM pg_stat_activity \
+            WHERE backend_type = 'client backend' AND xact_start IS NOT NULL \
+            AND pid <> pg_backend_pid()";
+        let c = self.connect().await?;
+        let row = tokio::time::timeout(Duration::from_secs(1), c.query_one(Q, &[]))
+            .await
+            .map_err(|_| NodeError::Sql("query timed out".into()))?
+            .map_err(|e| NodeError::Sql(e.to_string()))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Replication slots for the other members (on the primary, and on a
+    /// standby about to be promoted, so that they stream from it at once).
     pub async fn ensure_slots(&mut self, members: &[String]) -> Result<(), NodeError> {
         let mut sql = String::new();
         for m in members.iter().filter(|m| **m != self.cfg.name) {

@@ -1,6 +1,8 @@
 //! The agent's side of a requested switchover or failover
 //! ([`ha::switchover`]): the leader steps down cleanly, the new leader
 //! removes the request and records it in the history.
+use std::time::{Duration, Instant};
+
 use dcs::{Dcs, Key};
 use ha::switchover::{Step, Switchover};
 use ha::{Action, ClusterConfig, Member};
@@ -9,10 +11,13 @@ use crate::driver::{Agent, AgentError};
 use crate::node::Status;
 use crate::traits::{Fencing, NodeOps};
 
-/// How long a leader stepping down waits, after naming its successor,
-/// before it shuts PostgreSQL down: proxies read the DCS every 250 ms
-/// (`proxy::follow`), then let the transactions under way end.
-const PROXY_DRAIN: std::time::Duration = std::time::Duration::from_millis(1500);
+/// Proxies read the DCS every 50 ms (`proxy::follow`): a leader stepping
+/// down waits this long after naming its successor, so that every proxy
+/// holds new transactions before it looks for the ones under way...
+const PROXY_SEES: Duration = Duration::from_millis(200);
+/// ...and at most this long in all for those to end, before it shuts
+/// PostgreSQL down (cutting the ones still open).
+const DRAIN_LIMIT: Duration = Duration::from_millis(1500);
 
 impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     pub(crate) async fn switchover_act(
@@ -37,19 +42,32 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
         }
     }
 
-    /// Records the chosen candidate in the request, shuts PostgreSQL down
-    /// cleanly (its standbys receive all of its WAL before it exits),
-    /// publishes where its WAL ends and releases the lease. The loop then
-    /// waits as a stopped former primary until the candidate leads, and
-    /// rewinds to follow it.
+    /// Checkpoints (so that the shutdown checkpoint has little to write),
+    /// records the chosen candidate in the request (proxies then hold new
+    /// transactions), waits for the transactions under way to end, shuts
+    /// PostgreSQL down cleanly (its standbys receive all of its WAL before
+    /// it exits), publishes where its WAL ends and releases the lease. The
+    /// loop then waits as a stopped former primary until the candidate
+    /// leads, and rewinds to follow it.
     async fn step_down(
         &mut self,
         req: Option<Switchover>,
         candidate: &str,
     ) -> Result<String, AgentError> {
         let name = self.cfg.name.clone();
-        let Some(mut req) = req else {
-            return Ok("the request is gone: not stepping down".into());
+        let ttl = self.lease_ttl;
+        let checkpoint = self.node.checkpoint();
+        self.renewing(ttl, checkpoint).await?;
+        self.keep_lease_or_stop(ttl, "the checkpoint before stepping down")
+            .await?;
+        // the request as it is now (it may have been cancelled meanwhile)
+        let snap = self.dcs.snapshot().await?;
+        let Some(mut req) = snap
+            .get(Key::Failover)
+            .and_then(Switchover::parse)
+            .filter(|r| Some(r) == req.as_ref())
+        else {
+            return Ok("the request is gone or changed: not stepping down".into());
         };
         let old = req.to_json();
         req.chosen = Some(candidate.to_owned());
@@ -60,11 +78,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
         {
             return Ok("the request changed meanwhile: not stepping down".into());
         }
-        // The proxies, seeing the chosen candidate, hold new transactions
-        // until it leads; the ones under way finish here meanwhile, so
-        // that the clean shutdown below cuts none of them.
-        let ttl = self.lease_ttl;
-        self.renewing(ttl, tokio::time::sleep(PROXY_DRAIN)).await?;
+        let open = self.drain(ttl).await?;
         // the fence stays armed until PostgreSQL is down
         self.last_renew = None;
         let stopped = self.node.stop("fast").await;
@@ -73,8 +87,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             // still ours: the next pass renews or fences as usual
             return Err(e.into());
         }
-        if let Some(lsn) = self.node.checkpoint_lsn().await {
-            let tl = self.node.checkpoint_timeline().await.unwrap_or(0);
+        let (lsn, tl) = tokio::join!(self.node.checkpoint_lsn(), self.node.checkpoint_timeline());
+        if let Some(lsn) = lsn {
+            let tl = tl.unwrap_or(0);
             let v = ha::records::LeaderStatus {
                 lsn,
                 timeline: tl,
@@ -83,9 +98,35 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             self.dcs.put(Key::Status, Some(&v.to_json())).await?;
         }
         self.dcs.release_leader(&name).await?;
+        let cut = match open {
+            Some(0) => String::new(),
+            Some(n) => format!(" ({n} transactions still open at the drain limit were cut)"),
+            None => " (without waiting for open transactions: they could not be counted)".into(),
+        };
         Ok(format!(
-            "shut PostgreSQL down cleanly and released the lease for {candidate}"
+            "shut PostgreSQL down cleanly and released the lease for {candidate}{cut}"
         ))
+    }
+
+    /// Waits, renewing the lease, until no other session has a transaction
+    /// open (but at least [`PROXY_SEES`], at most [`DRAIN_LIMIT`]). The
+    /// transactions still open then, or None if they could not be counted.
+    async fn drain(&mut self, ttl: Duration) -> Result<Option<u64>, AgentError> {
+        let start = Instant::now();
+        let mut renewed = Instant::now();
+        tokio::time::sleep(PROXY_SEES).await;
+        loop {
+            let open = self.node.open_transactions().await.ok();
+            if open.is_none_or(|n| n == 0) || start.elapsed() >= DRAIN_LIMIT {
+                return Ok(open);
+            }
+            if renewed.elapsed() >= self.cfg.loop_wait {
+                self.keep_lease_or_stop(ttl, "draining before stepping down")
+                    .await?;
+                renewed = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn mark_history(&self, req: &Switchover) {

@@ -58,6 +58,8 @@ pub trait NodeOps: Send + 'static {
         &mut self,
         members: &[String],
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
+    /// Other client sessions with a transaction open.
+    fn open_transactions(&mut self) -> impl Future<Output = Result<u64, NodeError>> + Send;
     fn request_promotion(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// Owns what it needs: the lease is renewed while it runs.
     fn until_promoted(
@@ -192,6 +194,9 @@ impl NodeOps for Node {
     }
     fn checkpoint(&self) -> impl Future<Output = ()> + Send + 'static {
         Node::checkpoint(self)
+    }
+    fn open_transactions(&mut self) -> impl Future<Output = Result<u64, NodeError>> + Send {
+        Node::open_transactions(self)
     }
     fn checkpoint_on(
         &self,

@@ -223,12 +223,17 @@ fn pick(
     if let Some(c) = req.candidate.as_deref() {
         return ready(c).map(|()| c.to_owned());
     }
+    let mut why = Vec::new();
     view.members
         .iter()
-        .filter(|m| m.name != me && ready(&m.name).is_ok())
+        .filter(|m| m.name != me)
+        .filter(|m| ready(&m.name).map_err(|e| why.push(e)).is_ok())
         .max_by_key(|m| (m.lsn, m.priority, std::cmp::Reverse(m.name.clone())))
         .map(|m| m.name.clone())
-        .ok_or_else(|| "no standby streams and is caught up".to_owned())
+        .ok_or_else(|| match why.is_empty() {
+            true => "there is no standby".to_owned(),
+            false => format!("no standby can take over: {}", why.join("; ")),
+        })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Following the cluster: the primary is the DCS leader lease holder, at
 //! the address its agent publishes. The proxy watches the leader key, so a
 //! change of leader reaches it at once (no polling of PostgreSQL), and
-//! re-reads the members (and a switchover in progress) every 250 ms.
+//! re-reads the members (and a switchover in progress) every 50 ms.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::state::State;
 
 /// How often the DCS is read besides the leader watch: a switchover's
 /// step-down is seen within this.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(50);
 
 pub async fn run(state: Arc<State>, url: String, cluster: String) {
     let dcs = loop {
@@ -49,13 +49,13 @@ pub async fn run(state: Arc<State>, url: String, cluster: String) {
                     .map(|m| m.addr());
                 // A leader stepping down for a switchover: new transactions
                 // wait (up to query_wait_timeout) for the successor rather
-                // than reach a server about to shut down.
+                // than reach a server about to shut down; those under way
+                // finish on it (the leader waits for them).
                 let stepping_down = snap
                     .get(dcs::Key::Failover)
                     .and_then(ha::switchover::Switchover::parse)
                     .and_then(|r| r.chosen)
                     .is_some_and(|c| snap.leader.as_ref().is_some_and(|l| l.name != c));
-                let primary = primary.filter(|_| !stepping_down);
                 if state
                     .topology
                     .nodes()
@@ -65,7 +65,10 @@ pub async fn run(state: Arc<State>, url: String, cluster: String) {
                 {
                     state.topology.set_backends(&backends);
                 }
+                // The new primary first, then the release: held
+                // transactions go to it.
                 state.topology.set_external_primary(primary.as_deref());
+                state.topology.set_held(stepping_down);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the DCS"),
         }

@@ -259,6 +259,11 @@ impl Pool {
     /// Takes a connection to the current primary, waiting up to `wait` for
     /// one to become free.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, CheckoutError> {
+        // A switchover's drain: no transaction starts on a primary about
+        // to shut down; it waits (in this bounded queue) for the next one.
+        if self.topology.held() && !Box::pin(self.topology.until_released(wait)).await {
+            return Err(CheckoutError::Timeout(wait));
+        }
         let permit = match self.sem.try_acquire() {
             Ok(p) => p,
             Err(_) => {

@@ -150,6 +150,11 @@ pub struct Topology {
     /// When set, the primary is decided by an external source (the DCS),
     /// and health checks only report state.
     external: std::sync::atomic::AtomicBool,
+    /// A switchover's drain: while true, no transaction starts (checkouts
+    /// wait), and those under way keep their server connections.
+    held: watch::Sender<bool>,
+    /// The same, read on every checkout without a lock.
+    held_now: std::sync::atomic::AtomicBool,
 }
 
 impl Topology {
@@ -160,6 +165,8 @@ impl Topology {
             tx: watch::channel(None).0,
             epoch: AtomicU64::new(0),
             external: false.into(),
+            held: watch::channel(false).0,
+            held_now: false.into(),
         })
     }
 
@@ -177,6 +184,40 @@ impl Topology {
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Target>>> {
         self.tx.subscribe()
+    }
+
+    /// Holds new transactions (a switchover's drain) or lets them go.
+    /// Unlike a change of primary, a hold ends no transaction under way.
+    pub fn set_held(&self, held: bool) {
+        self.held.send_if_modified(|h| {
+            if *h == held {
+                return false;
+            }
+            *h = held;
+            self.held_now.store(held, Ordering::Release);
+            tracing::info!(
+                held,
+                "new transactions {}",
+                if held {
+                    "held: the primary is stepping down"
+                } else {
+                    "released"
+                }
+            );
+            true
+        });
+    }
+
+    pub fn held(&self) -> bool {
+        self.held_now.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `wait` for the hold to end; false if it did not.
+    pub async fn until_released(&self, wait: std::time::Duration) -> bool {
+        let mut rx = self.held.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|h| !*h))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub fn nodes(&self) -> Vec<Node> {

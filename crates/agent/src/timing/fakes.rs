@@ -304,6 +304,9 @@ impl NodeOps for FakeNode {
     async fn ensure_slots(&mut self, _: &[String]) -> Result<(), NodeError> {
         Ok(())
     }
+    async fn open_transactions(&mut self) -> Result<u64, NodeError> {
+        Ok(0)
+    }
     async fn request_promotion(&mut self) -> Result<(), NodeError> {
         self.with(|s| {
             s.in_recovery = false;
