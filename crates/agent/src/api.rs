@@ -25,7 +25,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use config::AgentConfig;
 use ha::Role;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 
@@ -136,6 +135,12 @@ pub async fn serve(
         shared,
         dcs: OnceCell::new(),
     }));
+    let tls = match &cfg.api_tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::server_config(&t.cert, &t.key).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
@@ -148,20 +153,38 @@ pub async fn serve(
                 continue;
             };
             let app = app.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    tower::ServiceExt::oneshot(app.clone(), req)
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await;
+                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+                    match tls {
+                        None => exchange(stream, app).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                exchange(s, app).await
+                            }
+                        }
+                    }
+                })
+                .await;
                 drop(permit);
             });
         }
     }))
+}
+
+/// One request and its answer (keep-alive off), over TCP or TLS.
+async fn exchange<S>(io: S, app: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |req| tower::ServiceExt::oneshot(app.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
 }
 
 /// A leader without the DCS asks whether this node still follows it.
@@ -193,18 +216,20 @@ async fn failsafe(
     Json(serde_json::json!({"follows": true})).into_response()
 }
 
-/// Asks the member at `api_url` whether it follows `leader`.
-pub async fn failsafe_confirm(api_url: &str, leader: &str) -> bool {
-    let Some(addr) = api_url.strip_prefix("http://") else {
-        return false;
+/// Asks the member at `api_url` whether it follows `leader` (within 1 s).
+/// Over https, the certificate is verified against `api_tls_ca` if given.
+pub async fn failsafe_confirm(cfg: &AgentConfig, api_url: &str, leader: &str) -> bool {
+    let tls = match cfg.api_tls.as_ref().and_then(|t| t.ca.as_deref()) {
+        Some(ca) => match tls::client_config_ca(ca) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "api_tls_ca");
+                return false;
+            }
+        },
+        None => tls::client_config(),
     };
-    let r = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("POST /failsafe?leader={leader} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
-    })
-    .await;
-    matches!(r, Ok(Ok(true)))
+    let client = ctl::Client::new(api_url, None, Duration::from_secs(1)).with_tls(Some(tls));
+    let path = format!("/failsafe?leader={leader}");
+    matches!(client.send("POST", &path, None).await, Ok(r) if r.status == 200)
 }

@@ -345,7 +345,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             let listed = key.as_ref().map(|k| k.members.len()).unwrap_or(0);
             let mut confirmed = 0;
             for m in key.iter().flat_map(|k| k.members.iter()) {
-                if crate::api::failsafe_confirm(&m.api_url, &self.cfg.name).await {
+                if crate::api::failsafe_confirm(&self.cfg, &m.api_url, &self.cfg.name).await {
                     confirmed += 1;
                 }
             }
@@ -538,7 +538,15 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
             name: self.cfg.name.clone(),
             host: self.cfg.host.clone(),
             port: self.cfg.pg_port,
-            api_url: format!("http://{}", self.cfg.api_listen),
+            api_url: format!(
+                "{}://{}",
+                if self.cfg.api_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                self.cfg.api_listen
+            ),
             role,
             running: st.is_some(),
             timeline: st.as_ref().map(|s| s.timeline).unwrap_or(0),

@@ -136,6 +136,9 @@ pub struct AgentConfig {
     /// `api_token`, or the first line of `api_token_file`. None: they are
     /// refused.
     pub api_token: Option<String>,
+    /// The REST API over TLS (`api_tls_cert` and `api_tls_key`), and the CA
+    /// this agent verifies other agents' certificates with (`api_tls_ca`).
+    pub api_tls: Option<ApiTls>,
     pub os_user: String,
     pub superuser: String,
     pub replication_user: String,
@@ -235,6 +238,16 @@ struct RawProxy {
     cluster: Option<String>,
 }
 
+/// PEM files for the REST API's TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiTls {
+    pub cert: String,
+    pub key: String,
+    /// Without it, other agents' API (failsafe questions) is reached
+    /// encrypted but unverified.
+    pub ca: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
@@ -248,6 +261,9 @@ struct RawAgent {
     api_listen: Option<Spanned<String>>,
     api_token: Option<Spanned<String>>,
     api_token_file: Option<Spanned<String>>,
+    api_tls_cert: Option<Spanned<String>>,
+    api_tls_key: Option<Spanned<String>>,
+    api_tls_ca: Option<String>,
     os_user: Option<String>,
     superuser: Option<String>,
     replication_user: Option<String>,
@@ -605,6 +621,25 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
         })?,
     };
     let api_token = api_token(&a.api_token, &a.api_token_file)?;
+    let api_tls = match (&a.api_tls_cert, &a.api_tls_key) {
+        (Some(c), Some(k)) => Some(ApiTls {
+            cert: c.get_ref().clone(),
+            key: k.get_ref().clone(),
+            ca: a.api_tls_ca.clone(),
+        }),
+        (None, None) if a.api_tls_ca.is_none() => None,
+        (Some(c), None) => {
+            return Err(Invalid::at(c.span(), "api_tls_cert needs api_tls_key"));
+        }
+        (None, Some(k)) => {
+            return Err(Invalid::at(k.span(), "api_tls_key needs api_tls_cert"));
+        }
+        (None, None) => {
+            return Err(Invalid::general(
+                "api_tls_ca needs api_tls_cert and api_tls_key (the API over TLS)",
+            ));
+        }
+    };
     let loop_wait = duration(&a.loop_wait, Duration::from_secs(1))?;
     let ttl = duration(&a.ttl, Duration::from_secs(5))?;
     let pg_check_timeout = duration(&a.pg_check_timeout, Duration::from_secs(2))?;
@@ -658,6 +693,7 @@ fn validate_agent(a: RawAgent) -> Result<AgentConfig, Invalid> {
         pg_port,
         api_listen,
         api_token,
+        api_tls,
         os_user: a.os_user.unwrap_or_else(|| "postgres".to_owned()),
         superuser: a.superuser.unwrap_or_else(|| "postgres".to_owned()),
         replication_user: a

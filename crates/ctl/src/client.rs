@@ -1,5 +1,6 @@
 //! An HTTP/1.1 client of one agent's REST API (hyper), every request under
 //! a deadline: connect, send, and read the whole answer.
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,28 +59,40 @@ pub struct Reply {
 pub struct Client {
     /// host:port
     pub addr: String,
+    /// `https://` was given: TLS with `tls`.
+    https: bool,
     token: Option<String>,
     timeout: Duration,
+    /// For https: verifying against a CA (`--cacert`), or not (`--insecure`).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
-    /// `api` is `host:port` or `http://host:port`.
+    /// `api` is `host:port`, `http://host:port` or `https://host:port`.
     pub fn new(api: &str, token: Option<String>, timeout: Duration) -> Client {
-        let addr = api
-            .trim()
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
+        let api = api.trim().trim_end_matches('/');
+        let (https, addr) = match api.strip_prefix("https://") {
+            Some(a) => (true, a),
+            None => (false, api.trim_start_matches("http://")),
+        };
         Client {
-            addr,
+            addr: addr.to_owned(),
+            https,
             token,
             timeout,
+            tls: None,
         }
     }
 
-    /// The same token and deadline, another agent.
+    /// How `https://` agents are reached.
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Client {
+        self.tls = tls;
+        self
+    }
+
+    /// The same token, deadline and TLS, another agent.
     pub fn at(&self, api: &str) -> Client {
-        Client::new(api, self.token.clone(), self.timeout)
+        Client::new(api, self.token.clone(), self.timeout).with_tls(self.tls.clone())
     }
 
     /// Any answer, whatever its status.
@@ -140,8 +153,46 @@ impl Client {
                 addr: self.addr.clone(),
                 source,
             })?;
+        if !self.https {
+            return self.over(tcp, method, path, body).await;
+        }
+        let Some(tls) = self.tls.clone() else {
+            return Err(CtlError::Usage(format!(
+                "https://{}: give --cacert FILE (the CA that signed the agents' certificates) or --insecure",
+                self.addr
+            )));
+        };
+        let host = self
+            .addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(&self.addr);
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| http(format!("{host}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| http(format!("TLS: {e}")))?;
+        self.over(stream, method, path, body).await
+    }
+
+    /// One request and its answer over `io` (TCP or TLS).
+    async fn over<S>(
+        &self,
+        io: S,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, CtlError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let http = |message: String| CtlError::Http {
+            addr: self.addr.clone(),
+            message,
+        };
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
                 .await
                 .map_err(|e| http(e.to_string()))?;
         tokio::spawn(async move {

@@ -9,9 +9,11 @@ use crate::client::CtlError;
 
 #[derive(Debug, Clone, Default)]
 pub struct Target {
-    /// Agents to ask, in order (host:port).
+    /// Agents to ask, in order (host:port, or https://host:port).
     pub apis: Vec<String>,
     pub token: Option<String>,
+    /// The CA of https agents, from the `up` directory's node files.
+    pub cacert: Option<String>,
 }
 
 /// The `up` directory to read: `dir`, or the current directory when it
@@ -36,7 +38,11 @@ fn read_up(dir: &Path) -> Result<Target, CtlError> {
         }
         let cfg = config::load(&p).map_err(|e| CtlError::Usage(e.to_string()))?;
         if let Some(a) = cfg.agent {
-            t.apis.push(a.api_listen.to_string());
+            let scheme = if a.api_tls.is_some() { "https://" } else { "" };
+            t.apis.push(format!("{scheme}{}", a.api_listen));
+            if t.cacert.is_none() {
+                t.cacert = a.api_tls.and_then(|t| t.ca);
+            }
             if t.token.is_none() {
                 t.token = a.api_token;
             }
@@ -69,6 +75,7 @@ pub fn find(
                 .filter(|s| !s.is_empty())
                 .collect(),
             token: None,
+            cacert: from_up.as_ref().and_then(|u| u.cacert.clone()),
         },
         None => from_up.clone().ok_or_else(|| {
             CtlError::Usage(

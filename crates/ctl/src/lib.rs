@@ -30,6 +30,13 @@ pub struct CtlArgs {
     /// A file holding the API token [env: PGWARDEN_API_TOKEN holds the token itself].
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// For https:// agents: the CA that signed their certificates [env:
+    /// PGWARDEN_API_CACERT; in a `pgwarden up` directory, the nodes' api_tls_ca].
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+    /// For https:// agents: encrypt without verifying their certificates.
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// Print JSON instead of tables and sentences.
     #[arg(long, global = true)]
     pub json: bool,
@@ -126,11 +133,26 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         args.dir.as_deref(),
         args.token_file.as_deref(),
     )?;
+    let cacert = args
+        .cacert
+        .map(|p| p.display().to_string())
+        .or_else(|| {
+            std::env::var("PGWARDEN_API_CACERT")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .or(target.cacert.clone());
+    let tls = match (cacert, args.insecure) {
+        (Some(ca), false) => Some(tls::client_config_ca(&ca).map_err(CtlError::Usage)?),
+        (_, true) => Some(tls::client_config()),
+        (None, false) => None,
+    };
     let client = Client::new(
         &target.apis[0],
         target.token.clone(),
         Duration::from_secs(args.timeout.max(1)),
-    );
+    )
+    .with_tls(tls);
     let ctx = Ctx {
         client,
         apis: target.apis,

@@ -19,7 +19,7 @@ pub mod relay;
 pub mod server;
 pub mod state;
 pub mod stream;
-pub mod tls;
+
 pub mod topology;
 
 use std::net::SocketAddr;

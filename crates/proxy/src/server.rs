@@ -408,7 +408,7 @@ async fn negotiate_tls(
     tcp.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => {
-            let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config());
+            let connector = tokio_rustls::TlsConnector::from(tls::client_config());
             let host = addr
                 .rsplit_once(':')
                 .map(|(h, _)| h)

@@ -415,7 +415,7 @@ impl State {
 
 fn load_tls(cfg: &config::Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     match (&cfg.proxy.tls_cert_file, &cfg.proxy.tls_key_file) {
-        (Some(c), Some(k)) => crate::tls::server_config(c, k).map(Some),
+        (Some(c), Some(k)) => tls::server_config(c, k).map(Some),
         _ => Ok(None),
     }
 }
