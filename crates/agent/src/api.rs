@@ -100,7 +100,10 @@ fn router(api: St) -> Router {
         .route("/failover", post(ops::failover))
         .route("/restart", post(ops::restart))
         .route("/reload", post(ops::reload))
-        .route("/reinitialize", post(ops::reinitialize))
+        .route(
+            "/reinitialize",
+            post(ops::reinitialize).get(ops::reinit_progress),
+        )
         .route("/pause", post(ops::pause))
         .route("/resume", post(ops::resume))
         .route("/failsafe", post(failsafe))

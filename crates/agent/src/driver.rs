@@ -29,6 +29,8 @@ pub struct Shared {
     pub failsafe_ping: Mutex<Option<(String, std::time::Instant)>>,
     /// Operations asked through the API; the last snapshot and pass.
     pub ops: crate::ops::Ops,
+    /// A copy of the leader under way (reinit, re-clone): its progress.
+    pub copy: Arc<pg::CopyProgress>,
 }
 
 /// The agent of one node: its DCS, its PostgreSQL and its fence, real
@@ -86,7 +88,12 @@ impl Agent {
         let dcs = dcs::open(&cfg.dcs, &cfg.cluster).await?;
         let node = Node::new(cfg.clone())?;
         let fence = crate::fence::Fence::new(&cfg.run_dir);
-        Ok(Agent::with_parts(cfg, dcs, node, fence))
+        let copy = node.copy.clone();
+        let mut agent = Agent::with_parts(cfg, dcs, node, fence);
+        if let Some(s) = Arc::get_mut(&mut agent.shared) {
+            s.copy = copy;
+        }
+        Ok(agent)
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Node {
     pub exited: Arc<Notify>,
     stopping: Arc<AtomicBool>,
     client: Option<tokio_postgres::Client>,
+    /// How far a copy of the leader has come (the API shows it).
+    pub copy: Arc<pg::CopyProgress>,
 }
 
 const CONF_FILE: &str = "pgwarden.conf";
@@ -74,6 +76,7 @@ impl Node {
             exited: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             client: None,
+            copy: Arc::default(),
         };
         // A postmaster left running by an earlier agent is adopted.
         if let Some(pid) = node.inst.postmaster_pid().filter(|p| pid_alive(*p)) {
@@ -215,9 +218,12 @@ impl Node {
         let tmp = pg::Instance::new(cfg)?;
         let (host, user) = (host.to_owned(), self.cfg.replication_user.clone());
         // off the loop's thread: the API and the leader watch go on
-        let r = tokio::task::spawn_blocking(move || tmp.basebackup(&host, port, &user, None))
-            .await
-            .map_err(|e| NodeError::Other(e.to_string()))?;
+        let copy = self.copy.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            tmp.basebackup(&host, port, &user, None, Some(copy))
+        })
+        .await
+        .map_err(|e| NodeError::Other(e.to_string()))?;
         if let Err(e) = r {
             let _ = std::fs::remove_dir_all(&side);
             return Err(e.into());

@@ -42,6 +42,8 @@ pub struct Ops {
     pub(crate) wake: Arc<Notify>,
     seen: Mutex<Option<Snapshot>>,
     last_pass: Mutex<Option<Instant>>,
+    /// The last reinitialization's outcome (its sentence, or why it failed).
+    last_reinit: Mutex<Option<Result<String, String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +73,13 @@ impl Ops {
         drop(q);
         self.wake.notify_one();
         Ok(rx)
+    }
+    /// Whether a reinitialization waits or runs, and how the last ended.
+    pub fn reinit_state(&self) -> (bool, Option<Result<String, String>>) {
+        let queued = lock(&self.queue)
+            .as_ref()
+            .is_some_and(|(op, _)| *op == Op::Reinit);
+        (queued, lock(&self.last_reinit).clone())
     }
     /// The DCS as the loop last read it.
     pub fn snapshot(&self) -> Option<Snapshot> {
@@ -111,9 +120,15 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 .await
                 .map(|()| "reloaded PostgreSQL's configuration (requested)".to_owned())
                 .map_err(AgentError::from),
-            Op::Reinit => self.reinit_op().await,
+            Op::Reinit => {
+                *lock(&self.shared.ops.last_reinit) = None;
+                self.reinit_op().await
+            }
         };
         let r = r.map_err(|e| format!("{} failed: {e}", op.name()));
+        if op == Op::Reinit {
+            *lock(&self.shared.ops.last_reinit) = Some(r.clone());
+        }
         let sentence = match &r {
             Ok(s) | Err(s) => s.clone(),
         };

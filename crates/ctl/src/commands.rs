@@ -28,7 +28,7 @@ impl Ctx {
         Err(last.unwrap_or_else(|| CtlError::Usage("no agent address".into())))
     }
 
-    async fn cluster(&self) -> Result<(Client, ClusterStatus), CtlError> {
+    pub(crate) async fn cluster(&self) -> Result<(Client, ClusterStatus), CtlError> {
         let (c, v) = self.get_any("/cluster").await?;
         let st = serde_json::from_value(v).map_err(|e| CtlError::Http {
             addr: c.addr.clone(),
@@ -37,7 +37,7 @@ impl Ctx {
         Ok((c, st))
     }
 
-    fn print(&self, text: &str, json: &Value) {
+    pub(crate) fn print(&self, text: &str, json: &Value) {
         if self.json {
             println!("{json}");
         } else {
@@ -46,7 +46,7 @@ impl Ctx {
     }
 }
 
-fn member<'a>(c: &'a ClusterStatus, name: &str) -> Result<&'a MemberStatus, CtlError> {
+pub(crate) fn member<'a>(c: &'a ClusterStatus, name: &str) -> Result<&'a MemberStatus, CtlError> {
     c.members.iter().find(|m| m.name == name).ok_or_else(|| {
         let names: Vec<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
         CtlError::Usage(format!(
@@ -58,7 +58,7 @@ fn member<'a>(c: &'a ClusterStatus, name: &str) -> Result<&'a MemberStatus, CtlE
 
 /// Asks before a change, unless `--force`; without a terminal to ask on,
 /// `--force` is required.
-fn confirm(question: &str, force: bool) -> Result<(), CtlError> {
+pub(crate) fn confirm(question: &str, force: bool) -> Result<(), CtlError> {
     if force {
         return Ok(());
     }
@@ -88,7 +88,7 @@ pub async fn run(ctx: &Ctx, cmd: CtlCommand) -> Result<(), CtlError> {
             force,
         } => switchover(ctx, from, to, at, force).await,
         CtlCommand::Failover { to, force } => failover(ctx, to, force).await,
-        CtlCommand::Reinit { member, force } => reinit(ctx, member, force).await,
+        CtlCommand::Reinit { member, force } => crate::reinit::reinit(ctx, member, force).await,
         CtlCommand::Restart {
             member,
             pending,
@@ -238,30 +238,6 @@ async fn handover(ctx: &Ctx, from: &str, to: Option<&str>, kind: &str) -> Result
             )));
         }
     }
-}
-
-async fn reinit(ctx: &Ctx, name: String, force: bool) -> Result<(), CtlError> {
-    let (_, c) = ctx.cluster().await?;
-    let m = member(&c, &name)?;
-    if c.leader.as_deref() == Some(name.as_str()) {
-        return Err(CtlError::Usage(format!(
-            "{name} is the leader: a primary cannot be reinitialized; switch over first"
-        )));
-    }
-    confirm(
-        &format!("Rebuild {name} from the leader? Its data is replaced."),
-        force,
-    )?;
-    let r = ctx
-        .client
-        .at(&m.api_url)
-        .call("POST", "/reinitialize", None)
-        .await?;
-    ctx.print(
-        &format!("{name}: {}", r.body["message"].as_str().unwrap_or("")),
-        &r.body,
-    );
-    Ok(())
 }
 
 async fn restart(

@@ -7,6 +7,7 @@ pub mod client;
 mod commands;
 mod discover;
 mod edit;
+mod reinit;
 pub mod table;
 mod view;
 

@@ -11,11 +11,18 @@ use crate::PgError;
 /// The limit of a command run with [`crate::run`].
 pub const DEFAULT_LIMIT: Duration = Duration::from_secs(120);
 
+/// Takes one line of a command's standard error; true: taken (not kept).
+pub type LineSink = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// How a long command shows that it moves (e.g. the size of the directory
 /// it fills), and how long it may stand still.
 pub struct Progress<'a> {
     pub measure: &'a dyn Fn() -> u64,
     pub stall: Duration,
+    /// Each line of standard error as it comes (lines end at `\n` or
+    /// `\r`); a line it takes (returns true for) is not kept for the
+    /// error message.
+    pub lines: Option<LineSink>,
 }
 
 /// Runs `cmd` to completion within `limit` (and, with `progress`, while it
@@ -57,7 +64,10 @@ pub fn run_output(
         rx
     };
     let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
-    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let err = match progress.as_ref().and_then(|p| p.lines.clone()) {
+        None => drain(child.stderr.take().map(|r| Box::new(r) as _)),
+        Some(sink) => drain_lines(child.stderr.take().map(|r| Box::new(r) as _), sink),
+    };
     let start = Instant::now();
     let (mut last, mut moved) = (progress.as_ref().map(|p| (p.measure)()), Instant::now());
     let status = loop {
@@ -103,6 +113,38 @@ pub fn run_output(
     ))
 }
 
+/// Reads `r` to its end in a thread, handing each line to `sink`; the
+/// lines it does not take are sent back at the end.
+fn drain_lines(
+    r: Option<Box<dyn Read + Send>>,
+    sink: LineSink,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut line = Vec::new();
+        let mut take = |line: &mut Vec<u8>, end: u8| {
+            if !line.is_empty() && !sink(&String::from_utf8_lossy(line)) {
+                kept.extend_from_slice(line);
+                kept.push(end);
+            }
+            line.clear();
+        };
+        if let Some(r) = r {
+            for b in std::io::BufReader::new(r).bytes() {
+                match b {
+                    Ok(c @ (b'\n' | b'\r')) => take(&mut line, c),
+                    Ok(c) => line.push(c),
+                    Err(_) => break,
+                }
+            }
+        }
+        take(&mut line, b'\n');
+        let _ = tx.send(kept);
+    });
+    rx
+}
+
 /// The bytes of the files under `dir` (a clone's progress).
 pub fn dir_size(dir: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -141,6 +183,7 @@ mod tests {
             Some(Progress {
                 measure: &|| 7,
                 stall: Duration::from_millis(300),
+                lines: None,
             }),
         )
         .unwrap_err();

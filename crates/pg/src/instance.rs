@@ -184,6 +184,7 @@ impl Instance {
         port: u16,
         user: &str,
         slot: Option<&str>,
+        copy: Option<std::sync::Arc<crate::CopyProgress>>,
     ) -> Result<(), PgError> {
         self.prepare_dirs()?;
         make_dir(&self.cfg.data_dir, self.cfg.user)?;
@@ -206,14 +207,23 @@ impl Instance {
         if let Some(s) = slot {
             c.args(["-S", s]);
         }
+        let lines = copy.clone().map(|p| {
+            c.arg("--progress");
+            p.start();
+            std::sync::Arc::new(move |l: &str| p.line(l)) as _
+        });
         let dir = self.cfg.data_dir.clone();
         let measure = move || crate::command::dir_size(&dir);
         let progress = crate::command::Progress {
             measure: &measure,
             stall: BASEBACKUP_STALL,
+            lines,
         };
-        crate::command::run_watched(c, BASEBACKUP_LIMIT, Some(progress))?;
-        Ok(())
+        let r = crate::command::run_watched(c, BASEBACKUP_LIMIT, Some(progress));
+        if let Some(p) = copy {
+            p.finish();
+        }
+        r.map(|_| ())
     }
 
     /// Runs SQL with psql over the Unix socket as the superuser and returns

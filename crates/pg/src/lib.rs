@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod copy;
 mod instance;
 pub mod preflight;
 mod user;
 
+pub use copy::{CopyProgress, CopyState};
 pub use instance::{pid_alive, postmaster_pid, tail, Instance, InstanceConfig};
 pub use user::{make_dir, OsUser};
 

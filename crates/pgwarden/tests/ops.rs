@@ -405,6 +405,35 @@ async fn operations_refuse_with_reasons_and_change_the_configuration() {
     api.call("POST", "/resume", None).await.unwrap();
     assert_eq!(c.dcs_key(dcs::Key::Pause).await, None);
 
+    // /replica?lag= in time: a standby whose replay is paused falls behind
+    // in time (it still receives: its byte lag stays small)
+    let sp = c.pg_ports[s2];
+    c.psql(sp, "SELECT pg_wal_replay_pause()").unwrap();
+    c.psql(lp, "INSERT INTO lag VALUES ('after the pause')")
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = |q: &'static str| {
+        let a = c.api_anonymous(s2);
+        async move { a.send("GET", q, None).await.unwrap().status }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status("/replica?lag=2s").await != 503 {
+        assert!(Instant::now() < deadline, "replay paused, yet within 2 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status("/replica?lag=10min").await, 200);
+    assert_eq!(status("/replica?lag=16MB").await, 200);
+    assert_eq!(status("/replica?lag=2parsecs").await, 400);
+    c.psql(sp, "SELECT pg_wal_replay_resume()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status("/replica?lag=2s").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "replay resumed, still not within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // /cluster: every member, the leader, and the last loop's sentence
     let cl = c.api(s2).get("/cluster").await.unwrap();
     assert_eq!(cl["leader"], ln.as_str());
@@ -588,7 +617,19 @@ async fn ctl_drives_the_cluster() {
 
     // a standby rebuilt from the leader
     let out = ctl_ok(&c, &["reinit", &format!("n{s2}"), "--force"]);
-    assert!(out.contains(&format!("n{s2}:")), "{out}");
+    assert!(out.contains(&format!("n{s2}: reinitialized from")), "{out}");
+    // the member reports pg_basebackup's progress: the copy ran to its end
+    let p = c.api(s2).get("/reinitialize").await.unwrap();
+    let (done, total) = (
+        p["done_kb"].as_u64().unwrap(),
+        p["total_kb"].as_u64().unwrap(),
+    );
+    assert!(total > 1000 && done == total, "{p}");
+    assert_eq!(
+        (p["copying"].as_bool(), p["last_ok"].as_bool()),
+        (Some(false), Some(true)),
+        "{p}"
+    );
     c.wait_healthy(3, Duration::from_secs(90)).await;
 
     let h = ctl_ok(&c, &["history"]);

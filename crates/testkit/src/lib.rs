@@ -123,7 +123,7 @@ impl PgServer {
         let dir = TempDir::new("pg");
         let port = free_port();
         let inst = Instance::new(Self::config(&dir, port)).expect("PostgreSQL binaries");
-        inst.basebackup("127.0.0.1", primary.port, "postgres", None)
+        inst.basebackup("127.0.0.1", primary.port, "postgres", None, None)
             .expect("pg_basebackup");
         inst.append_conf(&format!(
             "port = {port}\nunix_socket_directories = '{}'",

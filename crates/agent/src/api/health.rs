@@ -107,7 +107,8 @@ fn answer(ok: bool, seen: &Seen) -> Response {
 type Q = Query<HashMap<String, String>>;
 
 /// Within `?lag=`: bytes behind the leader's last published position, or
-/// the age of the last replayed transaction while WAL waits to be replayed.
+/// the age of the last replayed transaction while WAL waits to be received
+/// or replayed.
 async fn lag_ok(api: &super::Api, seen: &Seen, q: &Q) -> Result<bool, ApiError> {
     let Some(limit) = q.get("lag") else {
         return Ok(true);
@@ -119,9 +120,11 @@ async fn lag_ok(api: &super::Api, seen: &Seen, q: &Q) -> Result<bool, ApiError> 
     // Unknown only before the leader has published its position (just
     // after bootstrap): a streaming standby passes, as with Patroni.
     let bytes = me.lag.unwrap_or(0);
+    // received but not replayed (replay paused, or slow): behind in time
+    let unreplayed = me.replayed_lsn < me.lsn;
     Ok(match limit {
         Lag::Bytes(b) => bytes <= b,
-        Lag::Time(_) if bytes == 0 => true,
+        Lag::Time(_) if bytes == 0 && !unreplayed => true,
         Lag::Time(t) => replay_age(&api.cfg).await.is_some_and(|age| age <= t),
     })
 }

@@ -370,6 +370,27 @@ pub async fn reinitialize(State(api): State<St>, headers: HeaderMap) -> Result<R
     run_op(&api, Op::Reinit, Duration::from_secs(30)).await
 }
 
+/// A reinitialization of this node: queued or copying (with
+/// pg_basebackup's progress), and how the last one ended.
+pub async fn reinit_progress(State(api): State<St>) -> Response {
+    let copy = api.shared.copy.get();
+    let (queued, last) = api.shared.ops.reinit_state();
+    let (ok, message) = match last {
+        Some(Ok(m)) => (Some(true), Some(m)),
+        Some(Err(e)) => (Some(false), Some(e)),
+        None => (None, None),
+    };
+    Json(serde_json::json!({
+        "queued": queued,
+        "copying": copy.running,
+        "done_kb": copy.done_kb,
+        "total_kb": copy.total_kb,
+        "last_ok": ok,
+        "last_message": message,
+    }))
+    .into_response()
+}
+
 /// Queues `op` for this node's loop and waits for it up to `wait`; an
 /// operation still under way then is answered 202.
 async fn run_op(api: &super::Api, op: Op, wait: Duration) -> Result<Response, ApiError> {
