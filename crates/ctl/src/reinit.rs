@@ -32,15 +32,9 @@ pub(crate) async fn reinit(ctx: &Ctx, name: String, force: bool) -> Result<(), C
         tokio::spawn(async move { agent.call("POST", "/reinitialize", None).await })
     };
     let bar = (!ctx.json).then(|| {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message(format!("{name}: copying from the leader"));
+        let b = ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(200));
+        b.set_message(format!("{name}: waiting for the copy to start"));
         b
     });
     let result = follow(&agent, post, bar.as_ref()).await;
@@ -87,6 +81,16 @@ async fn follow(
         if let Some(b) = bar {
             let total = p["total_kb"].as_u64().unwrap_or(0) * 1024;
             if total > 0 {
+                if b.length().is_none() {
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    b.set_message("copying from the leader");
+                }
                 b.set_length(total);
                 b.set_position(p["done_kb"].as_u64().unwrap_or(0) * 1024);
             }
