@@ -171,7 +171,38 @@ async fn switchover_under_writes_hands_over_to_the_candidate() {
         Duration::from_secs(20),
     );
     let w = Writer::start(c.proxy_port);
+    // A client between transactions: its session state set before the
+    // switchover (a SET, a prepared statement) is there after it.
+    let (kept, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            c.proxy_port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    kept.batch_execute("SET work_mem = '7MB'").await.unwrap();
+    let port_of = kept.prepare("SELECT inet_server_port()").await.unwrap();
+    let before: i32 = kept.query_one(&port_of, &[]).await.unwrap().get(0);
+    assert_eq!(before as u16, c.pg_ports[old]);
+    // ...and one whose transaction is under way when the proxy starts
+    // holding new ones: it commits (on the old primary, before it stops)
+    let (slow, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            c.proxy_port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    slow.batch_execute("BEGIN; INSERT INTO acked VALUES (-1)")
+        .await
+        .unwrap();
     // asked of any member (here the third one)
     let body = serde_json::json!({"leader": format!("n{old}"), "candidate": format!("n{cand}")});
     let r = c
@@ -181,6 +212,21 @@ async fn switchover_under_writes_hands_over_to_the_candidate() {
         .unwrap();
     assert_eq!(r.status, 202, "{:?}", r.body);
     let start = Instant::now();
+    // the leader names its successor (proxies hold new transactions)...
+    while !c
+        .dcs_key(dcs::Key::Failover)
+        .await
+        .is_some_and(|v| v.contains("\"chosen\":\""))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no successor named"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and waits for the transaction still open to end
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let in_flight = slow.batch_execute("COMMIT").await;
     wait_leader(&c, cand, Duration::from_secs(30)).await;
     let took = start.elapsed();
     // the old primary follows the new one by itself
@@ -213,6 +259,15 @@ async fn switchover_under_writes_hands_over_to_the_candidate() {
         errors.is_empty(),
         "writes failed during the switchover: {errors:?}"
     );
+    in_flight.expect("the transaction under way at the switchover commits");
+    assert!(present.contains(&-1), "the transaction under way was lost");
+    let after: i32 = kept.query_one(&port_of, &[]).await.unwrap().get(0);
+    assert_eq!(
+        after as u16, c.pg_ports[cand],
+        "the kept client reached the new primary"
+    );
+    let wm = kept.query_one("SHOW work_mem", &[]).await.unwrap();
+    assert_eq!(wm.get::<_, String>(0), "7MB");
     // the request is gone, and the history says what happened
     assert_eq!(c.dcs_key(dcs::Key::Failover).await, None);
     let h = c.api(old).get("/history").await.unwrap();
