@@ -153,12 +153,11 @@ pub struct Analysis {
 /// Reads `sql` (one or more statements); `backslash`: string literals
 /// take backslash escapes, as with `standard_conforming_strings = off`.
 pub fn analyze(sql: &str, backslash: bool) -> Analysis {
-    let mut a = Analysis {
-        base: Base::AnyNode,
-        functions: Vec::new(),
-        relations: Vec::new(),
-        effects: Vec::new(),
-    };
+    let mut a = Analysis::new(Base::AnyNode);
+    if single_dml(sql) {
+        a.base = Base::Primary(Reason::Dml);
+        return a;
+    }
     let options = if backslash {
         pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
     } else {
@@ -187,6 +186,25 @@ pub fn analyze(sql: &str, backslash: bool) -> Analysis {
     a.relations.sort();
     a.relations.dedup();
     a
+}
+
+/// One INSERT, UPDATE, DELETE or MERGE, known by its first word: no
+/// other statement starts with one, and a single one has no session
+/// effects, so it need not be parsed (bulk writes are long and seldom
+/// repeated; a malformed one is then reported as DML, not as
+/// [`Reason::DoesNotParse`]: the primary rejects it either way). A `;`
+/// followed by more text, even inside a literal, sends it to the parser.
+pub(crate) fn single_dml(sql: &str) -> bool {
+    let (first, _) = crate::lexer::word(sql);
+    let dml = ["INSERT", "UPDATE", "DELETE", "MERGE"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w));
+    dml && match memchr::memchr(b';', sql.as_bytes()) {
+        None => true,
+        Some(i) => sql[i + 1..]
+            .trim_matches(|c| crate::lexer::SQL_SPACE.contains(&c) || c == ';')
+            .is_empty(),
+    }
 }
 
 /// The route of statements run together: the first reason for the
@@ -346,20 +364,20 @@ fn explain_analyze(options: &[protobuf::Node]) -> bool {
 /// A constant that reads as boolean false (`false`, `off`, `no`, `0`).
 fn is_false(n: &N) -> bool {
     use protobuf::a_const::Val;
+    let word = |s: &str| {
+        matches!(
+            s.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0" | "f" | "n"
+        )
+    };
     match n {
         N::AConst(c) => match &c.val {
             Some(Val::Boolval(b)) => !b.boolval,
             Some(Val::Ival(i)) => i.ival == 0,
-            Some(Val::Sval(s)) => matches!(
-                s.sval.to_ascii_lowercase().as_str(),
-                "false" | "off" | "no" | "0" | "f" | "n"
-            ),
+            Some(Val::Sval(s)) => word(&s.sval),
             _ => false,
         },
-        N::String(s) => matches!(
-            s.sval.to_ascii_lowercase().as_str(),
-            "false" | "off" | "no" | "0" | "f" | "n"
-        ),
+        N::String(s) => word(&s.sval),
         N::Boolean(b) => !b.boolval,
         N::Integer(i) => i.ival == 0,
         _ => false,
@@ -420,7 +438,8 @@ fn transaction(t: &protobuf::TransactionStmt, a: &mut Analysis) -> Base {
     use TransactionStmtKind as K;
     match K::try_from(t.kind).unwrap_or(K::Undefined) {
         K::TransStmtBegin | K::TransStmtStart => {
-            let read_only = t.options.iter().find_map(|o| match &o.node {
+            // the last mode given counts, as in PostgreSQL
+            let read_only = t.options.iter().rev().find_map(|o| match &o.node {
                 Some(N::DefElem(d)) if d.defname == "transaction_read_only" => Some(
                     !d.arg
                         .as_ref()
@@ -492,6 +511,15 @@ fn dropped_relations(d: &protobuf::DropStmt) -> Vec<String> {
 }
 
 impl Analysis {
+    pub(crate) fn new(base: Base) -> Analysis {
+        Analysis {
+            base,
+            functions: Vec::new(),
+            relations: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+
     fn created(&mut self, temp: Option<String>) {
         if let Some(name) = temp {
             self.effects.push(SessionEffect::CreatesTemp(name));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use lru::LruCache;
 
-use crate::analysis::{analyze, Analysis};
+use crate::analysis::{analyze, single_dml, Analysis, Base, Reason};
 use crate::classify::{classify_with, Class, SessionView};
 use crate::volatility::FunctionVolatility;
 
@@ -55,6 +55,11 @@ impl Cache {
     }
 
     fn analysis(&self, sql: &str) -> Arc<Analysis> {
+        if single_dml(sql) {
+            // as cheap as a lookup, and kept out of the cache: such texts
+            // (literals inlined) would push out the ones that repeat
+            return Arc::new(Analysis::new(Base::Primary(Reason::Dml)));
+        }
         if let Some(hit) = self.lock().get(sql) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Arc::clone(hit);

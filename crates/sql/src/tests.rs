@@ -130,6 +130,11 @@ fn write_shapes_go_to_the_primary() {
             Dml,
         ),
         ("INSERT INTO t SELECT * FROM u RETURNING *", Dml),
+        // known by the first word, without a parse
+        ("  insert into t values (1);  ", Dml),
+        ("INSERT INTO t VALUES ('a;b')", Dml),
+        ("Update t SET a = 1", Dml),
+        ("INSERT garbage", Dml),
         ("EXPLAIN ANALYZE DELETE FROM t", Dml),
         ("EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1", Dml),
         ("EXPLAIN (ANALYZE on) INSERT INTO t VALUES (1)", Dml),
@@ -415,6 +420,11 @@ fn session_effects() {
             End
         ]
     );
+    // a write first does not hide what follows
+    assert_eq!(
+        effects("DELETE FROM t; CREATE TEMP TABLE x ()"),
+        vec![CreatesTemp("x".into())]
+    );
     // a hinted statement still reports what it does
     assert_eq!(
         effects("/*NO LOAD BALANCE*/ CREATE TEMP TABLE x ()"),
@@ -520,4 +530,43 @@ proptest! {
             prop_assert!(!c.may_use_standby(), "{sql}: {c:?}");
         }
     }
+}
+
+/// The cost of a classification, for the record (no timed assertion):
+/// `cargo test --release -p sql -- --ignored --nocapture classify_cost`.
+#[test]
+#[ignore]
+fn classify_cost() {
+    use std::time::Instant;
+    let catalog = catalog();
+    let view = SessionView::default();
+    let n = 20_000u32;
+    // pgbench -S: the extended protocol's text, and the simple
+    // protocol's, whose literal makes every query a new text
+    let prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
+    let simple = |i: u32| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};");
+    let texts: Vec<String> = (0..n).map(simple).collect();
+
+    let cache = Cache::default();
+    cache.classify(prepared, &catalog, &view);
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(cache.classify(prepared, &catalog, &view).may_use_standby());
+    }
+    let hit = t.elapsed() / n;
+
+    let cache = Cache::default();
+    let t = Instant::now();
+    for q in &texts {
+        assert!(cache.classify(q, &catalog, &view).may_use_standby());
+    }
+    let miss = t.elapsed() / n;
+
+    let t = Instant::now();
+    for q in &texts {
+        assert!(pg_query::parse(q, 0).is_ok());
+    }
+    let parse = t.elapsed() / n;
+    println!("classify, pgbench -S statement: cache hit {hit:?}, miss {miss:?} (pg_query::parse alone {parse:?})");
+    assert_eq!(cache.stats().misses, u64::from(n));
 }
