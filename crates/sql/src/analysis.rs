@@ -5,7 +5,8 @@
 use pg_query::protobuf::{
     self, node::Node as N, DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind,
 };
-use serde_json::Value;
+
+use crate::walk::{walk, Facts};
 
 /// A function called by name, as written (folded to lower case unless
 /// quoted); `schema` only when the call names one.
@@ -545,78 +546,4 @@ impl Analysis {
         self.functions.extend(facts.functions.iter().cloned());
         self.relations.extend(facts.relations.iter().cloned());
     }
-}
-
-/// What a walk over every node of a statement found.
-#[derive(Debug, Default)]
-struct Facts {
-    functions: Vec<FuncName>,
-    relations: Vec<RelName>,
-    /// a LockingClause anywhere (subqueries and CTEs included)
-    locking: bool,
-    /// an INSERT, UPDATE, DELETE or MERGE nested in the statement
-    dml: bool,
-}
-
-/// Visits every node of the tree. The tree is walked through its serde
-/// form, which the generated protobuf types all have: no node type can be
-/// missed, so a function call is found wherever the grammar allows one
-/// (a hand-written walker over the ~270 node types could forget one and
-/// send a volatile call to a standby).
-fn walk(node: &N) -> Facts {
-    let mut facts = Facts::default();
-    match serde_json::to_value(node) {
-        Ok(v) => visit(&v, &mut facts),
-        // cannot happen for these types; if it did, nothing found would
-        // be safe to assume
-        Err(_) => facts.dml = true,
-    }
-    facts
-}
-
-fn visit(v: &Value, facts: &mut Facts) {
-    match v {
-        Value::Object(map) => {
-            for (key, child) in map {
-                match key.as_str() {
-                    // a name not read counts as an unknown function
-                    "FuncCall" => facts.functions.push(func_name(child).unwrap_or(FuncName {
-                        schema: None,
-                        name: String::new(),
-                    })),
-                    "RangeVar" => {
-                        let text = |k: &str| child.get(k).and_then(Value::as_str).unwrap_or("");
-                        facts.relations.push(RelName {
-                            schema: Some(text("schemaname"))
-                                .filter(|s| !s.is_empty())
-                                .map(str::to_owned),
-                            name: text("relname").to_owned(),
-                        });
-                    }
-                    "LockingClause" => facts.locking = true,
-                    "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => facts.dml = true,
-                    _ => {}
-                }
-                visit(child, facts);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|i| visit(i, facts)),
-        _ => {}
-    }
-}
-
-/// `{"funcname": [{"node": {"String": {"sval": ...}}}, ...]}`: the last
-/// name is the function's, the one before it its schema's.
-fn func_name(call: &Value) -> Option<FuncName> {
-    let parts: Vec<&str> = call
-        .get("funcname")?
-        .as_array()?
-        .iter()
-        .filter_map(|n| n.get("node")?.get("String")?.get("sval")?.as_str())
-        .collect();
-    let (name, rest) = parts.split_last()?;
-    Some(FuncName {
-        schema: rest.last().map(|s| (*s).to_owned()),
-        name: (*name).to_owned(),
-    })
 }

@@ -16,6 +16,7 @@ mod cache;
 mod classify;
 pub mod lexer;
 mod volatility;
+mod walk;
 
 pub use analysis::{FuncName, Reason, RelName, RouteOverride, SessionEffect, ROUTE_SETTING};
 pub use cache::{Cache, CacheStats};
