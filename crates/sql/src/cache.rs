@@ -1,7 +1,9 @@
-//! Analyses by query text, so that a repeated query costs no parse. What
-//! is kept does not depend on the function catalog or the session (those
-//! are applied after the lookup), so a catalog refresh needs no
-//! invalidation. Shared by every client: a lookup holds a lock for a hash
+//! Analyses by query text, so that a repeated query costs no parse: by
+//! the exact text, or, for a single SELECT / WITH / TABLE / VALUES, by its
+//! shape with literals blanked ([`literal_shape`]), so that queries with
+//! inlined values share an entry. What is kept does not depend on the
+//! function catalog or the session (those are applied after the lookup),
+//! so a catalog refresh needs no invalidation. Shared by every client: a lookup holds a lock for a hash
 //! probe, never for a parse.
 
 use std::num::NonZeroUsize;
@@ -12,9 +14,10 @@ use lru::LruCache;
 
 use crate::analysis::{analyze, single_dml, Analysis, Base, Reason};
 use crate::classify::{classify_with, Class, SessionView};
+use crate::lexer::literal_shape;
 use crate::volatility::FunctionVolatility;
 
-/// A bounded LRU cache of analyses keyed by the exact query text.
+/// A bounded LRU cache of analyses keyed by query text or shape.
 pub struct Cache {
     entries: Mutex<LruCache<Box<str>, Arc<Analysis>>>,
     max_text: usize,
@@ -60,16 +63,28 @@ impl Cache {
             // (literals inlined) would push out the ones that repeat
             return Arc::new(Analysis::new(Base::Primary(Reason::Dml)));
         }
-        if let Some(hit) = self.lock().get(sql) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Arc::clone(hit);
+        // the text itself (prepared statements: `$1`, no literals), then
+        // its shape (literals inlined: `WHERE aid = 42`)
+        if let Some(hit) = self.lookup(sql) {
+            return hit;
+        }
+        let shape = literal_shape(sql);
+        if let Some(hit) = shape.as_deref().and_then(|k| self.lookup(k)) {
+            return hit;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let analysis = Arc::new(analyze(sql, false));
-        if sql.len() <= self.max_text {
-            self.lock().put(sql.into(), Arc::clone(&analysis));
+        let key = shape.unwrap_or_else(|| sql.to_owned());
+        if key.len() <= self.max_text {
+            self.lock().put(key.into_boxed_str(), Arc::clone(&analysis));
         }
         analysis
+    }
+
+    fn lookup(&self, key: &str) -> Option<Arc<Analysis>> {
+        let hit = self.lock().get(key).map(Arc::clone)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(hit)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Box<str>, Arc<Analysis>>> {

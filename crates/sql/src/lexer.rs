@@ -29,19 +29,34 @@ impl Strings {
     }
 }
 
-/// Splits on ';' as PostgreSQL's lexer does: not inside string literals
-/// (`E'...'` with backslash escapes), quoted identifiers, dollar-quoted
-/// strings (`$$...$$`, `$tag$...$tag$`: function bodies and DO blocks) or
-/// comments (`--`, nested `/* */`), which are dropped. An unterminated
-/// quote or comment runs to the end (the server will reject the query).
-/// `backslash`: every string literal takes backslash escapes, as with
-/// `standard_conforming_strings = off`.
-pub fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
-    let b = sql.as_bytes();
-    let (mut out, mut cur, mut i) = (Vec::new(), Vec::new(), 0);
+/// A piece of a query as PostgreSQL's lexer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// A string literal: `'...'` (with its continuations on later lines),
+    /// `E'...'`, `$tag$...$tag$` (its prefix letter, if any, was the byte
+    /// before it).
+    Literal,
+    /// `"..."`.
+    QuotedIdent,
+    /// `-- ...` up to the end of the line, or a nested `/* */`.
+    Comment,
+    Semicolon,
+    /// Any other single byte.
+    Other,
+}
+
+/// Calls `piece` with each piece of `b` and its byte range, in order: not
+/// inside string literals (`E'...'` with backslash escapes), quoted
+/// identifiers, dollar-quoted strings (`$$...$$`, `$tag$...$tag$`:
+/// function bodies and DO blocks) or comments (`--`, nested `/* */`). An
+/// unterminated quote or comment runs to the end (the server will reject
+/// the query). `backslash`: every string literal takes backslash escapes,
+/// as with `standard_conforming_strings = off`.
+fn scan(b: &[u8], backslash: bool, mut piece: impl FnMut(Piece, usize, usize)) {
+    let mut i = 0;
     while i < b.len() {
         let after_ident = i > 0 && is_ident_byte(b[i - 1]);
-        let end = match b[i] {
+        let (kind, end) = match b[i] {
             b'\'' => {
                 // E'...' takes backslash escapes; so does a plain literal
                 // with `backslash` (not B'' or X'' bit strings, nor U&'')
@@ -51,36 +66,38 @@ pub fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
                 while let Some(next) = string_continues(b, end) {
                     end = quoted_end(b, next, b'\'', escapes);
                 }
-                end
+                (Piece::Literal, end)
             }
-            b'"' => quoted_end(b, i, b'"', false),
+            b'"' => (Piece::QuotedIdent, quoted_end(b, i, b'"', false)),
             // $1 is a parameter, a$b$ an identifier: neither opens a string
             b'$' if !after_ident => match dollar_tag(&b[i..]) {
-                Some(tag) => dollar_end(b, i, tag),
-                None => i + 1,
+                Some(tag) => (Piece::Literal, dollar_end(b, i, tag)),
+                None => (Piece::Other, i + 1),
             },
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
-                    i += 1;
-                }
-                cur.push(b' ');
-                continue;
+                let line = b[i..].iter().position(|&c| c == b'\n' || c == b'\r');
+                (Piece::Comment, line.map_or(b.len(), |n| i + n))
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = comment_end(b, i);
-                cur.push(b' ');
-                continue;
-            }
-            b';' => {
-                out.push(std::mem::take(&mut cur));
-                i += 1;
-                continue;
-            }
-            _ => i + 1,
+            b'/' if b.get(i + 1) == Some(&b'*') => (Piece::Comment, comment_end(b, i)),
+            b';' => (Piece::Semicolon, i + 1),
+            _ => (Piece::Other, i + 1),
         };
-        cur.extend_from_slice(&b[i..end]);
+        piece(kind, i, end);
         i = end;
     }
+}
+
+/// Splits on ';' as PostgreSQL's lexer does (see [`scan`]); comments are
+/// dropped. `backslash`: every string literal takes backslash escapes, as
+/// with `standard_conforming_strings = off`.
+pub fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
+    let b = sql.as_bytes();
+    let (mut out, mut cur) = (Vec::new(), Vec::new());
+    scan(b, backslash, |kind, start, end| match kind {
+        Piece::Comment => cur.push(b' '),
+        Piece::Semicolon => out.push(std::mem::take(&mut cur)),
+        _ => cur.extend_from_slice(&b[start..end]),
+    });
     out.push(cur);
     out.into_iter()
         .map(|v| {
@@ -90,6 +107,53 @@ pub fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
         })
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// The shape of a query that is one SELECT, WITH, TABLE or VALUES
+/// statement: its text with each string literal and each number replaced
+/// by a NUL byte (which no query text holds, so a shape is never taken
+/// for another query's text). `None` for other queries, several
+/// statements, and a query whose shape is its text (nothing replaced).
+/// Such a statement reads or writes the same whatever its literals say,
+/// so it is classified once per shape: queries with inlined values
+/// (`WHERE aid = 42`) share one cache entry. Statements whose literals
+/// matter (`SET pgwarden.route = 'primary'`, `EXPLAIN (ANALYZE 0)`) start
+/// with other words. Read with standard strings.
+pub fn literal_shape(sql: &str) -> Option<String> {
+    let (first, _) = word(sql);
+    let read = ["SELECT", "WITH", "TABLE", "VALUES"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w));
+    if !read {
+        return None;
+    }
+    let b = sql.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let (mut replaced, mut ended, mut more, mut number) = (false, false, false, false);
+    scan(b, false, |kind, start, end| {
+        let bytes = &b[start..end];
+        match kind {
+            Piece::Semicolon => ended = true,
+            Piece::Comment => {}
+            _ if ended && !(kind == Piece::Other && bytes[0].is_ascii_whitespace()) => more = true,
+            _ => {}
+        }
+        let digit = kind == Piece::Other && bytes[0].is_ascii_digit();
+        if digit && number {
+            // the rest of a number: its NUL stands for it
+        } else if kind == Piece::Literal || (digit && !(start > 0 && is_ident_byte(b[start - 1]))) {
+            out.push(0);
+            replaced = true;
+            number = digit;
+        } else {
+            out.extend_from_slice(bytes);
+            number = false;
+        }
+    });
+    if more || !replaced {
+        return None;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Where a string literal that ended at `end` goes on: PostgreSQL joins
@@ -309,6 +373,33 @@ mod tests {
             vec!["SELECT 'a\\'", "b'; SELECT 2"]
         );
         assert!(split_statements(" ; -- x", false).is_empty());
+    }
+
+    #[test]
+    fn literal_shapes() {
+        let shape = |s: &str| literal_shape(s).map(|k| k.replace('\0', "?"));
+        assert_eq!(
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;").as_deref(),
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = ?;")
+        );
+        assert_eq!(
+            shape("select a1, $1, 'x''y', E'\\'', $q$ ' $q$, 1.5e3 from t2 -- 7 '\n").as_deref(),
+            Some("select a1, $1, ?, E?, ?, ?.?e3 from t2 -- 7 '\n")
+        );
+        assert_eq!(
+            shape("WITH x AS (SELECT 'a') TABLE x").as_deref(),
+            Some("WITH x AS (SELECT ?) TABLE x")
+        );
+        // nothing replaced, several statements, other verbs
+        assert_eq!(shape("SELECT a FROM t WHERE b = $1"), None);
+        assert_eq!(shape("SELECT 1; SET pgwarden.route = 'primary'"), None);
+        assert_eq!(
+            shape("SELECT 1; /* c */ ;"),
+            Some("SELECT ?; /* c */ ;".into())
+        );
+        assert_eq!(shape("SET pgwarden.route = 'primary'"), None);
+        assert_eq!(shape("EXPLAIN (ANALYZE 0) SELECT 1"), None);
+        assert_eq!(shape("/* c */ SELECT 1"), None);
     }
 
     #[test]

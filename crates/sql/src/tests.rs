@@ -487,11 +487,36 @@ fn cache_counts_hits_and_needs_no_invalidation() {
     ));
     // bounded: the least recently used query goes
     let small = Cache::new(std::num::NonZeroUsize::new(2).unwrap(), 100);
-    for q in ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 1"] {
+    for q in ["SELECT a", "SELECT b", "SELECT c", "SELECT a"] {
         small.classify(q, &catalog(), &view);
     }
     let s = small.stats();
     assert_eq!((s.hits, s.misses, s.entries), (0, 4, 2));
+    // inlined values: one entry per shape
+    let cache = Cache::default();
+    for aid in [1, 22, 333] {
+        let q = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+        assert_eq!(cache.classify(&q, &catalog(), &view).route, Route::Standby);
+    }
+    let q = "SELECT nextval('a'), x FROM t WHERE y = 'b'";
+    assert!(!cache.classify(q, &catalog(), &view).may_use_standby());
+    let q = "SELECT nextval('c'), x FROM t WHERE y = 'd'";
+    assert!(!cache.classify(q, &catalog(), &view).may_use_standby());
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.entries), (3, 2, 2));
+    // several statements are kept by their text
+    assert_eq!(
+        cache
+            .classify("SELECT 1; SELECT 2", &catalog(), &view)
+            .route,
+        Route::Standby
+    );
+    assert_eq!(
+        cache
+            .classify("SELECT 1; DELETE FROM t", &catalog(), &view)
+            .route,
+        Route::Primary(Reason::Dml)
+    );
     // too long to keep
     let long = format!("SELECT {}", "1 + ".repeat(50) + "1");
     small.classify(&long, &catalog(), &view);
@@ -537,36 +562,46 @@ proptest! {
 #[test]
 #[ignore]
 fn classify_cost() {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
     let catalog = catalog();
     let view = SessionView::default();
     let n = 20_000u32;
-    // pgbench -S: the extended protocol's text, and the simple
-    // protocol's, whose literal makes every query a new text
+    let mean = |f: &mut dyn FnMut(u32)| -> Duration {
+        let t = Instant::now();
+        (0..n).for_each(&mut *f);
+        t.elapsed() / n
+    };
+    // pgbench -S: the extended protocol's text (-M extended, prepared),
+    // and the simple protocol's, with the literal inlined (-M simple)
     let prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
-    let simple = |i: u32| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};");
-    let texts: Vec<String> = (0..n).map(simple).collect();
+    let simple: Vec<String> = (0..n)
+        .map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};"))
+        .collect();
+    // a miss of the cache: as many shapes as queries
+    let shapes: Vec<String> = (0..n)
+        .map(|i| format!("SELECT abalance FROM pgbench_accounts_{i} WHERE aid = $1;"))
+        .collect();
 
     let cache = Cache::default();
     cache.classify(prepared, &catalog, &view);
-    let t = Instant::now();
-    for _ in 0..n {
-        assert!(cache.classify(prepared, &catalog, &view).may_use_standby());
-    }
-    let hit = t.elapsed() / n;
-
-    let cache = Cache::default();
-    let t = Instant::now();
-    for q in &texts {
-        assert!(cache.classify(q, &catalog, &view).may_use_standby());
-    }
-    let miss = t.elapsed() / n;
-
-    let t = Instant::now();
-    for q in &texts {
-        assert!(pg_query::parse(q, 0).is_ok());
-    }
-    let parse = t.elapsed() / n;
-    println!("classify, pgbench -S statement: cache hit {hit:?}, miss {miss:?} (pg_query::parse alone {parse:?})");
-    assert_eq!(cache.stats().misses, u64::from(n));
+    let hit = mean(&mut |_| assert!(cache.classify(prepared, &catalog, &view).may_use_standby()));
+    let shape_hit = mean(&mut |i| {
+        assert!(cache
+            .classify(&simple[i as usize], &catalog, &view)
+            .may_use_standby())
+    });
+    let miss = mean(&mut |i| {
+        assert!(cache
+            .classify(&shapes[i as usize], &catalog, &view)
+            .may_use_standby())
+    });
+    let uncached =
+        mean(&mut |i| assert!(classify(&simple[i as usize], &catalog, &view).may_use_standby()));
+    let parse = mean(&mut |i| assert!(pg_query::parse(&simple[i as usize], 0).is_ok()));
+    println!(
+        "classify, pgbench -S statement: cache hit {hit:?} (by text), {shape_hit:?} (by shape, \
+         literal inlined); miss {miss:?}; without a cache {uncached:?} (pg_query::parse alone {parse:?})"
+    );
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (2 * u64::from(n) - 1, u64::from(n) + 2));
 }
