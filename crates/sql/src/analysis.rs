@@ -153,7 +153,7 @@ pub struct Analysis {
 
 /// Reads `sql` (one or more statements); `backslash`: string literals
 /// take backslash escapes, as with `standard_conforming_strings = off`.
-pub fn analyze(sql: &str, backslash: bool) -> Analysis {
+pub(crate) fn analyze(sql: &str, backslash: bool) -> Analysis {
     let mut a = Analysis::new(Base::AnyNode);
     if single_dml(sql) {
         a.base = Base::Primary(Reason::Dml);

@@ -31,7 +31,7 @@ impl Strings {
 
 /// A piece of a query as PostgreSQL's lexer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Piece {
+pub(crate) enum Piece {
     /// A string literal: `'...'` (with its continuations on later lines),
     /// `E'...'`, `$tag$...$tag$` (its prefix letter, if any, was the byte
     /// before it).
@@ -52,7 +52,7 @@ enum Piece {
 /// unterminated quote or comment runs to the end (the server will reject
 /// the query). `backslash`: every string literal takes backslash escapes,
 /// as with `standard_conforming_strings = off`.
-fn scan(b: &[u8], backslash: bool, mut piece: impl FnMut(Piece, usize, usize)) {
+pub(crate) fn scan(b: &[u8], backslash: bool, mut piece: impl FnMut(Piece, usize, usize)) {
     let mut i = 0;
     while i < b.len() {
         let after_ident = i > 0 && is_ident_byte(b[i - 1]);
@@ -157,13 +157,25 @@ pub fn literal_shape(sql: &str) -> Option<String> {
 }
 
 /// Where a string literal that ended at `end` goes on: PostgreSQL joins
-/// two literals separated by whitespace that holds a newline.
+/// two literals separated by whitespace that holds a newline, `--`
+/// comments included (not `/* */` ones).
 fn string_continues(b: &[u8], end: usize) -> Option<usize> {
     let mut newline = false;
     let mut i = end;
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b') {
-        newline |= matches!(b[i], b'\n' | b'\r');
-        i += 1;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'\x0c' | b'\x0b' => i += 1,
+            b'\n' | b'\r' => {
+                newline = true;
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            _ => break,
+        }
     }
     (newline && b.get(i) == Some(&b'\'')).then_some(i)
 }
@@ -373,6 +385,16 @@ mod tests {
             vec!["SELECT 'a\\'", "b'; SELECT 2"]
         );
         assert!(split_statements(" ; -- x", false).is_empty());
+        // a literal goes on after a newline, `--` comments and all, in its
+        // own mode (here E'': the backslash escapes the quote)
+        assert_eq!(
+            split_statements("SELECT E'a' -- c\n '\\'; SET x = 1; --'", false),
+            vec!["SELECT E'a' -- c\n '\\'; SET x = 1; --'"]
+        );
+        assert_eq!(
+            split_statements("SELECT 'a' /* c */\n'b'; SELECT 2", false),
+            vec!["SELECT 'a'  \n'b'", "SELECT 2"]
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod analysis;
 mod cache;
 mod classify;
 pub mod lexer;
+mod session;
 mod volatility;
 mod walk;
 
@@ -22,6 +23,7 @@ pub use analysis::{FuncName, Reason, RelName, RouteOverride, SessionEffect, ROUT
 pub use cache::{Cache, CacheStats};
 pub use classify::{classify, Class, Route, SessionView};
 pub use lexer::Strings;
+pub use session::SessionState;
 pub use volatility::{FunctionVolatility, ProcCatalog, Volatility, PG_PROC_QUERY};
 
 #[cfg(test)]

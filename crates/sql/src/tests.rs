@@ -433,6 +433,37 @@ fn session_effects() {
 }
 
 #[test]
+fn session_state_follows_the_effects() {
+    let mut s = SessionState::default();
+    let mut run = |sql: &str| {
+        let c = classify(sql, &catalog(), &s.view(Strings::Standard));
+        s.apply(c.effects());
+        (c.route, s.pinned_to_primary())
+    };
+    assert_eq!(run("SELECT * FROM scratch"), (Route::Standby, false));
+    assert!(run("CREATE TEMP TABLE scratch (a int)").1);
+    assert!(matches!(
+        run("SELECT * FROM scratch"),
+        (Route::Primary(Reason::TempTable(_)), true)
+    ));
+    assert_eq!(
+        run("DROP TABLE scratch"),
+        (Route::Primary(Reason::Ddl), false)
+    );
+    assert!(run("SELECT pg_advisory_lock(1)").1);
+    assert!(!run("SELECT pg_advisory_unlock_all()").1);
+    assert!(run("DECLARE c CURSOR WITH HOLD FOR SELECT 1").1);
+    assert!(!run("CLOSE c").1);
+    run("CREATE TEMP TABLE a (); SELECT pg_advisory_lock(1)");
+    assert_eq!(run("DISCARD TEMP"), (Route::AnyNode, true));
+    assert_eq!(run("DISCARD ALL"), (Route::AnyNode, false));
+    run("SET pgwarden.route = 'primary'");
+    assert_eq!(s.route_override(), Some(RouteOverride::Primary));
+    s.apply(&[SessionEffect::DiscardAll]);
+    assert_eq!(s, SessionState::default());
+}
+
+#[test]
 fn strings_are_read_as_the_server_reads_them() {
     // with standard_conforming_strings off the server reads 'x\'' as x'
     // and then runs the DELETE
@@ -524,8 +555,159 @@ fn cache_counts_hits_and_needs_no_invalidation() {
     assert_eq!(small.stats().hits, 0);
 }
 
+/// Pieces of SELECTs whose literals change: `#` stands for a number,
+/// `@` for a string literal's text.
+fn shaped_pieces() -> impl Strategy<Value = Vec<&'static str>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("x"),
+            Just("FROM t"),
+            Just("WHERE"),
+            Just("="),
+            Just("#"),
+            Just("'@'"),
+            Just("nextval('@')"),
+            Just("lower('@')"),
+            Just("FOR UPDATE"),
+            Just(","),
+            Just("("),
+            Just(")"),
+            Just("--"),
+            Just("\n"),
+            Just("/*"),
+            Just("*/"),
+            Just("$$"),
+            Just("E'@'"),
+            Just("'"),
+            Just("\\"),
+            Just(";"),
+            Just("DELETE FROM t"),
+            Just("random()"),
+            Just("a#"),
+            Just("$1"),
+            Just("\""),
+            Just("$q$@$q$"),
+            Just("1.#e#"),
+            Just("@"),
+            Just("'@"),
+            Just("@'"),
+        ],
+        0..14,
+    )
+}
+
+/// Where a piece ends, and what it is: `L`iteral, `C`omment or `;`.
+type Ending = (usize, char);
+
+/// Where the lexer's literals, comments and semicolons end, and where the
+/// server's own scanner (libpg_query's copy) says they end; `None` when
+/// the server's scanner rejects the text (an unterminated literal).
+fn lexer_and_server(sql: &str) -> Option<(Vec<Ending>, Vec<Ending>)> {
+    use crate::lexer::{scan, Piece};
+    use pg_query::protobuf::Token;
+    let theirs = pg_query::scan(sql).ok()?;
+    let theirs = theirs
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            let kind = match Token::try_from(t.token).ok()? {
+                Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => 'L',
+                Token::SqlComment | Token::CComment => 'C',
+                Token::Ascii59 => ';',
+                _ => return None,
+            };
+            Some((usize::try_from(t.end).ok()?, kind))
+        })
+        .collect();
+    let mut ours = Vec::new();
+    scan(sql.as_bytes(), false, |kind, _, end| match kind {
+        Piece::Literal => ours.push((end, 'L')),
+        Piece::Comment => ours.push((end, 'C')),
+        Piece::Semicolon => ours.push((end, ';')),
+        Piece::QuotedIdent | Piece::Other => {}
+    });
+    Some((ours, theirs))
+}
+
+/// Pieces of SELECTs, many of which the grammar accepts.
+fn lexer_pieces() -> impl Strategy<Value = Vec<&'static str>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("'a'"),
+            Just("'it''s;'"),
+            Just("E'\\';'"),
+            Just("E'a'"),
+            Just("$$;$$"),
+            Just("$a$'$$$a$"),
+            Just("-- ';\n"),
+            Just("--"),
+            Just("/* '; /* $$ */ */"),
+            Just("U&'x'"),
+            Just("B'1'"),
+            Just("X'f'"),
+            Just("\n"),
+            Just("'"),
+            Just("\\"),
+            Just(","),
+            Just("1"),
+            Just("x"),
+            Just("e"),
+            Just("; SELECT "),
+            Just("\"q;\""),
+            Just("$1"),
+            Just(" "),
+        ],
+        0..16,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// In a query the server's grammar accepts, the lexer (statement
+    /// splitting, literal shapes) ends literals, comments and statements
+    /// where the server's scanner does. (In rejected ones they may
+    /// differ: `B'1''0'`, `1$$x$$`; nothing runs either way.)
+    #[test]
+    fn the_lexer_agrees_with_the_server_scanner(pieces in lexer_pieces()) {
+        let sql = format!("SELECT {}", pieces.concat());
+        if pg_query::parse(&sql, 0).is_ok() {
+            let (ours, theirs) = lexer_and_server(&sql).expect("scans");
+            prop_assert_eq!(ours, theirs, "{:?}", sql);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A query classified by the shape of another (same text but for its
+    /// literals) gets the class its own text gets, or one of the two does
+    /// not parse (the server rejects it wherever it goes).
+    #[test]
+    fn a_shape_classifies_as_its_text(
+        pieces in shaped_pieces(),
+        one in prop_oneof![Just(("1", "a")), Just(("42", "b c")), Just(("007", "--"))],
+        // text that is code wherever it is not inside a literal
+        two in prop_oneof![
+            Just(("3", ";")), Just(("99", "/*")), Just(("5", "$$")), Just(("0", "x'y")),
+            Just(("8", "random()")), Just(("9", "*/ random()")), Just(("6", "\n, random()")),
+        ],
+    ) {
+        let template = format!("SELECT {}", pieces.join(" "));
+        let fill = |(n, s): (&str, &str)| template.replace('#', n).replace('@', s);
+        let (first, second) = (fill(one), fill(two));
+        let view = SessionView::default();
+        let cache = Cache::default();
+        cache.classify(&first, &catalog(), &view);
+        let cached = cache.classify(&second, &catalog(), &view).route;
+        let own = classify(&second, &catalog(), &view).route;
+        let unparsed = Route::Primary(Reason::DoesNotParse);
+        prop_assert!(
+            cached == own || cached == unparsed || own == unparsed,
+            "{first:?} then {second:?}: {cached:?}, its own {own:?}"
+        );
+    }
 
     #[test]
     fn arbitrary_text_never_panics(sql in "\\PC{0,200}") {
