@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use lru::LruCache;
 
-use crate::analysis::{analyze, single_dml, Analysis, Base, Reason};
+use crate::analysis::{analyze, single_dml, Analysis, Base};
 use crate::classify::{classify_with, Class, SessionView};
 use crate::lexer::literal_shape;
+use crate::model::Reason;
 use crate::volatility::FunctionVolatility;
 
 /// A bounded LRU cache of analyses keyed by query text or shape.

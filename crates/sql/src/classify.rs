@@ -6,8 +6,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::analysis::{analyze, Analysis, Base, FuncName, Reason, SessionEffect};
+use crate::analysis::{analyze, Analysis, Base};
 use crate::lexer::Strings;
+use crate::model::{FuncName, Reason, SessionEffect};
 use crate::volatility::{FunctionVolatility, Volatility};
 
 /// Where a query may run.

@@ -15,14 +15,15 @@ mod analysis;
 mod cache;
 mod classify;
 pub mod lexer;
+mod model;
 mod session;
 mod volatility;
 mod walk;
 
-pub use analysis::{FuncName, Reason, RelName, RouteOverride, SessionEffect, ROUTE_SETTING};
 pub use cache::{Cache, CacheStats};
 pub use classify::{classify, Class, Route, SessionView};
 pub use lexer::Strings;
+pub use model::{FuncName, Reason, RelName, RouteOverride, SessionEffect, ROUTE_SETTING};
 pub use session::SessionState;
 pub use volatility::{FunctionVolatility, ProcCatalog, Volatility, PG_PROC_QUERY};
 

@@ -5,9 +5,9 @@
 
 use std::collections::HashSet;
 
-use crate::analysis::{RouteOverride, SessionEffect};
 use crate::classify::SessionView;
 use crate::lexer::Strings;
+use crate::model::{RouteOverride, SessionEffect};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionState {

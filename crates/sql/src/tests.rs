@@ -273,6 +273,10 @@ fn functions_are_looked_up() {
         class("SELECT lower(a), app.f(1) FROM t").functions(),
         &[func(None, "lower"), func(Some("app"), "f")]
     );
+    assert_eq!(
+        primary("SELECT app.g()").to_string(),
+        "calls volatile app.g()"
+    );
     // nothing known yet (before the first catalog read): the primary
     let empty = ProcCatalog::default();
     assert!(matches!(

@@ -8,7 +8,7 @@
 
 use serde::ser::{self, Serialize};
 
-use crate::analysis::{FuncName, RelName};
+use crate::model::{FuncName, RelName};
 
 /// What a walk over every node of a statement found.
 #[derive(Debug, Default)]
