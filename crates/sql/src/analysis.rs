@@ -46,10 +46,16 @@ pub(crate) fn analyze(sql: &str, backslash: bool) -> Analysis {
     // pg_query's own summary of the tree (built on every parse) indexes
     // lists it expects to be non-empty: a panic there is a query that
     // does not parse, not a crash of the proxy.
-    let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, options));
-    let Ok(Ok(parsed)) = parsed else {
-        a.base = Base::Primary(Reason::DoesNotParse);
-        return a;
+    let parsed = match std::panic::catch_unwind(|| pg_query::parse(sql, options)) {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(pg_query::Error::Decode(_))) => {
+            a.base = Base::Primary(Reason::TooDeep);
+            return a;
+        }
+        _ => {
+            a.base = Base::Primary(Reason::DoesNotParse);
+            return a;
+        }
     };
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {

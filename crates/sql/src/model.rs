@@ -34,6 +34,10 @@ impl RelName {
 pub enum Reason {
     /// The grammar rejects it (the server will too).
     DoesNotParse,
+    /// The parse tree nests deeper than the protobuf decoder between
+    /// libpg_query and Rust allows (100 messages: about 47 chained binary
+    /// operators, `a || b || ...`), which bounds the walk's recursion.
+    TooDeep,
     /// Starts with the `/*NO LOAD BALANCE*/` hint (as Pgpool-II).
     NoLoadBalanceHint,
     /// INSERT, UPDATE, DELETE, MERGE.
@@ -149,6 +153,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::DoesNotParse => f.write_str("does not parse"),
+            Reason::TooDeep => f.write_str("nests too deep to read"),
             Reason::NoLoadBalanceHint => f.write_str("the NO LOAD BALANCE hint"),
             Reason::Dml => f.write_str("writes (INSERT, UPDATE, DELETE, MERGE)"),
             Reason::Ddl => f.write_str("DDL or a utility command"),

@@ -559,6 +559,30 @@ fn cache_counts_hits_and_needs_no_invalidation() {
     assert_eq!(small.stats().hits, 0);
 }
 
+#[test]
+fn deep_and_long_queries() {
+    // nesting beyond the protobuf decoder's recursion limit does not parse
+    for depth in [10, 50, 90, 200, 1000] {
+        let parens = format!("SELECT {}random(){}", "(".repeat(depth), ")".repeat(depth));
+        let subselects = format!("{}random(){}", "SELECT (".repeat(depth), ")".repeat(depth));
+        for sql in [parens, subselects] {
+            let r = route(&sql);
+            assert!(matches!(r, Route::Primary(_)), "depth {depth}: {r:?}");
+        }
+    }
+    // a chain of operators nests as deep (left-deep): from about 47 on
+    for n in [10, 45] {
+        let chain = format!("SELECT {}1", "a || ".repeat(n));
+        assert_eq!(route(&chain), Route::Standby, "{n}");
+    }
+    for n in [48, 1_000] {
+        let chain = format!("SELECT {}1", "a || ".repeat(n));
+        assert_eq!(route(&chain), Route::Primary(Reason::TooDeep), "{n}");
+    }
+    let wide = format!("SELECT {}1 FROM t", "a, lower(b), ".repeat(50_000));
+    assert_eq!(route(&wide), Route::Standby);
+}
+
 /// Pieces of SELECTs whose literals change: `#` stands for a number,
 /// `@` for a string literal's text.
 fn shaped_pieces() -> impl Strategy<Value = Vec<&'static str>> {
