@@ -1,7 +1,11 @@
 //! Session state a client sets with SQL, tracked so that in transaction
 //! mode it can be re-applied on whichever server connection the client gets:
 //! parameters (SET / RESET / startup parameters) and LISTEN channels.
-//! Pure functions over query text; no I/O.
+//! Pure functions over query text; no I/O. The lexical rules (where a
+//! statement ends, words, names) are `sql::lexer`'s.
+
+pub use sql::lexer::Strings;
+use sql::lexer::{normalize_name, portable_value, split_statements, word, SQL_SPACE};
 
 /// Session parameters as `(lower-case name, value as SQL text)`. A server's
 /// set can be `unknown` (a transaction rolled back part of what it set):
@@ -231,29 +235,6 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
     }
 }
 
-/// How the server reads string literals: `standard_conforming_strings`
-/// on (a backslash is a character) or off (it escapes, as in `E''`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strings {
-    #[default]
-    Standard,
-    Backslash,
-    /// Not known (a value not understood).
-    Either,
-}
-
-impl Strings {
-    /// The mode a `standard_conforming_strings` value (as the server
-    /// reports it: `on` or `off`) sets.
-    pub fn of_setting(value: &str) -> Strings {
-        match value.trim_matches(SQL_SPACE).to_ascii_lowercase().as_str() {
-            "on" | "true" | "yes" | "1" => Strings::Standard,
-            "off" | "false" | "no" | "0" => Strings::Backslash,
-            _ => Strings::Either,
-        }
-    }
-}
-
 /// The effects of each tracked statement of a query, in order, for a
 /// server that reads strings as `strings` says. SET values are kept in a
 /// form that means the same in either mode ([`portable_value`]): they are
@@ -344,89 +325,6 @@ pub fn parse_effects_bytes(sql: &[u8], strings: Strings, multibyte_backslash: bo
         .collect()
 }
 
-/// A SET value (SQL text) that means the same whatever the server's
-/// `standard_conforming_strings`: it is replayed on other connections, in
-/// one query with other SETs, where it is read in the mode of that moment.
-/// A plain string literal with a backslash becomes an `E''` literal: read
-/// with backslash escapes (`backslash`) it already was one; read as
-/// standard, its backslashes are doubled. Other tokens stay as they are.
-fn portable_value(value: &str, backslash: bool) -> Option<String> {
-    let b = value.as_bytes();
-    if b.iter().any(|&c| c == b'\n' || c == b'\r') {
-        // perhaps a literal continued on the next line ('a'<newline>'b'),
-        // which cannot simply become E'..'
-        return None;
-    }
-    let mut out = Vec::with_capacity(b.len() + 8);
-    let mut i = 0;
-    while i < b.len() {
-        let after_ident = i > 0 && is_ident_byte(b[i - 1]);
-        let end = match b[i] {
-            b'\'' => {
-                let e = string_escapes(b, i);
-                let plain = !e && !no_escapes_ever(b, i);
-                let end = quoted_end(b, i, b'\'', e || (plain && backslash));
-                let body = &b[(i + 1).min(end)..end.saturating_sub(1).max(i + 1)];
-                if plain && body.contains(&b'\\') {
-                    // nor can `text'..'`
-                    if after_ident {
-                        return None;
-                    }
-                    out.push(b'E');
-                    if backslash {
-                        out.extend_from_slice(&b[i..end]);
-                    } else {
-                        out.push(b'\'');
-                        for &c in body {
-                            if c == b'\\' {
-                                out.push(b'\\');
-                            }
-                            out.push(c);
-                        }
-                        out.push(b'\'');
-                    }
-                    i = end;
-                    continue;
-                }
-                if prefixed(b, i, b"u&") && body.contains(&b'\\') {
-                    // U&'\0041' is refused where strings take escapes
-                    return None;
-                }
-                end
-            }
-            b'"' => quoted_end(b, i, b'"', false),
-            b'$' if !after_ident => match dollar_tag(&b[i..]) {
-                Some(tag) => dollar_end(b, i, tag),
-                None => i + 1,
-            },
-            _ => i + 1,
-        };
-        out.extend_from_slice(&b[i..end]);
-        i = end;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Whether the string literal opened at `b[i] == '\''` is an `E''` one
-/// (the E starts a token: it does not end a word like "type").
-fn string_escapes(b: &[u8], i: usize) -> bool {
-    prefixed(b, i, b"e")
-}
-
-/// A bit string (`B''`, `X''`) or a `U&''` string: these never take
-/// backslash escapes. (After any other word, `text'...'` or `TO'...'`,
-/// the literal is a plain one.)
-fn no_escapes_ever(b: &[u8], i: usize) -> bool {
-    prefixed(b, i, b"b") || prefixed(b, i, b"x") || prefixed(b, i, b"u&")
-}
-
-/// Whether the token before `b[i]` is exactly `prefix` (ASCII, any case).
-fn prefixed(b: &[u8], i: usize, prefix: &[u8]) -> bool {
-    let n = prefix.len();
-    i >= n && b[i - n..i].eq_ignore_ascii_case(prefix) && !(i > n && is_ident_byte(b[i - n - 1]))
-}
-
-/// The statement name of a query that is exactly one `DEALLOCATE
 /// [PREPARE] name` (as PostgreSQL reads the name: folded to lower case
 /// unless quoted).
 pub fn deallocate_name(sql: &str) -> Option<String> {
@@ -446,181 +344,6 @@ pub fn deallocate_name(sql: &str) -> Option<String> {
         return None;
     }
     Some(normalize_name(name))
-}
-
-/// Splits on ';' as PostgreSQL's lexer does: not inside string literals
-/// (`E'...'` with backslash escapes), quoted identifiers, dollar-quoted
-/// strings (`$$...$$`, `$tag$...$tag$`: function bodies and DO blocks) or
-/// comments (`--`, nested `/* */`), which are dropped. An unterminated
-/// quote or comment runs to the end (the server will reject the query).
-/// `backslash`: every string literal takes backslash escapes, as with
-/// `standard_conforming_strings = off`.
-fn split_statements(sql: &str, backslash: bool) -> Vec<String> {
-    let b = sql.as_bytes();
-    let (mut out, mut cur, mut i) = (Vec::new(), Vec::new(), 0);
-    while i < b.len() {
-        let after_ident = i > 0 && is_ident_byte(b[i - 1]);
-        let end = match b[i] {
-            b'\'' => {
-                // E'...' takes backslash escapes; so does a plain literal
-                // with `backslash` (not B'' or X'' bit strings, nor U&'')
-                let escapes = string_escapes(b, i) || (backslash && !no_escapes_ever(b, i));
-                let mut end = quoted_end(b, i, b'\'', escapes);
-                // 'a'<newline>'b' is one string, in the same mode
-                while let Some(next) = string_continues(b, end) {
-                    end = quoted_end(b, next, b'\'', escapes);
-                }
-                end
-            }
-            b'"' => quoted_end(b, i, b'"', false),
-            // $1 is a parameter, a$b$ an identifier: neither opens a string
-            b'$' if !after_ident => match dollar_tag(&b[i..]) {
-                Some(tag) => dollar_end(b, i, tag),
-                None => i + 1,
-            },
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
-                    i += 1;
-                }
-                cur.push(b' ');
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = comment_end(b, i);
-                cur.push(b' ');
-                continue;
-            }
-            b';' => {
-                out.push(std::mem::take(&mut cur));
-                i += 1;
-                continue;
-            }
-            _ => i + 1,
-        };
-        cur.extend_from_slice(&b[i..end]);
-        i = end;
-    }
-    out.push(cur);
-    out.into_iter()
-        .map(|v| {
-            String::from_utf8_lossy(&v)
-                .trim_matches(SQL_SPACE)
-                .to_owned()
-        })
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Where a string literal that ended at `end` goes on: PostgreSQL joins
-/// two literals separated by whitespace that holds a newline.
-fn string_continues(b: &[u8], end: usize) -> Option<usize> {
-    let mut newline = false;
-    let mut i = end;
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b') {
-        newline |= matches!(b[i], b'\n' | b'\r');
-        i += 1;
-    }
-    (newline && b.get(i) == Some(&b'\'')).then_some(i)
-}
-
-/// Bytes that continue an identifier or keyword (PostgreSQL's ident_cont,
-/// with any non-ASCII byte).
-fn is_ident_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-}
-
-/// The end (exclusive) of the quoted token opened by `b[start] == q`. A
-/// doubled quote stands for itself; with `escapes`, a backslash escapes the
-/// byte after it.
-fn quoted_end(b: &[u8], start: usize, q: u8, escapes: bool) -> usize {
-    let mut i = start + 1;
-    while i < b.len() {
-        if escapes && b[i] == b'\\' {
-            i += 2;
-        } else if b[i] == q {
-            if b.get(i + 1) == Some(&q) {
-                i += 2;
-            } else {
-                return i + 1;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    b.len()
-}
-
-/// The opening `$tag$` at the start of `b`, if it is one: `$$`, or `$`, a
-/// letter or `_` (or non-ASCII), identifier bytes other than `$`, and `$`.
-fn dollar_tag(b: &[u8]) -> Option<&[u8]> {
-    let first = *b.get(1)?;
-    if first == b'$' {
-        return Some(&b[..2]);
-    }
-    if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) {
-        return None;
-    }
-    let len = b[1..]
-        .iter()
-        .position(|&c| !is_ident_byte(c) || c == b'$')?;
-    (b[1 + len] == b'$').then(|| &b[..len + 2])
-}
-
-/// The end (exclusive) of the dollar-quoted string opened by `tag` at `start`.
-fn dollar_end(b: &[u8], start: usize, tag: &[u8]) -> usize {
-    let body = start + tag.len();
-    match memchr::memmem::find(&b[body..], tag) {
-        Some(at) => body + at + tag.len(),
-        None => b.len(),
-    }
-}
-
-/// The end (exclusive) of the block comment opened at `start`; block
-/// comments nest.
-fn comment_end(b: &[u8], start: usize) -> usize {
-    let (mut depth, mut i) = (0usize, start);
-    while i + 1 < b.len() {
-        match (b[i], b[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return i;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    b.len()
-}
-
-/// What PostgreSQL's lexer takes for white space (not U+2003 and the like:
-/// those are part of an identifier).
-const SQL_SPACE: [char; 6] = [' ', '\t', '\n', '\r', '\x0c', '\x0b'];
-
-/// Splits off the first word: a quoted identifier, or up to whitespace,
-/// `=` or a quote (`SET search_path TO'x'`, `SET"x" = 1` are valid SQL).
-fn word(s: &str) -> (&str, &str) {
-    let s = s.trim_start_matches(SQL_SPACE);
-    let end = if s.starts_with('"') {
-        quoted_end(s.as_bytes(), 0, b'"', false)
-    } else {
-        s.find(|c: char| SQL_SPACE.contains(&c) || matches!(c, '=' | '\'' | '"'))
-            .unwrap_or(s.len())
-    };
-    (&s[..end], s[end..].trim_start_matches(SQL_SPACE))
-}
-
-fn normalize_name(name: &str) -> String {
-    if name.len() >= 2 && name.starts_with('"') && name.ends_with('"') {
-        name[1..name.len() - 1].replace("\"\"", "\"")
-    } else {
-        name.to_ascii_lowercase()
-    }
 }
 
 fn statement_effect(stmt: &str) -> Option<Effect> {
