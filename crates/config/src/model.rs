@@ -114,6 +114,35 @@ pub struct ProxyConfig {
     pub health_check_user: String,
     pub health_check_password: Option<String>,
     pub health_check_database: String,
+    /// Read/write splitting over the standbys.
+    pub balance: Balance,
+}
+
+/// Read/write splitting (`[proxy]` keys `load_balance`, `consistency`,
+/// `max_replica_lag`, `read_your_writes_timeout`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balance {
+    /// Send read-only transactions to streaming standbys (transaction
+    /// pool mode).
+    pub enabled: bool,
+    pub consistency: Consistency,
+    /// A standby further behind than this (bytes of WAL, as the health
+    /// checks measure it) gets no reads.
+    pub max_replica_lag: u64,
+    /// How long a read after the client's own write waits for a standby to
+    /// replay it before it goes to the primary.
+    pub read_your_writes_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// A client's reads see its own committed writes.
+    ReadYourWrites,
+    /// Reads go to any standby within max_replica_lag.
+    Eventual,
+    /// Every statement goes to the primary.
+    Primary,
 }
 
 /// One agent: the node it manages and how it reaches the DCS.
@@ -233,6 +262,10 @@ struct RawProxy {
     health_check_user: Option<String>,
     health_check_password: Option<String>,
     health_check_database: Option<String>,
+    load_balance: Option<bool>,
+    consistency: Option<Consistency>,
+    max_replica_lag: Option<u64>,
+    read_your_writes_timeout: Option<Spanned<String>>,
     /// Follow this DCS's leader (with `cluster`).
     dcs: Option<String>,
     cluster: Option<String>,
@@ -446,6 +479,15 @@ impl RawConfig {
             health_check_database: p
                 .health_check_database
                 .unwrap_or_else(|| "postgres".to_owned()),
+            balance: Balance {
+                enabled: p.load_balance.unwrap_or(false),
+                consistency: p.consistency.unwrap_or(Consistency::ReadYourWrites),
+                max_replica_lag: p.max_replica_lag.unwrap_or(16 << 20),
+                read_your_writes_timeout: duration(
+                    &p.read_your_writes_timeout,
+                    Duration::from_millis(200),
+                )?,
+            },
         };
 
         let mut backends = Vec::new();

@@ -16,6 +16,7 @@ mod io;
 pub mod params;
 pub mod pool;
 pub mod relay;
+pub mod route;
 pub mod server;
 pub mod state;
 pub mod stream;

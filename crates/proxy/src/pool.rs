@@ -62,6 +62,12 @@ pub struct Pool {
     pub wait_us: AtomicU64,
     /// Connections open or being opened, idle or not.
     pub open: AtomicUsize,
+    /// A standby's pool (read balancing): connections to this address,
+    /// whoever is primary. None: the primary's pool.
+    fixed: Option<Arc<str>>,
+    /// The primary's pool: the pools of the same (database, user) on each
+    /// standby, made on first use.
+    replicas: Mutex<HashMap<Arc<str>, Arc<Pool>>>,
 }
 
 /// What a server of a pool reported (ParameterStatus), shared.
@@ -200,7 +206,51 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             wait_us: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            fixed: None,
+            replicas: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The pool of the same (database, user) on the standby at `addr`.
+    pub fn replica(self: &Arc<Self>, addr: &str) -> Arc<Pool> {
+        let mut r = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = r.get(addr) {
+            return p.clone();
+        }
+        let s = self.settings();
+        let p = Arc::new(Pool {
+            key: self.key.clone(),
+            sem: Arc::new(Semaphore::new(s.size)),
+            size: AtomicUsize::new(s.size),
+            lifetime_ms: AtomicU64::new(s.lifetime.as_millis() as u64),
+            idle: Mutex::new(Vec::new()),
+            settings: Mutex::new(s),
+            credential: Mutex::new(self.credential()),
+            server_params: Mutex::new(None),
+            topology: self.topology.clone(),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            wait_us: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            fixed: Some(addr.into()),
+            replicas: Mutex::new(HashMap::new()),
+        });
+        r.insert(addr.into(), p.clone());
+        p
+    }
+
+    /// The standby address this pool serves, if it is a standby's.
+    pub fn fixed(&self) -> Option<&str> {
+        self.fixed.as_deref()
+    }
+
+    fn replica_pools(&self) -> Vec<Arc<Pool>> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn settings(&self) -> PoolSettings {
@@ -220,6 +270,9 @@ impl Pool {
 
     /// Applies new settings (config reload); the size changes at once.
     pub fn update_settings(&self, s: PoolSettings) {
+        for r in self.replica_pools() {
+            r.update_settings(s.clone());
+        }
         let old = self.size.swap(s.size, Ordering::AcqRel);
         if s.size > old {
             self.sem.add_permits(s.size - old);
@@ -239,6 +292,9 @@ impl Pool {
     }
 
     pub fn set_credential(&self, c: ServerCredential) {
+        for r in self.replica_pools() {
+            r.set_credential(c.clone());
+        }
         *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
@@ -256,12 +312,25 @@ impl Pool {
             .clone()
     }
 
+    /// The epoch a usable idle connection of this pool carries: the
+    /// primary's current one; 0 in a standby's pool (its connections do
+    /// not depend on who is primary).
+    fn epoch(&self) -> u64 {
+        match self.fixed {
+            Some(_) => 0,
+            None => self.topology.current_epoch(),
+        }
+    }
+
     /// Takes a connection to the current primary, waiting up to `wait` for
     /// one to become free.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, CheckoutError> {
         // A switchover's drain: no transaction starts on a primary about
         // to shut down; it waits (in this bounded queue) for the next one.
-        if self.topology.held() && !Box::pin(self.topology.until_released(wait)).await {
+        if self.fixed.is_none()
+            && self.topology.held()
+            && !Box::pin(self.topology.until_released(wait)).await
+        {
             return Err(CheckoutError::Timeout(wait));
         }
         let permit = match self.sem.try_acquire() {
@@ -282,7 +351,7 @@ impl Pool {
         };
         // Every change of primary (to none as well) bumps the epoch: an idle
         // connection of the current epoch is one to the current primary.
-        let epoch = self.topology.current_epoch();
+        let epoch = self.epoch();
         let now = crate::clock::now_ms();
         loop {
             let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -313,13 +382,18 @@ impl Pool {
                 None => break,
             }
         }
-        let target = match self.topology.primary() {
-            Some(t) => t,
-            // During a failover: wait for the new primary rather than fail.
-            None => Box::pin(self.wait_for_primary(wait)).await?,
+        let conn = match &self.fixed {
+            Some(addr) => Box::new(Box::pin(self.connect(addr, 0)).await?),
+            None => {
+                let target = match self.topology.primary() {
+                    Some(t) => t,
+                    // During a failover: wait for the new primary rather than fail.
+                    None => Box::pin(self.wait_for_primary(wait)).await?,
+                };
+                // Boxed: a rare path whose state would otherwise sit in every session.
+                Box::pin(self.connect_primary(&target, wait)).await?
+            }
         };
-        // Boxed: a rare path whose state would otherwise sit in every session.
-        let conn = Box::pin(self.connect_primary(&target, wait)).await?;
         self.active.fetch_add(1, Ordering::Relaxed);
         permit.forget();
         Ok(Checkout {
@@ -408,7 +482,7 @@ impl Pool {
         let now = crate::clock::now_ms();
         if c.broken
             || c.session.unknowable
-            || c.epoch != self.topology.current_epoch()
+            || c.epoch != self.epoch()
             || c.session.prepared.len() > crate::relay::MAX_SERVER_PREPARED
             || now.saturating_sub(c.created_ms) >= self.lifetime_ms.load(Ordering::Relaxed)
         {
@@ -433,8 +507,11 @@ impl Pool {
     /// Closes idle connections past the idle timeout (keeping `min_idle`)
     /// or past their lifetime, and opens connections up to `min_idle`.
     pub async fn maintain(self: &Arc<Self>) {
+        for r in self.replica_pools() {
+            Box::pin(r.maintain()).await;
+        }
         let s = self.settings();
-        let epoch = self.topology.current_epoch();
+        let epoch = self.epoch();
         let now = crate::clock::tick();
         let expired: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -462,7 +539,7 @@ impl Pool {
             self.open.fetch_sub(1, Ordering::Relaxed);
             (*c).terminate().await;
         }
-        let Some(target) = self.topology.primary() else {
+        let Some(target) = self.topology.primary().filter(|_| self.fixed.is_none()) else {
             return;
         };
         while self.idle_count() < s.min_idle && self.open.load(Ordering::Relaxed) < s.size {

@@ -160,6 +160,14 @@ impl Relay {
         self.x.as_ref().and_then(|x| x.stmts.get(name).cloned())
     }
 
+    /// The query text of the client's prepared statement `name`.
+    pub fn statement_query(&self, name: &str) -> Option<String> {
+        let st = self.x.as_ref()?.stmts.get(name)?;
+        let body = st.parse_msg.get(5..)?;
+        let (_, q, _) = wire::frontend::parse_name_and_query(body).ok()?;
+        Some(String::from_utf8_lossy(q).into_owned())
+    }
+
     /// Transaction pool mode: statement names are rewritten and the
     /// server goes back to the pool after each transaction.
     pub fn transaction_mode(&self) -> bool {

@@ -182,6 +182,8 @@ pub struct State {
     pub pools: Pools,
     pub topology: Arc<Topology>,
     pub registry: Registry,
+    /// Read/write splitting: the classifier, its cache, standby choice.
+    pub router: crate::route::Router,
     pub verifiers: crate::auth::Verifiers,
     pub clients: Mutex<HashMap<i32, Arc<ClientInfo>, PidHash>>,
     pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
@@ -209,6 +211,7 @@ impl State {
             config_path,
             pools: Pools::default(),
             registry: Registry::default(),
+            router: crate::route::Router::default(),
             verifiers: Default::default(),
             clients: Mutex::new(HashMap::default()),
             tls: RwLock::new(tls),

@@ -1,6 +1,7 @@
 //! One client connection: the login phase ([`login`]) and then either the
 //! admin console or the pooled session ([`session`]).
 mod login;
+mod routing;
 mod session;
 mod task;
 mod timeouts;

@@ -79,6 +79,8 @@ pub struct Session {
     relay: Relay,
     params: ClientParams,
     server: Option<Checkout>,
+    /// Read balancing: this session's routing state, once it has one.
+    route: Option<Box<crate::route::SessionRoute>>,
 }
 
 impl Session {
@@ -106,6 +108,7 @@ impl Session {
             cbuf,
             pool,
             server,
+            route: None,
         }
     }
 
@@ -362,6 +365,11 @@ impl Session {
     /// the server, also while the server works: a client that goes away
     /// is noticed at once, whatever its server is doing.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        // Read balancing: a request was routed by what it holds, so what
+        // the client sends after it, while the server still answers it
+        // outside a transaction, waits for the next routing decision.
+        let hold =
+            self.route.is_some() && self.relay.awaits_server() && self.relay.tx_status() == b'I';
         let conn = self.server.as_mut().expect("attached").conn();
         let mut flush = false;
         while !conn.sout.is_empty() {
@@ -397,7 +405,7 @@ impl Session {
         // also while the server works: a client that closes its
         // connection then is noticed at once (its server connection is
         // not held for nothing), and what it pipelines goes on.
-        if conn.sout.is_empty() {
+        if conn.sout.is_empty() && !hold {
             reserve(&mut self.cbuf);
             if let Poll::Ready(r) =
                 tokio_util::io::poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
@@ -425,9 +433,16 @@ impl Session {
                 if let Some(mut old) = held {
                     old.conn().broken = true;
                 }
-                checkout(&self.state, &self.pool)
-                    .await
-                    .map_err(End::Checkout)?
+                super::routing::routed_checkout(
+                    &self.state,
+                    &self.pool,
+                    &self.cbuf,
+                    &self.relay,
+                    &mut self.route,
+                    &self.info.names.database,
+                )
+                .await
+                .map_err(End::Checkout)?
             }
         };
         let conn = co.conn();
@@ -467,6 +482,16 @@ impl Session {
                     .await
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 conn.sout.clear();
+            }
+            if self.route.as_ref().is_some_and(|r| r.wrote) {
+                let conn = self.server.as_mut().expect("attached").conn();
+                super::routing::after_transaction(
+                    &self.state,
+                    conn,
+                    &mut self.route,
+                    &self.info.names.database,
+                )
+                .await;
             }
             self.server = None;
             self.detach_info();
@@ -587,8 +612,9 @@ mod tests {
             "client task future: {} bytes",
             std::mem::size_of_val(&task)
         );
+        // (200: the routing state is a pointer, made on first use)
         assert!(
-            std::mem::size_of::<Session>() <= 192,
+            std::mem::size_of::<Session>() <= 200,
             "Session: {} bytes",
             std::mem::size_of::<Session>()
         );

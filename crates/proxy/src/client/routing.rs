@@ -1,0 +1,177 @@
+//! A transaction's server connection when read balancing is on: the
+//! router's decision ([`crate::route`]) carried out against the pools, and
+//! the WAL position a client's write leaves for read-your-writes.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use config::Consistency;
+
+use super::session::checkout;
+use crate::pool::{Checkout, CheckoutError, Pool};
+use crate::relay::Relay;
+use crate::route::{parse_lsn, SessionRoute, Want};
+use crate::server::ServerConn;
+use crate::state::State;
+
+/// A connection for the request buffered in `input`: a standby's when the
+/// request may run there and one can (read-your-writes included), else
+/// the primary's.
+pub(super) async fn routed_checkout(
+    state: &Arc<State>,
+    pool: &Arc<Pool>,
+    input: &[u8],
+    relay: &Relay,
+    route: &mut Option<Box<SessionRoute>>,
+    database: &Arc<str>,
+) -> Result<Checkout, CheckoutError> {
+    let cfg = state.config();
+    let bal = &cfg.proxy.balance;
+    if !bal.enabled || bal.consistency == Consistency::Primary || !relay.transaction_mode() {
+        return checkout(state, pool).await;
+    }
+    let r = route.get_or_insert_with(Default::default);
+    let (want, stale) =
+        state
+            .router
+            .classify(input, cfg.proxy.max_message_size, relay, r, database);
+    if stale && state.router.start_loading(database) {
+        tokio::spawn(load_catalog(state.clone(), pool.clone(), database.clone()));
+    }
+    r.wrote = matches!(want, Want::Primary { writes: true });
+    tracing::debug!(?want, min_lsn = r.min_lsn, "route");
+    if want == Want::Standby {
+        let min_lsn = match bal.consistency {
+            Consistency::ReadYourWrites => r.min_lsn,
+            _ => 0,
+        };
+        if let Some(co) = standby(state, pool, min_lsn, bal).await {
+            state
+                .router
+                .stats
+                .to_standby
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(co);
+        }
+    }
+    state
+        .router
+        .stats
+        .to_primary
+        .fetch_add(1, Ordering::Relaxed);
+    checkout(state, pool).await
+}
+
+/// A standby's connection that has replayed `min_lsn`, or None.
+async fn standby(
+    state: &State,
+    pool: &Arc<Pool>,
+    min_lsn: u64,
+    bal: &config::Balance,
+) -> Option<Checkout> {
+    if min_lsn == u64::MAX {
+        return None;
+    }
+    let Some(addr) = state
+        .router
+        .pick_standby(&state.topology, bal.max_replica_lag)
+    else {
+        tracing::debug!("no standby to read from");
+        return None;
+    };
+    let replica = pool.replica(&addr);
+    let mut co = match checkout(state, &replica).await {
+        Ok(co) => co,
+        Err(e) => {
+            tracing::info!(standby = %addr, error = %e, "no connection to the standby: the read goes to the primary");
+            return None;
+        }
+    };
+    if min_lsn == 0 || state.router.replayed(&addr) >= min_lsn {
+        return Some(co);
+    }
+    let deadline = Instant::now() + bal.read_your_writes_timeout;
+    loop {
+        let conn = co.conn();
+        let lsn = match conn.simple_query("SELECT pg_last_wal_replay_lsn()").await {
+            Ok(rows) => rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .and_then(|s| parse_lsn(&s))
+                .unwrap_or(0),
+            Err(_) => {
+                conn.broken = true;
+                return None;
+            }
+        };
+        state.router.saw_replayed(&addr, lsn);
+        if lsn >= min_lsn {
+            return Some(co);
+        }
+        tracing::debug!(standby = %addr, lsn, min_lsn, "not replayed yet");
+        if Instant::now() >= deadline {
+            state
+                .router
+                .stats
+                .ryw_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// After a transaction that may have written ended on the primary
+/// (read-your-writes): the primary's WAL position now, which the client's
+/// next reads wait for on a standby. If it cannot be read, the client's
+/// reads go to the primary until its next write.
+pub(super) async fn after_transaction(
+    state: &State,
+    conn: &mut ServerConn,
+    route: &mut Option<Box<SessionRoute>>,
+    database: &Arc<str>,
+) {
+    let Some(r) = route.as_mut().filter(|r| r.wrote) else {
+        return;
+    };
+    r.wrote = false;
+    if std::mem::take(&mut r.ddl) {
+        state.router.mark_stale(database);
+    }
+    if state.config().proxy.balance.consistency != Consistency::ReadYourWrites {
+        return;
+    }
+    r.min_lsn = match conn.simple_query("SELECT pg_current_wal_lsn()").await {
+        Ok(rows) => rows
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .and_then(|s| parse_lsn(&s))
+            .unwrap_or(u64::MAX),
+        Err(_) => {
+            conn.broken = true;
+            u64::MAX
+        }
+    };
+}
+
+/// Reads `database`'s functions and their volatility from the primary.
+async fn load_catalog(state: Arc<State>, pool: Arc<Pool>, database: Arc<str>) {
+    let read = async {
+        let mut co = checkout(&state, &pool).await.ok()?;
+        let rows = co.conn().simple_query(sql::PG_PROC_QUERY).await.ok()?;
+        Some(sql::ProcCatalog::from_rows(rows.into_iter().filter_map(
+            |r| {
+                let mut it = r.into_iter();
+                Some((it.next()??, it.next()??, it.next()??))
+            },
+        )))
+    };
+    let procs = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten();
+    if procs.is_none() {
+        tracing::warn!(%database, "cannot read pg_proc: calls of functions go to the primary");
+    }
+    state.router.loaded(&database, procs);
+}

@@ -1,0 +1,263 @@
+//! Read/write splitting: where a client's next transaction runs, decided
+//! before it takes a server connection (transaction pool mode only: a
+//! session-mode client keeps the primary).
+//!
+//! A request goes to a standby only when the whole of it is buffered (a
+//! simple Query, or extended-protocol messages up to a Sync), every
+//! statement in it may run on a standby ([`sql::Route::Standby`], or
+//! [`sql::Route::AnyNode`] beside one), the session holds nothing only the
+//! primary has (a temporary table, a session advisory lock, a cursor WITH
+//! HOLD: [`sql::SessionState`]), and a standby is up, streaming and within
+//! `max_replica_lag`. With `consistency = read_your_writes`, a client's
+//! read after its own write goes to a standby only once that standby has
+//! replayed the primary's WAL position read right after the write ended
+//! (checked on the standby's connection, waiting up to
+//! `read_your_writes_timeout`); otherwise to the primary.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wire::frame::split_message;
+
+use crate::relay::Relay;
+use crate::topology::{NodeStatus, Replication, Role, Topology};
+
+/// How often a database's function catalog is read again.
+const CATALOG_REFRESH: Duration = Duration::from_secs(60);
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// May run on a standby.
+    Standby,
+    /// Must run on the primary; `writes`: it may write (its WAL position
+    /// counts for read-your-writes).
+    Primary { writes: bool },
+}
+
+/// A client session's routing state (boxed in the session, made on the
+/// first routed request).
+#[derive(Debug, Default)]
+pub struct SessionRoute {
+    state: sql::SessionState,
+    /// The primary's WAL position after this client's last write (0: none;
+    /// `u64::MAX`: not known, reads go to the primary).
+    pub min_lsn: u64,
+    /// The transaction under way runs on the primary and may write.
+    pub wrote: bool,
+    /// ...and changes the schema (the function catalog may change).
+    pub ddl: bool,
+}
+
+/// A database's functions and their volatility, from the primary.
+#[derive(Default)]
+struct Catalog {
+    procs: Arc<sql::ProcCatalog>,
+    /// When it was read (None: never; a read is under way when `loading`).
+    read_at: Option<Instant>,
+    loading: bool,
+}
+
+#[derive(Default)]
+pub struct RouteStats {
+    pub to_standby: AtomicU64,
+    pub to_primary: AtomicU64,
+    /// Reads after a write that found no standby caught up in time.
+    pub ryw_fallbacks: AtomicU64,
+}
+
+pub struct Router {
+    cache: sql::Cache,
+    catalogs: Mutex<HashMap<Arc<str>, Catalog>>,
+    next: AtomicUsize,
+    /// Replay positions last seen per standby address.
+    replayed: Mutex<HashMap<String, u64>>,
+    pub stats: RouteStats,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            cache: sql::Cache::default(),
+            catalogs: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            replayed: Mutex::new(HashMap::new()),
+            stats: RouteStats::default(),
+        }
+    }
+}
+
+impl Router {
+    pub fn cache_stats(&self) -> sql::CacheStats {
+        self.cache.stats()
+    }
+
+    /// Classifies the request buffered in `input` (whole messages only).
+    /// Also returns whether the database's catalog should be (re)read.
+    pub fn classify(
+        &self,
+        input: &[u8],
+        max_message: usize,
+        relay: &Relay,
+        session: &mut SessionRoute,
+        database: &Arc<str>,
+    ) -> (Want, bool) {
+        let (procs, stale) = self.procs(database);
+        let mut texts: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+        let mut rest = input;
+        let mut complete = false;
+        while let Ok(Some((h, body))) = split_message(rest, max_message) {
+            rest = &rest[h.total_len()..];
+            // what runs on this connection: every whole message buffered,
+            // the last of them ending a request
+            complete = matches!(h.tag, b'Q' | b'S');
+            match h.tag {
+                b'Q' => match wire::frontend::query_bytes(body) {
+                    Ok(q) => texts.push(String::from_utf8_lossy(q)),
+                    Err(_) => return (Want::Primary { writes: true }, stale),
+                },
+                b'P' => match wire::frontend::parse_name_and_query(body) {
+                    Ok((_, q, _)) => texts.push(String::from_utf8_lossy(q)),
+                    Err(_) => return (Want::Primary { writes: true }, stale),
+                },
+                b'B' => match wire::frontend::bind_statement_name(body) {
+                    // the unnamed statement was parsed in this request
+                    Ok((_, "", _)) => {}
+                    Ok((_, name, _)) => match relay.statement_query(name) {
+                        Some(q) => texts.push(q.into()),
+                        None => return (Want::Primary { writes: true }, stale),
+                    },
+                    Err(_) => return (Want::Primary { writes: true }, stale),
+                },
+                b'S' | b'E' | b'D' | b'C' | b'H' => {}
+                // function calls, COPY data: the primary
+                _ => return (Want::Primary { writes: true }, stale),
+            }
+        }
+        if !complete || texts.is_empty() {
+            return (Want::Primary { writes: false }, stale);
+        }
+        let mut want = Want::Primary { writes: false };
+        let mut ddl = false;
+        for t in &texts {
+            let class = self.cache.classify(
+                t,
+                procs.as_ref(),
+                &session.state.view(sql::Strings::Standard),
+            );
+            session.state.apply(class.effects());
+            match class.route {
+                sql::Route::Standby => {
+                    if want == (Want::Primary { writes: false }) {
+                        want = Want::Standby;
+                    }
+                }
+                sql::Route::AnyNode => {}
+                sql::Route::Primary(reason) => {
+                    ddl |= reason == sql::Reason::Ddl;
+                    want = Want::Primary {
+                        writes: !matches!(reason, sql::Reason::NoLoadBalanceHint),
+                    };
+                    break;
+                }
+            }
+        }
+        // a function may be created or changed: the catalog is read again
+        // once this transaction has ended
+        session.ddl |= ddl;
+        let forced = session.state.pinned_to_primary()
+            || session.state.route_override() == Some(sql::RouteOverride::Primary);
+        if forced && want == Want::Standby {
+            want = Want::Primary { writes: false };
+        }
+        (want, stale)
+    }
+
+    /// The next standby to try for a read: up, streaming, within `max_lag`
+    /// bytes, round robin. None: no standby may serve reads now.
+    pub fn pick_standby(&self, topology: &Topology, max_lag: u64) -> Option<String> {
+        let nodes = topology.nodes();
+        let primary = topology.primary().map(|t| t.addr.to_string());
+        let eligible: Vec<String> = nodes
+            .iter()
+            .filter(|n| {
+                n.status == NodeStatus::Up
+                    && n.role == Role::Standby
+                    && Some(n.addr()) != primary
+                    && n.replication_delay <= max_lag
+                    && matches!(&n.replication, Replication::Receiver { status, .. } if status == "streaming")
+            })
+            .map(|n| n.addr())
+            .collect();
+        if eligible.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % eligible.len();
+        Some(eligible[i].clone())
+    }
+
+    /// The replay position last seen on the standby at `addr`.
+    pub fn replayed(&self, addr: &str) -> u64 {
+        let r = self.replayed.lock().unwrap_or_else(|e| e.into_inner());
+        r.get(addr).copied().unwrap_or(0)
+    }
+
+    pub fn saw_replayed(&self, addr: &str, lsn: u64) {
+        let mut r = self.replayed.lock().unwrap_or_else(|e| e.into_inner());
+        let e = r.entry(addr.to_owned()).or_insert(0);
+        *e = (*e).max(lsn);
+    }
+
+    fn procs(&self, database: &Arc<str>) -> (Arc<sql::ProcCatalog>, bool) {
+        let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        let cat = c.entry(database.clone()).or_default();
+        let stale = !cat.loading && cat.read_at.is_none_or(|t| t.elapsed() >= CATALOG_REFRESH);
+        (cat.procs.clone(), stale)
+    }
+
+    pub fn mark_stale(&self, database: &Arc<str>) {
+        let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cat) = c.get_mut(database) {
+            cat.read_at = None;
+        }
+    }
+
+    /// Claims the (re)reading of `database`'s catalog: false when another
+    /// task reads it already.
+    pub fn start_loading(&self, database: &Arc<str>) -> bool {
+        let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        let cat = c.entry(database.clone()).or_default();
+        !std::mem::replace(&mut cat.loading, true)
+    }
+
+    /// Stores a catalog read from the primary (None: the read failed; it
+    /// is tried again at the next refresh).
+    pub fn loaded(&self, database: &Arc<str>, procs: Option<sql::ProcCatalog>) {
+        let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        let cat = c.entry(database.clone()).or_default();
+        cat.loading = false;
+        cat.read_at = Some(Instant::now());
+        if let Some(p) = procs {
+            cat.procs = Arc::new(p);
+        }
+    }
+}
+
+/// `0/16B3748` as a number.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_read_as_postgresql_prints_them() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("junk"), None);
+    }
+}
