@@ -310,6 +310,22 @@ fn show_stats(state: &Arc<State>) -> Reply {
         vec![s("prepared_statements"), s(state.registry.len())],
         vec![s("uptime_s"), s(state.started.elapsed().as_secs())],
     ];
+    let r = &state.router.stats;
+    let cache = state.router.cache_stats();
+    let mut rows = rows;
+    for (k, v) in [
+        ("balanced_to_standby", r.to_standby.load(Ordering::Relaxed)),
+        ("balanced_to_primary", r.to_primary.load(Ordering::Relaxed)),
+        (
+            "read_your_writes_fallbacks",
+            r.ryw_fallbacks.load(Ordering::Relaxed),
+        ),
+        ("classifier_cache_hits", cache.hits),
+        ("classifier_cache_misses", cache.misses),
+        ("classifier_cache_entries", cache.entries as u64),
+    ] {
+        rows.push(vec![s(k), s(v)]);
+    }
     text_rows(&["stat", "value"], rows, "SHOW")
 }
 
@@ -384,6 +400,18 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
         .map(|n| n.replication.clone())
         .unwrap_or_default();
     let weight = format!("{:.6}", 1.0 / nodes.len().max(1) as f64);
+    let cfg = state.config();
+    let balancing = cfg.proxy.balance.enabled
+        && cfg.proxy.pool_mode == config::PoolMode::Transaction
+        && cfg.proxy.balance.consistency != config::Consistency::Primary;
+    let readers: Vec<usize> = if balancing {
+        crate::route::eligible(&state.topology, cfg.proxy.balance.max_replica_lag)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let rows = nodes
         .iter()
         .enumerate()
@@ -415,8 +443,9 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
                 s(if is_primary { "primary" } else { "standby" }),
                 s(pg_role),
                 s(n.select_cnt),
-                // all queries go to the primary until read balancing exists
-                s(is_primary),
+                // where reads may go now: the eligible standbys, or the
+                // primary when there is none (or balancing is off)
+                s(readers.contains(&i) || (readers.is_empty() && is_primary)),
                 s(n.replication_delay),
                 s(replication_state),
                 s(replication_sync_state),

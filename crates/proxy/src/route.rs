@@ -176,27 +176,36 @@ impl Router {
 
     /// The next standby to try for a read: up, streaming, within `max_lag`
     /// bytes, round robin. None: no standby may serve reads now.
-    pub fn pick_standby(&self, topology: &Topology, max_lag: u64) -> Option<String> {
-        let nodes = topology.nodes();
-        let primary = topology.primary().map(|t| t.addr.to_string());
-        let eligible: Vec<String> = nodes
-            .iter()
-            .filter(|n| {
-                n.status == NodeStatus::Up
-                    && n.role == Role::Standby
-                    && Some(n.addr()) != primary
-                    && n.replication_delay <= max_lag
-                    && matches!(&n.replication, Replication::Receiver { status, .. } if status == "streaming")
-            })
-            .map(|n| n.addr())
-            .collect();
+    pub fn pick_standby(&self, topology: &Topology, max_lag: u64) -> Option<(usize, String)> {
+        let eligible = eligible(topology, max_lag);
         if eligible.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % eligible.len();
         Some(eligible[i].clone())
     }
+}
 
+/// The standbys that may serve reads now (index in the backend list,
+/// address): up, streaming, not the primary, within `max_lag` bytes.
+pub fn eligible(topology: &Topology, max_lag: u64) -> Vec<(usize, String)> {
+    let primary = topology.primary().map(|t| t.addr.to_string());
+    topology
+        .nodes()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            n.status == NodeStatus::Up
+                && n.role == Role::Standby
+                && Some(n.addr()) != primary
+                && n.replication_delay <= max_lag
+                && matches!(&n.replication, Replication::Receiver { status, .. } if status == "streaming")
+        })
+        .map(|(i, n)| (i, n.addr()))
+        .collect()
+}
+
+impl Router {
     /// The replay position last seen on the standby at `addr`.
     pub fn replayed(&self, addr: &str) -> u64 {
         let r = self.replayed.lock().unwrap_or_else(|e| e.into_inner());

@@ -111,6 +111,24 @@ async fn reads_reach_the_standbys_and_everything_else_the_primary() {
         }
     }
     assert_eq!(seen, standbys, "reads did not use both standbys");
+    // SHOW POOL_NODES: reads counted on the standbys, which take them
+    let admin = p.connect("postgres", None, "pgwarden").await.unwrap();
+    let mut rows = 0;
+    for m in admin.simple_query("SHOW POOL_NODES").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let port: u16 = r.get("port").unwrap().parse().unwrap();
+            let selects: u64 = r.get("select_cnt").unwrap().parse().unwrap();
+            let lb = r.get("load_balance_node").unwrap();
+            if standbys.contains(&port) {
+                assert!(selects >= 20, "{port}: select_cnt {selects}");
+                assert_eq!(lb, "true", "{port}");
+            } else {
+                assert_eq!(lb, "false", "the primary takes no reads while standbys do");
+            }
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 3);
     let ro = ran_on(&c, "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await;
     assert!(standbys.contains(&ro), "BEGIN READ ONLY ran on {ro}");
 

@@ -59,6 +59,12 @@ pub(super) async fn routed_checkout(
         .stats
         .to_primary
         .fetch_add(1, Ordering::Relaxed);
+    if want == Want::Standby {
+        // a read the primary serves
+        if let Some(t) = state.topology.primary() {
+            state.topology.count_select(t.node);
+        }
+    }
     checkout(state, pool).await
 }
 
@@ -72,7 +78,7 @@ async fn standby(
     if min_lsn == u64::MAX {
         return None;
     }
-    let Some(addr) = state
+    let Some((node, addr)) = state
         .router
         .pick_standby(&state.topology, bal.max_replica_lag)
     else {
@@ -88,6 +94,7 @@ async fn standby(
         }
     };
     if min_lsn == 0 || state.router.replayed(&addr) >= min_lsn {
+        state.topology.count_select(node);
         return Some(co);
     }
     let deadline = Instant::now() + bal.read_your_writes_timeout;
@@ -106,6 +113,7 @@ async fn standby(
         };
         state.router.saw_replayed(&addr, lsn);
         if lsn >= min_lsn {
+            state.topology.count_select(node);
             return Some(co);
         }
         tracing::debug!(standby = %addr, lsn, min_lsn, "not replayed yet");
