@@ -44,6 +44,9 @@ pub struct SessionRoute {
     /// The primary's WAL position after this client's last write (0: none;
     /// `u64::MAX`: not known, reads go to the primary).
     pub min_lsn: u64,
+    /// When this client's last write transaction ended, until its next
+    /// read has read the primary's position after it.
+    pub write_ended: Option<Instant>,
     /// The transaction under way runs on the primary and may write.
     pub wrote: bool,
     /// ...and changes the schema (the function catalog may change).
@@ -73,6 +76,8 @@ pub struct Router {
     next: AtomicUsize,
     /// Replay positions last seen per standby address.
     replayed: Mutex<HashMap<String, u64>>,
+    /// The primary's WAL position last read, and when it was asked for.
+    primary_lsn: Mutex<Option<(Instant, u64)>>,
     pub stats: RouteStats,
 }
 
@@ -83,6 +88,7 @@ impl Default for Router {
             catalogs: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             replayed: Mutex::new(HashMap::new()),
+            primary_lsn: Mutex::new(None),
             stats: RouteStats::default(),
         }
     }
@@ -206,6 +212,19 @@ pub fn eligible(topology: &Topology, max_lag: u64) -> Vec<(usize, String)> {
 }
 
 impl Router {
+    /// The primary's position last read, if it was asked for after `since`.
+    pub fn primary_lsn_since(&self, since: Instant) -> Option<u64> {
+        let p = self.primary_lsn.lock().unwrap_or_else(|e| e.into_inner());
+        p.filter(|(asked, _)| *asked >= since).map(|(_, lsn)| lsn)
+    }
+
+    pub fn saw_primary_lsn(&self, asked: Instant, lsn: u64) {
+        let mut p = self.primary_lsn.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none_or(|(t, _)| asked > t) {
+            *p = Some((asked, lsn));
+        }
+    }
+
     /// The replay position last seen on the standby at `addr`.
     pub fn replayed(&self, addr: &str) -> u64 {
         let r = self.replayed.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,7 +11,6 @@ use super::session::checkout;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::relay::Relay;
 use crate::route::{parse_lsn, SessionRoute, Want};
-use crate::server::ServerConn;
 use crate::state::State;
 
 /// A connection for the request buffered in `input`: a standby's when the
@@ -41,10 +40,15 @@ pub(super) async fn routed_checkout(
     r.wrote = matches!(want, Want::Primary { writes: true });
     tracing::debug!(?want, min_lsn = r.min_lsn, "route");
     if want == Want::Standby {
-        let min_lsn = match bal.consistency {
-            Consistency::ReadYourWrites => r.min_lsn,
-            _ => 0,
-        };
+        let ryw = bal.consistency == Consistency::ReadYourWrites;
+        if let Some(since) = r.write_ended.take().filter(|_| ryw) {
+            r.min_lsn = match primary_lsn_after(state, pool, since).await {
+                Some(lsn) => lsn,
+                // not known: this client reads from the primary until its next write
+                None => u64::MAX,
+            };
+        }
+        let min_lsn = if ryw { r.min_lsn } else { 0 };
         if let Some(co) = standby(state, pool, min_lsn, bal).await {
             state
                 .router
@@ -129,13 +133,12 @@ async fn standby(
     }
 }
 
-/// After a transaction that may have written ended on the primary
-/// (read-your-writes): the primary's WAL position now, which the client's
-/// next reads wait for on a standby. If it cannot be read, the client's
-/// reads go to the primary until its next write.
-pub(super) async fn after_transaction(
+/// After a transaction that may have written ended on the primary: the
+/// time, so that the client's next read (read-your-writes) waits on a
+/// standby for the primary's WAL position read after it. Nothing is asked
+/// of the server here: a client that only writes pays nothing.
+pub(super) fn after_transaction(
     state: &State,
-    conn: &mut ServerConn,
     route: &mut Option<Box<SessionRoute>>,
     database: &Arc<str>,
 ) {
@@ -146,20 +149,30 @@ pub(super) async fn after_transaction(
     if std::mem::take(&mut r.ddl) {
         state.router.mark_stale(database);
     }
-    if state.config().proxy.balance.consistency != Consistency::ReadYourWrites {
-        return;
+    r.write_ended = Some(Instant::now());
+}
+
+/// The primary's WAL position read after `since` (from the router's last
+/// reading if it is recent enough, else asked of the primary now).
+async fn primary_lsn_after(state: &State, pool: &Arc<Pool>, since: Instant) -> Option<u64> {
+    if let Some(lsn) = state.router.primary_lsn_since(since) {
+        return Some(lsn);
     }
-    r.min_lsn = match conn.simple_query("SELECT pg_current_wal_lsn()").await {
+    let asked = Instant::now();
+    let mut co = checkout(state, pool).await.ok()?;
+    let conn = co.conn();
+    let lsn = match conn.simple_query("SELECT pg_current_wal_lsn()").await {
         Ok(rows) => rows
             .first()
             .and_then(|row| row.first().cloned().flatten())
-            .and_then(|s| parse_lsn(&s))
-            .unwrap_or(u64::MAX),
+            .and_then(|s| parse_lsn(&s))?,
         Err(_) => {
             conn.broken = true;
-            u64::MAX
+            return None;
         }
     };
+    state.router.saw_primary_lsn(asked, lsn);
+    Some(lsn)
 }
 
 /// Reads `database`'s functions and their volatility from the primary.

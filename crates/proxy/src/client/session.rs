@@ -484,14 +484,11 @@ impl Session {
                 conn.sout.clear();
             }
             if self.route.as_ref().is_some_and(|r| r.wrote) {
-                let conn = self.server.as_mut().expect("attached").conn();
                 super::routing::after_transaction(
                     &self.state,
-                    conn,
                     &mut self.route,
                     &self.info.names.database,
-                )
-                .await;
+                );
             }
             self.server = None;
             self.detach_info();
