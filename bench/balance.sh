@@ -24,7 +24,7 @@ psql_at() { "$BIN/psql" -X -A -t -q -h 127.0.0.1 -p "$1" -U postgres -d "${3:-$D
 
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   sleep 1
   for i in 0 1 2; do
     [ -f "$B/n$i/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$B/n$i" -m fast -w stop >/dev/null 2>&1 || true
@@ -85,9 +85,10 @@ EOC
   done
   sleep 1
 }
-stop_pgwarden() { kill "$PGW_PID"; wait "$PGW_PID" 2>/dev/null || true; }
+stop_pgwarden() { kill "$PGW_PID" 2>/dev/null || true; wait "$PGW_PID" 2>/dev/null || true; }
 
 start_pgpool() {
+  if ss -ltn | grep -q ":$PGP_PORT "; then echo "port $PGP_PORT is taken (a Pgpool-II left running?)" >&2; exit 1; fi
   mkdir -p "$B/pgpool"
   {
     cat <<EOC
@@ -122,7 +123,13 @@ EOC
   PGP_PID=$!; pids+=("$PGP_PID")
   for _ in $(seq 1 100); do psql_at $PGP_PORT "select 1" >/dev/null 2>&1 && break; sleep 0.2; done
 }
-stop_pgpool() { kill "$PGP_PID"; wait "$PGP_PID" 2>/dev/null || true; }
+# SIGINT: Pgpool-II's fast shutdown (SIGTERM waits for every client, and
+# its children can outlive the run)
+stop_pgpool() {
+  kill -INT "$PGP_PID" 2>/dev/null || true; wait "$PGP_PID" 2>/dev/null || true
+  for _ in $(seq 1 50); do ss -ltn | grep -q ":$PGP_PORT " || return 0; sleep 0.2; done
+  echo "Pgpool-II still listens on $PGP_PORT" >&2; return 1
+}
 
 declare -A TPS SHARE
 bench() { # label port mode(select|tpcb)
@@ -161,7 +168,7 @@ bench "pgwarden TPC-B, eventual" $PGW_PORT tpcb
 stop_pgwarden
 
 echo "== the classifier alone (crates/sql timing test, release build)" >&2
-COST=$(cd "$ROOT" && cargo test -q --release -p sql -- --ignored --nocapture classify_cost 2>&1 | grep -iE "hit|miss|parse|cache" | head -8 || true)
+COST=$(cd "$ROOT" && cargo test -q --release -p sql -- --ignored --nocapture classify_cost 2>&1 | grep "^classify" | head -8 || true)
 
 hits=$(echo "$STATS" | grep -o 'classifier_cache_hits|[0-9]*' | cut -d'|' -f2)
 misses=$(echo "$STATS" | grep -o 'classifier_cache_misses|[0-9]*' | cut -d'|' -f2)

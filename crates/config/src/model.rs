@@ -132,6 +132,19 @@ pub struct Balance {
     /// How long a read after the client's own write waits for a standby to
     /// replay it before it goes to the primary.
     pub read_your_writes_timeout: Duration,
+    /// Whose writes a read must see (read_your_writes).
+    pub read_your_writes_scope: RywScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RywScope {
+    /// The client connection's own writes.
+    Connection,
+    /// Those of every connection of the same user and database.
+    User,
+    /// Every write committed through this proxy before the read began.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -266,6 +279,7 @@ struct RawProxy {
     consistency: Option<Consistency>,
     max_replica_lag: Option<u64>,
     read_your_writes_timeout: Option<Spanned<String>>,
+    read_your_writes_scope: Option<RywScope>,
     /// Follow this DCS's leader (with `cluster`).
     dcs: Option<String>,
     cluster: Option<String>,
@@ -487,6 +501,7 @@ impl RawConfig {
                     &p.read_your_writes_timeout,
                     Duration::from_millis(200),
                 )?,
+                read_your_writes_scope: p.read_your_writes_scope.unwrap_or(RywScope::Connection),
             },
         };
 

@@ -405,7 +405,9 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
         && cfg.proxy.pool_mode == config::PoolMode::Transaction
         && cfg.proxy.balance.consistency != config::Consistency::Primary;
     let readers: Vec<usize> = if balancing {
-        crate::route::eligible(&state.topology, cfg.proxy.balance.max_replica_lag)
+        state
+            .router
+            .eligible(&state.topology, cfg.proxy.balance.max_replica_lag)
             .into_iter()
             .map(|(i, _)| i)
             .collect()

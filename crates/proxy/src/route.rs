@@ -44,9 +44,10 @@ pub struct SessionRoute {
     /// The primary's WAL position after this client's last write (0: none;
     /// `u64::MAX`: not known, reads go to the primary).
     pub min_lsn: u64,
-    /// When this client's last write transaction ended, until its next
-    /// read has read the primary's position after it.
+    /// When this client's last write transaction ended.
     pub write_ended: Option<Instant>,
+    /// When `min_lsn` was asked of the primary.
+    pub lsn_at: Option<Instant>,
     /// The transaction under way runs on the primary and may write.
     pub wrote: bool,
     /// ...and changes the schema (the function catalog may change).
@@ -78,6 +79,11 @@ pub struct Router {
     replayed: Mutex<HashMap<String, u64>>,
     /// The primary's WAL position last read, and when it was asked for.
     primary_lsn: Mutex<Option<(Instant, u64)>>,
+    /// Standbys left out for lag, until they are back within half of it.
+    lagging: Mutex<std::collections::HashSet<String>>,
+    /// When a write through this proxy last ended, per read-your-writes
+    /// scope wider than a connection (database and user, or "" for all).
+    scope_writes: Mutex<HashMap<String, Instant>>,
     pub stats: RouteStats,
 }
 
@@ -89,6 +95,8 @@ impl Default for Router {
             next: AtomicUsize::new(0),
             replayed: Mutex::new(HashMap::new()),
             primary_lsn: Mutex::new(None),
+            lagging: Mutex::default(),
+            scope_writes: Mutex::default(),
             stats: RouteStats::default(),
         }
     }
@@ -113,6 +121,7 @@ impl Router {
         let mut texts: Vec<std::borrow::Cow<'_, str>> = Vec::new();
         let mut rest = input;
         let mut complete = false;
+        let mut unnamed_parsed = false;
         while let Ok(Some((h, body))) = split_message(rest, max_message) {
             rest = &rest[h.total_len()..];
             // what runs on this connection: every whole message buffered,
@@ -124,12 +133,17 @@ impl Router {
                     Err(_) => return (Want::Primary { writes: true }, stale),
                 },
                 b'P' => match wire::frontend::parse_name_and_query(body) {
-                    Ok((_, q, _)) => texts.push(String::from_utf8_lossy(q)),
+                    Ok((name, q, _)) => {
+                        unnamed_parsed |= name.is_empty();
+                        texts.push(String::from_utf8_lossy(q))
+                    }
                     Err(_) => return (Want::Primary { writes: true }, stale),
                 },
                 b'B' => match wire::frontend::bind_statement_name(body) {
-                    // the unnamed statement was parsed in this request
-                    Ok((_, "", _)) => {}
+                    // the unnamed statement, parsed earlier in this request
+                    Ok((_, "", _)) if unnamed_parsed => {}
+                    // ...or in an earlier one: its text is not known here
+                    Ok((_, "", _)) => return (Want::Primary { writes: true }, stale),
                     Ok((_, name, _)) => match relay.statement_query(name) {
                         Some(q) => texts.push(q.into()),
                         None => return (Want::Primary { writes: true }, stale),
@@ -183,7 +197,7 @@ impl Router {
     /// The next standby to try for a read: up, streaming, within `max_lag`
     /// bytes, round robin. None: no standby may serve reads now.
     pub fn pick_standby(&self, topology: &Topology, max_lag: u64) -> Option<(usize, String)> {
-        let eligible = eligible(topology, max_lag);
+        let eligible = self.eligible(topology, max_lag);
         if eligible.is_empty() {
             return None;
         }
@@ -192,30 +206,54 @@ impl Router {
     }
 }
 
-/// The standbys that may serve reads now (index in the backend list,
-/// address): up, streaming, not the primary, within `max_lag` bytes.
-pub fn eligible(topology: &Topology, max_lag: u64) -> Vec<(usize, String)> {
-    let primary = topology.primary().map(|t| t.addr.to_string());
-    topology
-        .nodes()
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| {
-            n.status == NodeStatus::Up
-                && n.role == Role::Standby
-                && Some(n.addr()) != primary
-                && n.replication_delay <= max_lag
-                && matches!(&n.replication, Replication::Receiver { status, .. } if status == "streaming")
-        })
-        .map(|(i, n)| (i, n.addr()))
-        .collect()
-}
-
 impl Router {
-    /// The primary's position last read, if it was asked for after `since`.
-    pub fn primary_lsn_since(&self, since: Instant) -> Option<u64> {
+    /// The standbys that may serve reads now (index in the backend list,
+    /// address): up, streaming, not the primary, and not lagging: one
+    /// further behind than `max_lag` bytes is left out until it is back
+    /// within half of it (so that a standby near the limit does not flap).
+    pub fn eligible(&self, topology: &Topology, max_lag: u64) -> Vec<(usize, String)> {
+        let primary = topology.primary().map(|t| t.addr.to_string());
+        let mut lagging = self.lagging.lock().unwrap_or_else(|e| e.into_inner());
+        topology
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                let addr = n.addr();
+                let limit = if lagging.contains(&addr) { max_lag / 2 } else { max_lag };
+                let within = n.replication_delay <= limit;
+                match within {
+                    true => lagging.remove(&addr),
+                    false => lagging.insert(addr.clone()),
+                };
+                n.status == NodeStatus::Up
+                    && n.role == Role::Standby
+                    && Some(addr) != primary
+                    && within
+                    && matches!(&n.replication, Replication::Receiver { status, .. } if status == "streaming")
+            })
+            .map(|(i, n)| (i, n.addr()))
+            .collect()
+    }
+
+    /// The primary's position last read and when it was asked for, if
+    /// that was after `since`.
+    pub fn primary_lsn_since(&self, since: Instant) -> Option<(Instant, u64)> {
         let p = self.primary_lsn.lock().unwrap_or_else(|e| e.into_inner());
-        p.filter(|(asked, _)| *asked >= since).map(|(_, lsn)| lsn)
+        p.filter(|(asked, _)| *asked >= since)
+    }
+
+    /// A write ended now in scope `key`.
+    pub fn note_write(&self, key: String, at: Instant) {
+        let mut w = self.scope_writes.lock().unwrap_or_else(|e| e.into_inner());
+        let e = w.entry(key).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// When a write in scope `key` last ended.
+    pub fn last_write(&self, key: &str) -> Option<Instant> {
+        let w = self.scope_writes.lock().unwrap_or_else(|e| e.into_inner());
+        w.get(key).copied()
     }
 
     pub fn saw_primary_lsn(&self, asked: Instant, lsn: u64) {

@@ -205,6 +205,15 @@ async fn a_client_reads_its_own_writes_with_a_delayed_standby() {
     eprintln!("{on_standby} of 60 reads after a write ran on the caught-up standby");
 }
 
+/// `read_your_writes_scope = "user"`: a read on another connection of the
+/// same user and database sees the write just made on the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_scope_reads_writes_made_on_another_connection() {
+    let (stale, on_standby) = writes_then_reads("read_your_writes_scope = \"user\"\n").await;
+    assert_eq!(stale, 0, "reads that missed a write of the same user");
+    assert!(on_standby > 0, "no read after a write ran on a standby");
+}
+
 /// The same with `consistency = eventual`: the delayed standby serves
 /// reads too, and some miss the write just made (what the default avoids).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +248,7 @@ async fn writes_then_reads(extra: &str) -> (usize, usize) {
     })
     .await;
     let standbys: HashSet<u16> = [s1.port, s2.port].into();
-    let eventual = !extra.is_empty();
+    let eventual = extra.contains("eventual");
     // one standby applies WAL 2 s late
     s2.sql(
         "postgres",
@@ -254,13 +263,16 @@ async fn writes_then_reads(extra: &str) -> (usize, usize) {
     until_on_standby(&c, "SELECT inet_server_port()", &standbys).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // write, then read it back at once, on the same connection
+    // write, then read it back at once, on the same connection (or, with
+    // a wider scope, on another of the same user and database)
+    let reader = p.connect("postgres", None, "app").await.unwrap();
+    let r = if extra.contains("scope") { &reader } else { &c };
     let (mut stale, mut on_standby) = (0, 0);
     for k in 0..60 {
         c.batch_execute(&format!("INSERT INTO kv VALUES ({k}, {k})"))
             .await
             .unwrap();
-        let msgs = c
+        let msgs = r
             .simple_query(&format!(
                 "SELECT inet_server_port(), count(*) FROM kv WHERE k = {k}"
             ))

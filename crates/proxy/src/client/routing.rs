@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use config::Consistency;
+use config::{Consistency, RywScope};
 
 use super::session::checkout;
 use crate::pool::{Checkout, CheckoutError, Pool};
@@ -41,11 +41,16 @@ pub(super) async fn routed_checkout(
     tracing::debug!(?want, min_lsn = r.min_lsn, "route");
     if want == Want::Standby {
         let ryw = bal.consistency == Consistency::ReadYourWrites;
-        if let Some(since) = r.write_ended.take().filter(|_| ryw) {
-            r.min_lsn = match primary_lsn_after(state, pool, since).await {
-                Some(lsn) => lsn,
-                // not known: this client reads from the primary until its next write
-                None => u64::MAX,
+        // the last write this read must see: the client's own, or one in
+        // its wider scope
+        let shared =
+            scope_key(bal.read_your_writes_scope, pool).and_then(|k| state.router.last_write(&k));
+        let since = r.write_ended.max(shared).filter(|_| ryw);
+        if let Some(since) = since.filter(|s| r.lsn_at.is_none_or(|at| at < *s)) {
+            (r.lsn_at, r.min_lsn) = match primary_lsn_after(state, pool, since).await {
+                Some((at, lsn)) => (Some(at), lsn),
+                // not known: reads go to the primary until the next write
+                None => (Some(Instant::now()), u64::MAX),
             };
         }
         let min_lsn = if ryw { r.min_lsn } else { 0 };
@@ -139,6 +144,7 @@ async fn standby(
 /// of the server here: a client that only writes pays nothing.
 pub(super) fn after_transaction(
     state: &State,
+    pool: &Pool,
     route: &mut Option<Box<SessionRoute>>,
     database: &Arc<str>,
 ) {
@@ -149,14 +155,32 @@ pub(super) fn after_transaction(
     if std::mem::take(&mut r.ddl) {
         state.router.mark_stale(database);
     }
-    r.write_ended = Some(Instant::now());
+    let now = Instant::now();
+    r.write_ended = Some(now);
+    let cfg = state.config();
+    if let Some(k) = scope_key(cfg.proxy.balance.read_your_writes_scope, pool) {
+        state.router.note_write(k, now);
+    }
+}
+
+/// The key of a read-your-writes scope wider than the connection.
+fn scope_key(scope: RywScope, pool: &Pool) -> Option<String> {
+    match scope {
+        RywScope::Connection => None,
+        RywScope::User => Some(format!("{}\0{}", pool.key.database, pool.key.user)),
+        RywScope::Cluster => Some(String::new()),
+    }
 }
 
 /// The primary's WAL position read after `since` (from the router's last
 /// reading if it is recent enough, else asked of the primary now).
-async fn primary_lsn_after(state: &State, pool: &Arc<Pool>, since: Instant) -> Option<u64> {
-    if let Some(lsn) = state.router.primary_lsn_since(since) {
-        return Some(lsn);
+async fn primary_lsn_after(
+    state: &State,
+    pool: &Arc<Pool>,
+    since: Instant,
+) -> Option<(Instant, u64)> {
+    if let Some(seen) = state.router.primary_lsn_since(since) {
+        return Some(seen);
     }
     let asked = Instant::now();
     let mut co = checkout(state, pool).await.ok()?;
@@ -172,7 +196,7 @@ async fn primary_lsn_after(state: &State, pool: &Arc<Pool>, since: Instant) -> O
         }
     };
     state.router.saw_primary_lsn(asked, lsn);
-    Some(lsn)
+    Some((asked, lsn))
 }
 
 /// Reads `database`'s functions and their volatility from the primary.

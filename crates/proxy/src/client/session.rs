@@ -486,6 +486,7 @@ impl Session {
             if self.route.as_ref().is_some_and(|r| r.wrote) {
                 super::routing::after_transaction(
                     &self.state,
+                    &self.pool,
                     &mut self.route,
                     &self.info.names.database,
                 );
