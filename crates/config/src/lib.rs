@@ -2,10 +2,12 @@
 //! file and the line it is about; nothing here panics on any input.
 #![forbid(unsafe_code)]
 
+mod balance;
 mod duration;
 pub mod hba;
 mod model;
 
+pub use balance::*;
 pub use duration::parse_duration;
 pub use hba::{HbaMethod, HbaRule, HbaRules};
 pub use model::*;

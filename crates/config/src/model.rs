@@ -1,11 +1,13 @@
 //! The configuration model: the raw TOML shape (with spans for error
 //! reporting) and the validated types the rest of pgwarden uses.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::balance::*;
 use crate::hba::{HbaRule, HbaRules};
 use crate::{parse_duration, Invalid};
 
@@ -116,46 +118,6 @@ pub struct ProxyConfig {
     pub health_check_database: String,
     /// Read/write splitting over the standbys.
     pub balance: Balance,
-}
-
-/// Read/write splitting (`[proxy]` keys `load_balance`, `consistency`,
-/// `max_replica_lag`, `read_your_writes_timeout`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Balance {
-    /// Send read-only transactions to streaming standbys (transaction
-    /// pool mode).
-    pub enabled: bool,
-    pub consistency: Consistency,
-    /// A standby further behind than this (bytes of WAL, as the health
-    /// checks measure it) gets no reads.
-    pub max_replica_lag: u64,
-    /// How long a read after the client's own write waits for a standby to
-    /// replay it before it goes to the primary.
-    pub read_your_writes_timeout: Duration,
-    /// Whose writes a read must see (read_your_writes).
-    pub read_your_writes_scope: RywScope,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RywScope {
-    /// The client connection's own writes.
-    Connection,
-    /// Those of every connection of the same user and database.
-    User,
-    /// Every write committed through this proxy before the read began.
-    Cluster,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    /// A client's reads see its own committed writes.
-    ReadYourWrites,
-    /// Reads go to any standby within max_replica_lag.
-    Eventual,
-    /// Every statement goes to the primary.
-    Primary,
 }
 
 /// One agent: the node it manages and how it reaches the DCS.
@@ -280,6 +242,13 @@ struct RawProxy {
     max_replica_lag: Option<u64>,
     read_your_writes_timeout: Option<Spanned<String>>,
     read_your_writes_scope: Option<RywScope>,
+    disable_load_balance_on_write: Option<OnWrite>,
+    load_balance_strategy: Option<Strategy>,
+    backend_weights: Option<BTreeMap<String, u32>>,
+    primary_serves_reads: Option<bool>,
+    route_by_database: Option<BTreeMap<String, RouteTo>>,
+    route_by_user: Option<BTreeMap<String, RouteTo>>,
+    route_by_application: Option<BTreeMap<String, RouteTo>>,
     /// Follow this DCS's leader (with `cluster`).
     dcs: Option<String>,
     cluster: Option<String>,
@@ -502,6 +471,17 @@ impl RawConfig {
                     Duration::from_millis(200),
                 )?,
                 read_your_writes_scope: p.read_your_writes_scope.unwrap_or(RywScope::Connection),
+                on_write: p
+                    .disable_load_balance_on_write
+                    .unwrap_or(OnWrite::Transaction),
+                strategy: p.load_balance_strategy.unwrap_or(Strategy::RoundRobin),
+                weights: p.backend_weights.unwrap_or_default(),
+                primary_serves_reads: p.primary_serves_reads.unwrap_or(false),
+                routes: RouteDefaults {
+                    by_database: p.route_by_database.unwrap_or_default(),
+                    by_user: p.route_by_user.unwrap_or_default(),
+                    by_application: p.route_by_application.unwrap_or_default(),
+                },
             },
         };
 

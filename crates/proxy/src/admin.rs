@@ -399,17 +399,22 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
         .and_then(|p| nodes.get(p.node))
         .map(|n| n.replication.clone())
         .unwrap_or_default();
-    let weight = format!("{:.6}", 1.0 / nodes.len().max(1) as f64);
     let cfg = state.config();
+    let bal = &cfg.proxy.balance;
+    let weights: Vec<u32> = nodes
+        .iter()
+        .map(|n| bal.weight(&n.name, &n.addr()))
+        .collect();
+    let total = weights.iter().sum::<u32>().max(1) as f64;
     let balancing = cfg.proxy.balance.enabled
         && cfg.proxy.pool_mode == config::PoolMode::Transaction
         && cfg.proxy.balance.consistency != config::Consistency::Primary;
     let readers: Vec<usize> = if balancing {
         state
             .router
-            .eligible(&state.topology, cfg.proxy.balance.max_replica_lag)
+            .eligible(&state.topology, bal)
             .into_iter()
-            .map(|(i, _)| i)
+            .map(|c| c.node)
             .collect()
     } else {
         Vec::new()
@@ -441,7 +446,7 @@ fn show_pool_nodes(state: &Arc<State>) -> Reply {
                 } else {
                     "down"
                 }),
-                s(&weight),
+                s(format!("{:.6}", f64::from(weights[i]) / total)),
                 s(if is_primary { "primary" } else { "standby" }),
                 s(pg_role),
                 s(n.select_cnt),

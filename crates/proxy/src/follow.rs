@@ -69,6 +69,17 @@ pub async fn run(state: Arc<State>, url: String, cluster: String) {
                 // transactions go to it.
                 state.topology.set_external_primary(primary.as_deref());
                 state.topology.set_held(stepping_down);
+                // Reads go only to members their agents report as running
+                // standbys that stream from the leader (not down,
+                // rebuilding or paused).
+                let readable: Vec<(String, bool, u64)> = members
+                    .iter()
+                    .map(|m| {
+                        let ok = m.role == ha::Role::Replica && m.running && m.streaming;
+                        (m.addr(), ok, m.lag.unwrap_or(0))
+                    })
+                    .collect();
+                state.topology.set_members(&readable);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the DCS"),
         }

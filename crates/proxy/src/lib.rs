@@ -14,6 +14,7 @@ pub mod follow;
 pub mod health;
 mod io;
 pub mod params;
+pub mod pick;
 pub mod pool;
 pub mod relay;
 pub mod route;

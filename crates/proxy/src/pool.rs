@@ -358,9 +358,12 @@ impl Pool {
             match conn {
                 // A connection idle for a while may have been closed by the
                 // server (restart, pg_terminate_backend, idle_session_timeout):
-                // nothing was sent on it yet, so take another.
+                // nothing was sent on it yet, so take another. A standby's
+                // are always checked (one read syscall): a standby may be
+                // killed at any time without a change of primary.
                 Some(c)
-                    if now.saturating_sub(c.last_used_ms) >= IDLE_CHECK_MS
+                    if (self.fixed.is_some()
+                        || now.saturating_sub(c.last_used_ms) >= IDLE_CHECK_MS)
                         && c.closed_while_idle() =>
                 {
                     tracing::info!(server = %c.addr, pid = c.pid, "server closed an idle connection");

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use wire::frame::split_message;
 
+use crate::pick::Candidate;
 use crate::relay::Relay;
-use crate::topology::{NodeStatus, Replication, Role, Topology};
+use crate::topology::Topology;
 
 /// How often a database's function catalog is read again.
 const CATALOG_REFRESH: Duration = Duration::from_secs(60);
@@ -52,6 +53,20 @@ pub struct SessionRoute {
     pub wrote: bool,
     /// ...and changes the schema (the function catalog may change).
     pub ddl: bool,
+    /// A write transaction of this session has ended (stickiness
+    /// `session`).
+    pub ever_wrote: bool,
+    /// Where reads go when the session has not said (`SET
+    /// pgwarden.route`): its startup option, or the config's default for
+    /// its application, user or database.
+    pub default_route: Option<sql::RouteOverride>,
+}
+
+impl SessionRoute {
+    /// What the session asked for, else its default.
+    pub fn route_override(&self) -> Option<sql::RouteOverride> {
+        self.state.route_override().or(self.default_route)
+    }
 }
 
 /// A database's functions and their volatility, from the primary.
@@ -187,53 +202,38 @@ impl Router {
         // once this transaction has ended
         session.ddl |= ddl;
         let forced = session.state.pinned_to_primary()
-            || session.state.route_override() == Some(sql::RouteOverride::Primary);
+            || session.route_override() == Some(sql::RouteOverride::Primary);
         if forced && want == Want::Standby {
             want = Want::Primary { writes: false };
         }
         (want, stale)
     }
 
-    /// The next standby to try for a read: up, streaming, within `max_lag`
-    /// bytes, round robin. None: no standby may serve reads now.
-    pub fn pick_standby(&self, topology: &Topology, max_lag: u64) -> Option<(usize, String)> {
-        let eligible = self.eligible(topology, max_lag);
-        if eligible.is_empty() {
+    /// The node for a read (see [`crate::pick`]); None: no node but the
+    /// primary may serve reads now.
+    pub fn pick(
+        &self,
+        topology: &Topology,
+        bal: &config::Balance,
+        in_use: impl Fn(&Candidate) -> usize,
+    ) -> Option<Candidate> {
+        let cands = self.eligible(topology, bal);
+        if cands.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % eligible.len();
-        Some(eligible[i].clone())
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) as u64;
+        crate::pick::choose(&cands, bal.strategy, turn, in_use).cloned()
     }
 }
 
 impl Router {
-    /// The standbys that may serve reads now (index in the backend list,
-    /// address): up, streaming, not the primary, and not lagging: one
-    /// further behind than `max_lag` bytes is left out until it is back
-    /// within half of it (so that a standby near the limit does not flap).
-    pub fn eligible(&self, topology: &Topology, max_lag: u64) -> Vec<(usize, String)> {
+    /// The nodes that may serve reads now.
+    pub fn eligible(&self, topology: &Topology, bal: &config::Balance) -> Vec<Candidate> {
         let primary = topology.primary().map(|t| t.addr.to_string());
         let mut lagging = self.lagging.lock().unwrap_or_else(|e| e.into_inner());
-        topology
-            .nodes()
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| {
-                let addr = n.addr();
-                let limit = if lagging.contains(&addr) { max_lag / 2 } else { max_lag };
-                let within = n.replication_delay <= limit;
-                match within {
-                    true => lagging.remove(&addr),
-                    false => lagging.insert(addr.clone()),
-                };
-                n.status == NodeStatus::Up
-                    && n.role == Role::Standby
-                    && Some(addr) != primary
-                    && within
-                    && matches!(&n.replication, Replication::Receiver { status, .. } if status == "streaming")
-            })
-            .map(|(i, n)| (i, n.addr()))
-            .collect()
+        topology.with_nodes(|nodes| {
+            crate::pick::candidates(nodes, primary.as_deref(), bal, &mut lagging)
+        })
     }
 
     /// The primary's position last read and when it was asked for, if
@@ -280,6 +280,12 @@ impl Router {
         let cat = c.entry(database.clone()).or_default();
         let stale = !cat.loading && cat.read_at.is_none_or(|t| t.elapsed() >= CATALOG_REFRESH);
         (cat.procs.clone(), stale)
+    }
+
+    /// Whether `database`'s catalog has been read (or its read failed).
+    pub fn catalog_read(&self, database: &Arc<str>) -> bool {
+        let c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(database).is_some_and(|cat| cat.read_at.is_some())
     }
 
     pub fn mark_stale(&self, database: &Arc<str>) {

@@ -48,6 +48,10 @@ pub struct Node {
     /// When the data path last read bytes from this backend (coarse clock
     /// ms, [`crate::clock`]): shared with its pooled server connections.
     pub heard: Arc<AtomicU64>,
+    /// Following a DCS: whether the member's agent reports it as a
+    /// running standby streaming from the leader, and its lag behind the
+    /// leader in bytes (None: no DCS, or no member key for this node).
+    pub member: Option<(bool, u64)>,
 }
 
 impl Node {
@@ -67,6 +71,7 @@ impl Node {
             replication: Replication::Unknown,
             last_error: None,
             heard: Arc::new(AtomicU64::new(0)),
+            member: None,
         }
     }
 
@@ -222,6 +227,23 @@ impl Topology {
 
     pub fn nodes(&self) -> Vec<Node> {
         self.lock().clone()
+    }
+
+    /// Reads the nodes without copying them.
+    pub fn with_nodes<R>(&self, f: impl FnOnce(&[Node]) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// What the DCS members say of each node (by address): a running,
+    /// streaming standby?, and its lag in bytes.
+    pub fn set_members(&self, members: &[(String, bool, u64)]) {
+        for n in self.lock().iter_mut() {
+            let addr = n.addr();
+            n.member = members
+                .iter()
+                .find(|(a, ..)| *a == addr)
+                .map(|(_, ok, lag)| (*ok, *lag));
+        }
     }
 
     /// Where the data path notes what it reads from backend `addr`.

@@ -3,7 +3,8 @@
 //! (`inet_server_port()`), not the proxy's counters.
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,11 +38,14 @@ async fn three_nodes() -> (PgServer, PgServer, PgServer, TestProxy) {
     let primary = PgServer::primary();
     let s1 = PgServer::standby_of(&primary);
     let s2 = PgServer::standby_of(&primary);
-    let p = start_proxy(
-        &format!("{TRUST}{BALANCE}"),
-        &backends(&[&primary, &s1, &s2]),
-    )
-    .await;
+    let p = balanced_proxy("", &[&primary, &s1, &s2]).await;
+    (primary, s1, s2, p)
+}
+
+/// A proxy with read balancing and `extra` settings over `servers` (a
+/// primary, then two standbys), once it sees both standbys up.
+async fn balanced_proxy(extra: &str, servers: &[&PgServer]) -> TestProxy {
+    let p = start_proxy(&format!("{TRUST}{BALANCE}{extra}"), &backends(servers)).await;
     // both standbys seen up and streaming by the health checks
     wait_for(Duration::from_secs(20), || {
         p.state
@@ -56,7 +60,29 @@ async fn three_nodes() -> (PgServer, PgServer, PgServer, TestProxy) {
             == 2
     })
     .await;
-    (primary, s1, s2, p)
+    p
+}
+
+/// A connection through `p` to database `app` with extra connection
+/// parameters (`application_name=...`, `options=...`).
+async fn connect_with(p: &TestProxy, params: &str) -> tokio_postgres::Client {
+    let url = format!("{} {params}", p.url("postgres", None, "app"));
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Where `n` runs of `sql` ran: port -> count.
+async fn spread(c: &tokio_postgres::Client, sql: &str, n: usize) -> HashMap<u16, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        *seen.entry(ran_on(c, sql).await).or_insert(0) += 1;
+    }
+    seen
 }
 
 /// Runs `sql` until it lands on a standby (the function catalog is read
@@ -198,7 +224,7 @@ async fn reads_reach_the_standbys_and_everything_else_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reads_its_own_writes_with_a_delayed_standby() {
-    let (stale, on_standby) = writes_then_reads("").await;
+    let (stale, on_standby) = writes_then_reads("", Reader::Same).await;
     assert_eq!(stale, 0, "reads that missed the client's own write");
     // the caught-up standby served reads after writes
     assert!(on_standby > 0, "no read after a write ran on a standby");
@@ -209,7 +235,8 @@ async fn a_client_reads_its_own_writes_with_a_delayed_standby() {
 /// same user and database sees the write just made on the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_scope_reads_writes_made_on_another_connection() {
-    let (stale, on_standby) = writes_then_reads("read_your_writes_scope = \"user\"\n").await;
+    let (stale, on_standby) =
+        writes_then_reads("read_your_writes_scope = \"user\"\n", Reader::Other).await;
     assert_eq!(stale, 0, "reads that missed a write of the same user");
     assert!(on_standby > 0, "no read after a write ran on a standby");
 }
@@ -218,14 +245,36 @@ async fn the_user_scope_reads_writes_made_on_another_connection() {
 /// reads too, and some miss the write just made (what the default avoids).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_consistency_reads_stale_rows_from_a_delayed_standby() {
-    let (stale, _) = writes_then_reads("consistency = \"eventual\"\n").await;
+    let (stale, _) = writes_then_reads("consistency = \"eventual\"\n", Reader::Same).await;
     assert!(stale > 0, "no stale read with eventual consistency");
     eprintln!("{stale} of 60 reads after a write missed it");
 }
 
 /// 60 writes each read back at once on the same connection, with one
 /// standby applying WAL 2 s late: (stale reads, reads run on a standby).
-async fn writes_then_reads(extra: &str) -> (usize, usize) {
+/// Who reads what was just written.
+#[derive(PartialEq)]
+enum Reader {
+    /// The connection that wrote.
+    Same,
+    /// Another connection of the same user and database.
+    Other,
+    /// Another connection, given the writer's WAL position
+    /// (`pg_current_wal_lsn()` after the commit) with `SET pgwarden.min_lsn`.
+    CarriesLsn,
+}
+
+/// `SET pgwarden.min_lsn`: an application carries the position read after
+/// its commit to another connection (connection scope), which then reads
+/// what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_carried_to_another_connection_is_waited_for() {
+    let (stale, on_standby) = writes_then_reads("", Reader::CarriesLsn).await;
+    assert_eq!(stale, 0, "reads that missed the carried position");
+    assert!(on_standby > 0, "no read after a write ran on a standby");
+}
+
+async fn writes_then_reads(extra: &str, who: Reader) -> (usize, usize) {
     let primary = PgServer::primary();
     let s1 = PgServer::standby_of(&primary);
     let s2 = PgServer::standby_of(&primary);
@@ -266,12 +315,22 @@ async fn writes_then_reads(extra: &str) -> (usize, usize) {
     // write, then read it back at once, on the same connection (or, with
     // a wider scope, on another of the same user and database)
     let reader = p.connect("postgres", None, "app").await.unwrap();
-    let r = if extra.contains("scope") { &reader } else { &c };
+    let r = if who == Reader::Same { &c } else { &reader };
     let (mut stale, mut on_standby) = (0, 0);
     for k in 0..60 {
         c.batch_execute(&format!("INSERT INTO kv VALUES ({k}, {k})"))
             .await
             .unwrap();
+        if who == Reader::CarriesLsn {
+            let lsn: String = c
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            r.batch_execute(&format!("SET pgwarden.min_lsn = '{lsn}'"))
+                .await
+                .unwrap();
+        }
         let msgs = r
             .simple_query(&format!(
                 "SELECT inet_server_port(), count(*) FROM kv WHERE k = {k}"
@@ -299,4 +358,267 @@ async fn writes_then_reads(extra: &str) -> (usize, usize) {
         }
     }
     (stale, on_standby)
+}
+
+/// Per-database and per-application defaults, the startup option
+/// `pgwarden.route` (PGOPTIONS), `SET`/`RESET`, stickiness `session`,
+/// backend weights and the strategies, each through its own proxy over
+/// the same primary and standbys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_stickiness_weights_and_strategies() {
+    let primary = PgServer::primary();
+    let s1 = PgServer::standby_of(&primary);
+    let s2 = PgServer::standby_of(&primary);
+    let servers = [&primary, &s1, &s2];
+    let standbys: HashSet<u16> = [s1.port, s2.port].into();
+    let q = "SELECT inet_server_port()";
+
+    // database app defaults to the primary, application dashboard may read
+    // from standbys; a session's own choice wins over both
+    let p = balanced_proxy(
+        "route_by_database = { app = \"primary\" }\nroute_by_application = { dashboard = \"any\" }\n",
+        &servers,
+    )
+    .await;
+    let dash = connect_with(&p, "application_name=dashboard").await;
+    until_on_standby(&dash, q, &standbys).await;
+    let plain = connect_with(&p, "").await;
+    assert_eq!(
+        spread(&plain, q, 5).await.keys().collect::<Vec<_>>(),
+        [&primary.port]
+    );
+    plain
+        .batch_execute("SET pgwarden.route = 'any'")
+        .await
+        .unwrap();
+    assert!(
+        standbys.contains(&ran_on(&plain, q).await),
+        "SET pgwarden.route = any"
+    );
+    plain.batch_execute("RESET pgwarden.route").await.unwrap();
+    assert_eq!(
+        ran_on(&plain, q).await,
+        primary.port,
+        "after RESET: the database's default"
+    );
+    let opt = connect_with(&p, "options='-c pgwarden.route=any'").await;
+    assert!(
+        standbys.contains(&ran_on(&opt, q).await),
+        "startup option pgwarden.route=any"
+    );
+    let opt = connect_with(
+        &p,
+        "application_name=dashboard options='-c pgwarden.route=primary'",
+    )
+    .await;
+    assert_eq!(
+        ran_on(&opt, q).await,
+        primary.port,
+        "startup option pgwarden.route=primary"
+    );
+    p.shutdown();
+
+    // stickiness session: after its first write, the session reads from
+    // the primary; other sessions are not affected
+    let p = balanced_proxy("disable_load_balance_on_write = \"session\"\n", &servers).await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    until_on_standby(&c, q, &standbys).await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS w (x int); INSERT INTO w VALUES (1)")
+        .await
+        .unwrap();
+    s1.wait_caught_up(&primary);
+    s2.wait_caught_up(&primary);
+    assert_eq!(
+        spread(&c, q, 10).await.keys().collect::<Vec<_>>(),
+        [&primary.port]
+    );
+    let other = p.connect("postgres", None, "app").await.unwrap();
+    assert!(standbys.contains(&ran_on(&other, q).await));
+    p.shutdown();
+
+    // weight 0: no reads
+    let p = balanced_proxy(
+        &format!("backend_weights = {{ \"127.0.0.1:{}\" = 0 }}\n", s2.port),
+        &servers,
+    )
+    .await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    until_on_standby(&c, q, &standbys).await;
+    assert_eq!(
+        spread(&c, q, 20).await.keys().collect::<Vec<_>>(),
+        [&s1.port]
+    );
+    p.shutdown();
+
+    // weighted random, 1 to 3
+    let p = balanced_proxy(
+        &format!(
+            "load_balance_strategy = \"weighted_random\"\nbackend_weights = {{ \"127.0.0.1:{}\" = 1, \"127.0.0.1:{}\" = 3 }}\n",
+            s1.port, s2.port
+        ),
+        &servers,
+    )
+    .await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    until_on_standby(&c, q, &standbys).await;
+    let seen = spread(&c, q, 200).await;
+    let (n1, n2) = (
+        seen.get(&s1.port).copied().unwrap_or(0),
+        seen.get(&s2.port).copied().unwrap_or(0),
+    );
+    assert_eq!(n1 + n2, 200, "{seen:?}");
+    assert!(n1 > 10 && n2 > 2 * n1, "weights 1:3 gave {n1}:{n2}");
+    p.shutdown();
+
+    // least connections, the primary serving reads too: one client at a
+    // time leaves every node equally loaded, so all three take turns
+    let p = balanced_proxy(
+        "load_balance_strategy = \"least_connections\"\nprimary_serves_reads = true\n",
+        &servers,
+    )
+    .await;
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    until_on_standby(&c, q, &standbys).await;
+    let seen = spread(&c, q, 30).await;
+    assert_eq!(
+        seen.keys().copied().collect::<HashSet<u16>>(),
+        [primary.port, s1.port, s2.port].into(),
+        "{seen:?}"
+    );
+}
+
+/// A standby further behind than max_replica_lag gets no reads, and gets
+/// them again once it has caught up; with every standby behind, reads go
+/// to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_standby_gets_no_reads_until_it_catches_up() {
+    let primary = PgServer::primary();
+    let s1 = PgServer::standby_of(&primary);
+    let s2 = PgServer::standby_of(&primary);
+    let p = balanced_proxy("max_replica_lag = 1048576\n", &[&primary, &s1, &s2]).await;
+    let standbys: HashSet<u16> = [s1.port, s2.port].into();
+    let q = "SELECT inet_server_port()";
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    c.batch_execute("CREATE TABLE big (x int, pad text)")
+        .await
+        .unwrap();
+    until_on_standby(&c, q, &standbys).await;
+    let delay = |port: u16| {
+        p.state
+            .topology
+            .nodes()
+            .iter()
+            .find(|n| n.port == port)
+            .map_or(0, |n| n.replication_delay)
+    };
+    let wal = "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g";
+
+    // s2 stops replaying: 4 MB of WAL later it is left out
+    s2.sql("postgres", "SELECT pg_wal_replay_pause()");
+    primary.sql("app", wal);
+    wait_for(Duration::from_secs(20), || delay(s2.port) > 1 << 20).await;
+    let seen = spread(&c, q, 20).await;
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [&s1.port],
+        "s2 lags by {}",
+        delay(s2.port)
+    );
+
+    // both behind: the primary
+    s1.sql("postgres", "SELECT pg_wal_replay_pause()");
+    primary.sql("app", wal);
+    wait_for(Duration::from_secs(20), || delay(s1.port) > 1 << 20).await;
+    let seen = spread(&c, q, 10).await;
+    assert_eq!(seen.keys().collect::<Vec<_>>(), [&primary.port]);
+
+    // replay resumes: both standbys serve reads again
+    s1.sql("postgres", "SELECT pg_wal_replay_resume()");
+    s2.sql("postgres", "SELECT pg_wal_replay_resume()");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut back = HashSet::new();
+    while back != standbys {
+        assert!(Instant::now() < deadline, "standbys back: {back:?}");
+        let port = ran_on(&c, q).await;
+        if standbys.contains(&port) {
+            back.insert(port);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// kill -9 of a standby while clients read: reads under way on it, or
+/// sent to it in the moment before its death shows, fail (their client's
+/// connection ends, as with any lost server; the client reconnects); every
+/// read begun later succeeds, on the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
+    let (primary, s1, s2, p) = three_nodes().await;
+    let p = Arc::new(p);
+    let standbys: HashSet<u16> = [s1.port, s2.port].into();
+    let q = "SELECT inet_server_port()";
+    let warm = p.connect("postgres", None, "app").await.unwrap();
+    until_on_standby(&warm, q, &standbys).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            // (when it began, port or error)
+            let mut out: Vec<(Instant, Result<u16, String>)> = Vec::new();
+            let mut c = p.connect("postgres", None, "app").await.unwrap();
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                let began = Instant::now();
+                let r = c.simple_query("SELECT inet_server_port()").await;
+                let r = r.map_err(|e| format!("{e:?}")).map(|m| {
+                    m.iter()
+                        .find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                r.get(0)?.parse::<u16>().ok()
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or(0)
+                });
+                let failed = r.is_err();
+                out.push((began, r));
+                if failed {
+                    c = p.connect("postgres", None, "app").await.unwrap();
+                }
+            }
+            out
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s1.kill9();
+    let killed = Instant::now();
+    let mut failed = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        for (began, r) in &out {
+            match r {
+                Err(e) => {
+                    failed += 1;
+                    assert!(
+                        *began < killed + Duration::from_millis(500),
+                        "a read begun {:?} after the kill failed: {e}",
+                        began.saturating_duration_since(killed)
+                    );
+                }
+                Ok(port) if *began > killed + Duration::from_millis(500) => {
+                    assert!(
+                        *port == s2.port || *port == primary.port,
+                        "read ran on {port}"
+                    );
+                }
+                Ok(_) => {}
+            }
+        }
+        let later = out
+            .iter()
+            .filter(|(b, _)| *b > killed + Duration::from_millis(500))
+            .count();
+        assert!(later > 10, "{later} reads after the kill");
+    }
+    eprintln!("{failed} reads failed when the standby was killed");
 }

@@ -5,13 +5,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use config::{Consistency, RywScope};
+use config::{Consistency, OnWrite, RouteTo, RywScope};
 
 use super::session::checkout;
-use crate::pool::{Checkout, CheckoutError, Pool};
+use crate::params::ParamSet;
+use crate::pool::{Checkout, CheckoutError, Pool, PoolKey};
+use crate::relay::ClientParams;
 use crate::relay::Relay;
 use crate::route::{parse_lsn, SessionRoute, Want};
 use crate::state::State;
+
+/// How long a database's first routed request waits for the function
+/// catalog (until then a call of any function goes to the primary).
+const FIRST_CATALOG_WAIT: Duration = Duration::from_secs(2);
 
 /// A connection for the request buffered in `input`: a standby's when the
 /// request may run there and one can (read-your-writes included), else
@@ -22,15 +28,32 @@ pub(super) async fn routed_checkout(
     input: &[u8],
     relay: &Relay,
     route: &mut Option<Box<SessionRoute>>,
-    database: &Arc<str>,
+    params: &ClientParams,
 ) -> Result<Checkout, CheckoutError> {
+    let startup = params.startup();
+    let database = &pool.key.database;
     let cfg = state.config();
     let bal = &cfg.proxy.balance;
     if !bal.enabled || bal.consistency == Consistency::Primary || !relay.transaction_mode() {
         return checkout(state, pool).await;
     }
-    let r = route.get_or_insert_with(Default::default);
-    let (want, stale) =
+    if !state.router.catalog_read(database) {
+        // A database's first request waits (a little) for its function
+        // catalog, so that where it runs does not depend on timing.
+        if state.router.start_loading(database) {
+            tokio::spawn(load_catalog(state.clone(), pool.clone(), database.clone()));
+        }
+        let deadline = Instant::now() + FIRST_CATALOG_WAIT;
+        while !state.router.catalog_read(database) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let r = route.get_or_insert_with(|| {
+        let mut r = Box::<SessionRoute>::default();
+        r.default_route = default_route(bal, startup, &pool.key);
+        r
+    });
+    let (mut want, stale) =
         state
             .router
             .classify(input, cfg.proxy.max_message_size, relay, r, database);
@@ -38,9 +61,17 @@ pub(super) async fn routed_checkout(
         tokio::spawn(load_catalog(state.clone(), pool.clone(), database.clone()));
     }
     r.wrote = matches!(want, Want::Primary { writes: true });
+    let overridden = r.route_override();
+    if want == Want::Standby && bal.on_write == OnWrite::Session && r.ever_wrote {
+        // stickiness `session`: reads after the session's first write
+        want = Want::Primary { writes: false };
+    }
     tracing::debug!(?want, min_lsn = r.min_lsn, "route");
     if want == Want::Standby {
-        let ryw = bal.consistency == Consistency::ReadYourWrites;
+        // `SET pgwarden.route = standby`: reads go to a standby even right
+        // after a write
+        let ryw = bal.consistency == Consistency::ReadYourWrites
+            && overridden != Some(sql::RouteOverride::Standby);
         // the last write this read must see: the client's own, or one in
         // its wider scope
         let shared =
@@ -53,7 +84,16 @@ pub(super) async fn routed_checkout(
                 None => (Some(Instant::now()), u64::MAX),
             };
         }
-        let min_lsn = if ryw { r.min_lsn } else { 0 };
+        let mut min_lsn = if ryw { r.min_lsn } else { 0 };
+        // a position the application carried from another connection
+        // (`SET pgwarden.min_lsn = '0/3000060'`)
+        if let Some(asked) = params
+            .set()
+            .get(MIN_LSN_SETTING)
+            .and_then(|v| parse_lsn(v.trim_matches('\'')))
+        {
+            min_lsn = min_lsn.max(asked);
+        }
         if let Some(co) = standby(state, pool, min_lsn, bal).await {
             state
                 .router
@@ -77,6 +117,11 @@ pub(super) async fn routed_checkout(
     checkout(state, pool).await
 }
 
+/// The session setting (or startup option) with a WAL position the
+/// session's reads must see, e.g. one read with `pg_current_wal_lsn()`
+/// after a commit on another connection.
+pub const MIN_LSN_SETTING: &str = "pgwarden.min_lsn";
+
 /// A standby's connection that has replayed `min_lsn`, or None.
 async fn standby(
     state: &State,
@@ -87,13 +132,24 @@ async fn standby(
     if min_lsn == u64::MAX {
         return None;
     }
-    let Some((node, addr)) = state
-        .router
-        .pick_standby(&state.topology, bal.max_replica_lag)
-    else {
+    let Some(pick) = state.router.pick(&state.topology, bal, |c| {
+        let p = if c.primary {
+            pool.clone()
+        } else {
+            pool.replica(&c.addr)
+        };
+        p.active.load(Ordering::Relaxed)
+    }) else {
         tracing::debug!("no standby to read from");
         return None;
     };
+    let (node, addr) = (pick.node, pick.addr);
+    if pick.primary {
+        // primary_serves_reads: it has every write
+        let co = checkout(state, pool).await.ok()?;
+        state.topology.count_select(node);
+        return Some(co);
+    }
     let replica = pool.replica(&addr);
     let mut co = match checkout(state, &replica).await {
         Ok(co) => co,
@@ -152,15 +208,50 @@ pub(super) fn after_transaction(
         return;
     };
     r.wrote = false;
+    r.ever_wrote = true;
     if std::mem::take(&mut r.ddl) {
         state.router.mark_stale(database);
     }
+    let cfg = state.config();
+    if cfg.proxy.balance.on_write == OnWrite::Off {
+        // reads are not held back for this write
+        return;
+    }
     let now = Instant::now();
     r.write_ended = Some(now);
-    let cfg = state.config();
     if let Some(k) = scope_key(cfg.proxy.balance.read_your_writes_scope, pool) {
         state.router.note_write(k, now);
     }
+}
+
+/// Where a session's reads go when it has not said: its startup option
+/// `pgwarden.route` (`PGOPTIONS='-c pgwarden.route=primary'`), else the
+/// config's default for its application, user or database.
+fn default_route(
+    bal: &config::Balance,
+    startup: &ParamSet,
+    key: &PoolKey,
+) -> Option<sql::RouteOverride> {
+    let unquoted = |v: &str| v.trim_matches('\'').to_ascii_lowercase();
+    if let Some(v) = startup.get(sql::ROUTE_SETTING) {
+        match unquoted(v).as_str() {
+            "primary" => return Some(sql::RouteOverride::Primary),
+            "standby" => return Some(sql::RouteOverride::Standby),
+            "any" => return Some(sql::RouteOverride::Any),
+            _ => {}
+        }
+    }
+    let app = startup
+        .get("application_name")
+        .map(|v| v.trim_matches('\'').replace("''", "'"))
+        .unwrap_or_default();
+    bal.routes
+        .for_session(&key.database, &key.user, &app)
+        .map(|r| match r {
+            RouteTo::Primary => sql::RouteOverride::Primary,
+            RouteTo::Standby => sql::RouteOverride::Standby,
+            RouteTo::Any => sql::RouteOverride::Any,
+        })
 }
 
 /// The key of a read-your-writes scope wider than the connection.

@@ -439,7 +439,7 @@ impl Session {
                     &self.cbuf,
                     &self.relay,
                     &mut self.route,
-                    &self.info.names.database,
+                    &self.params,
                 )
                 .await
                 .map_err(End::Checkout)?

@@ -42,6 +42,11 @@ impl ClientParams {
         self.sets.as_deref().map_or(&NO_PARAMS, |s| &s.current)
     }
 
+    /// What the startup packet set.
+    pub fn startup(&self) -> &ParamSet {
+        self.sets.as_deref().map_or(&NO_PARAMS, |s| &s.startup)
+    }
+
     pub(super) fn apply(&mut self, change: &ParamChange) {
         let sets = self.sets.get_or_insert_with(Default::default);
         sets.current.apply_with(change, &sets.startup);
