@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # psycopg 3.3.4's own test suite through pgwarden, in session and in
 # transaction mode, against a fresh PostgreSQL.
-#   conformance/run.sh [session|transaction|direct ...]   (default: session transaction)
+#   conformance/run.sh [session|transaction|balanced|direct ...]   (default: session transaction)
+# balanced: transaction mode with read balancing over the primary and a
+# streaming standby (read_your_writes_scope = "cluster").
 # Session mode must pass every test; transaction mode may fail only the tests
 # listed in conformance/psycopg-transaction-expected-failures.txt (each with
 # its reason). Any other failure or error fails the run; listed tests that
@@ -34,6 +36,7 @@ proxy_pid=""
 cleanup() {
   [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
   [ -f "$W/pg/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$W/pg" -m immediate -w stop >/dev/null 2>&1 || true
+  [ -f "$W/standby/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$W/standby" -m immediate -w stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -49,16 +52,28 @@ logging_collector = off
 EOC
 as_pg "$BIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
 
-start_proxy() { # mode
+# balanced: a streaming standby beside the primary, reads balanced over
+# both, every read seeing every write made through the proxy before it.
+start_standby() {
+  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$W/standby" -R -X stream >/dev/null
+  cat >>"$W/standby/postgresql.conf" <<EOC
+port = $((PG_PORT + 1))
+EOC
+  as_pg "$BIN/pg_ctl" -D "$W/standby" -l "$W/standby.log" -w start >/dev/null
+}
+
+start_proxy() { # mode [extra [[proxy]] settings and backends]
   cat >"$W/proxy-$1.toml" <<EOC
 [proxy]
 listen = "127.0.0.1:$PX_PORT"
-pool_mode = "$1"
+pool_mode = "${1%-balanced}"
 default_pool_size = 40
 hba = ["host all all 127.0.0.1/32 trust"]
+${2:-}
 [[backends]]
 host = "127.0.0.1"
 port = $PG_PORT
+${3:-}
 EOC
   "$PGWARDEN" proxy --config "$W/proxy-$1.toml" --log warn 2>"$W/proxy-$1.log" &
   proxy_pid=$!
@@ -78,6 +93,13 @@ for mode in "${MODES[@]}"; do
     # Tests expected to fail leave connections open; their ResourceWarnings
     # would otherwise surface in whichever later test the collector runs in.
     transaction) start_proxy transaction; extra=(-p no:unraisableexception) ;;
+    balanced)
+      [ -f "$W/standby/postmaster.pid" ] || start_standby
+      start_proxy transaction-balanced "load_balance = true
+read_your_writes_scope = \"cluster\"" "[[backends]]
+host = \"127.0.0.1\"
+port = $((PG_PORT + 1))"
+      extra=(-p no:unraisableexception) ;;
     *) echo "conformance: unknown mode $mode" >&2; exit 2 ;;
   esac
   log="$W/psycopg-$mode.log"
@@ -95,8 +117,9 @@ for mode in "${MODES[@]}"; do
   if [ -n "$proxy_pid" ]; then kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""; fi
   [ -n "$summary" ] || { echo "$mode: the suite did not finish (see $log)" >&2; status=1; continue; }
   grep -E '^(FAILED|ERROR) ' "$log" | awk '{print $2}' | sort -u >"$W/failed-$mode.txt" || true
-  if [ "$mode" = transaction ]; then
-    grep -v '^#' "$EXPECTED" | awk 'NF {print $1}' | sort -u >"$W/expected.txt"
+  if [ "$mode" = transaction ] || [ "$mode" = balanced ]; then
+    lists=("$EXPECTED"); [ "$mode" = balanced ] && lists+=("$ROOT/conformance/psycopg-balanced-expected-failures.txt")
+    cat "${lists[@]}" | grep -v '^#' | awk 'NF {print $1}' | sort -u >"$W/expected.txt"
   else
     : >"$W/expected.txt"
   fi

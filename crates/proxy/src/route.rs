@@ -137,11 +137,14 @@ impl Router {
         let mut rest = input;
         let mut complete = false;
         let mut unnamed_parsed = false;
+        // runs a statement (not only prepares or describes one)
+        let mut runs = false;
         while let Ok(Some((h, body))) = split_message(rest, max_message) {
             rest = &rest[h.total_len()..];
             // what runs on this connection: every whole message buffered,
             // the last of them ending a request
             complete = matches!(h.tag, b'Q' | b'S');
+            runs |= matches!(h.tag, b'Q' | b'E');
             match h.tag {
                 b'Q' => match wire::frontend::query_bytes(body) {
                     Ok(q) => texts.push(String::from_utf8_lossy(q)),
@@ -170,7 +173,13 @@ impl Router {
                 _ => return (Want::Primary { writes: true }, stale),
             }
         }
-        if !complete || texts.is_empty() {
+        if !complete {
+            // the rest is not here yet: it may write
+            return (Want::Primary { writes: true }, stale);
+        }
+        if texts.is_empty() || !runs {
+            // a Parse or Describe alone: the primary, where the statement's
+            // execution will look for it if it is the unnamed one
             return (Want::Primary { writes: false }, stale);
         }
         let mut want = Want::Primary { writes: false };
@@ -182,6 +191,7 @@ impl Router {
                 &session.state.view(sql::Strings::Standard),
             );
             session.state.apply(class.effects());
+
             match class.route {
                 sql::Route::Standby => {
                     if want == (Want::Primary { writes: false }) {
@@ -191,9 +201,7 @@ impl Router {
                 sql::Route::AnyNode => {}
                 sql::Route::Primary(reason) => {
                     ddl |= reason == sql::Reason::Ddl;
-                    want = Want::Primary {
-                        writes: !matches!(reason, sql::Reason::NoLoadBalanceHint),
-                    };
+                    want = Want::Primary { writes: true };
                     break;
                 }
             }

@@ -113,6 +113,13 @@ fn route(a: &Analysis, volatility: &impl FunctionVolatility, session: &SessionVi
     }) {
         return Route::Primary(Reason::TempTable(rel.clone()));
     }
+    if let Some(rel) = a
+        .relations
+        .iter()
+        .find(|r| volatility.unlogged(r.schema.as_deref(), &r.name))
+    {
+        return Route::Primary(Reason::Unlogged(rel.clone()));
+    }
     for f in &a.functions {
         match volatility.volatility(f.schema.as_deref(), &f.name) {
             Some(Volatility::Immutable | Volatility::Stable) => {}

@@ -61,6 +61,8 @@ pub enum Reason {
     UnknownFunction(FuncName),
     /// Reads a temporary relation (only the primary session has it).
     TempTable(RelName),
+    /// Reads an unlogged relation, which a standby cannot read.
+    Unlogged(RelName),
     /// SELECT ... INTO, CREATE TABLE ... AS.
     SelectInto,
     /// FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE.
@@ -165,6 +167,7 @@ impl fmt::Display for Reason {
             Reason::VolatileFunction(func) => write!(f, "calls volatile {func}"),
             Reason::UnknownFunction(func) => write!(f, "calls {func}, not in pg_proc"),
             Reason::TempTable(rel) => write!(f, "reads temporary {rel}"),
+            Reason::Unlogged(rel) => write!(f, "reads unlogged {rel}"),
             Reason::SelectInto => f.write_str("SELECT INTO / CREATE TABLE AS"),
             Reason::LockingClause => f.write_str("FOR UPDATE/SHARE"),
             Reason::WritableCte => f.write_str("a WITH query that writes"),

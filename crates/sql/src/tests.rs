@@ -24,6 +24,7 @@ fn catalog() -> ProcCatalog {
         ("pg_catalog", "pg_advisory_unlock_all", "v"),
         ("public", "my_func_that_inserts", "v"),
         ("public", "stable_f", "s"),
+        ("public", "ul", "U"),
         ("app", "f", "i"),
         ("app", "g", "v"),
     ])
@@ -833,4 +834,19 @@ fn classify_cost() {
             .may_use_standby())
     });
     println!("classify p99: cache hit {hit99:?} (by text), {shape99:?} (by shape)");
+}
+
+#[test]
+fn unlogged_tables_are_read_on_the_primary() {
+    let rel = |schema: Option<&str>| RelName {
+        schema: schema.map(Into::into),
+        name: "ul".into(),
+    };
+    assert_eq!(primary("SELECT * FROM ul"), Reason::Unlogged(rel(None)));
+    assert_eq!(
+        primary("SELECT * FROM public.ul"),
+        Reason::Unlogged(rel(Some("public")))
+    );
+    assert_eq!(route("SELECT * FROM other.ul"), Route::Standby);
+    assert_eq!(route("SELECT * FROM t"), Route::Standby);
 }

@@ -31,12 +31,22 @@ pub trait FunctionVolatility {
     /// would find. `None`: no such function (the classifier then treats the
     /// call as volatile).
     fn volatility(&self, schema: Option<&str>, name: &str) -> Option<Volatility>;
+
+    /// Whether the relation `name` (in `schema`, or found by an
+    /// unqualified name) is unlogged: a standby cannot read it.
+    fn unlogged(&self, _schema: Option<&str>, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The query whose rows ([`ProcCatalog::from_rows`]) make a catalog: every
 /// function's schema, name and volatility.
-pub const PG_PROC_QUERY: &str = "SELECT n.nspname, p.proname, p.provolatile \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+/// Unlogged relations come too, with the code `U`.
+pub const PG_PROC_QUERY: &str = "SELECT n.nspname, p.proname, p.provolatile::text \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     UNION ALL SELECT n.nspname, c.relname, 'U' \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relpersistence = 'u'";
 
 /// Schemas an unqualified name is looked up in, in order: an approximation
 /// of the default `search_path` (`pg_catalog` is always searched first;
@@ -48,6 +58,8 @@ const SEARCH_PATH: [&str; 2] = ["pg_catalog", "public"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcCatalog {
     by_name: HashMap<String, HashMap<String, Volatility>>,
+    /// Unlogged relations: name -> schemas.
+    unlogged: HashMap<String, Vec<String>>,
 }
 
 impl ProcCatalog {
@@ -55,6 +67,14 @@ impl ProcCatalog {
     pub fn from_rows<S: AsRef<str>>(rows: impl IntoIterator<Item = (S, S, S)>) -> ProcCatalog {
         let mut catalog = ProcCatalog::default();
         for (schema, name, code) in rows {
+            if code.as_ref() == "U" {
+                catalog
+                    .unlogged
+                    .entry(name.as_ref().to_owned())
+                    .or_default()
+                    .push(schema.as_ref().to_owned());
+                continue;
+            }
             catalog.insert(
                 schema.as_ref(),
                 name.as_ref(),
@@ -92,6 +112,14 @@ impl FunctionVolatility for ProcCatalog {
             Some(s) => schemas.get(s).copied(),
             None => SEARCH_PATH.iter().find_map(|s| schemas.get(*s).copied()),
         }
+    }
+
+    fn unlogged(&self, schema: Option<&str>, name: &str) -> bool {
+        // an unqualified name: unlogged in any schema counts (the search
+        // path is not followed)
+        self.unlogged
+            .get(name)
+            .is_some_and(|schemas| schema.is_none_or(|s| schemas.iter().any(|x| x == s)))
     }
 }
 
