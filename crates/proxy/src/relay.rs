@@ -105,6 +105,9 @@ pub struct Relay {
     error_seen: bool,
     /// A statement changed session state the proxy does not model.
     unmodelled_seen: bool,
+    /// A CREATE, ALTER or DROP completed (read balancing reads the
+    /// function catalog again).
+    ddl_seen: bool,
     /// The server is in COPY IN mode: it ignores the client's Syncs.
     copy_in: bool,
     /// An extended-protocol request failed and nothing queued after it is
@@ -145,6 +148,7 @@ impl Relay {
             rollback_seen: false,
             error_seen: false,
             unmodelled_seen: false,
+            ddl_seen: false,
             streaming: 0,
             copy_in: false,
             discarding: false,
@@ -205,6 +209,11 @@ impl Relay {
 
     pub fn tx_status(&self) -> u8 {
         self.tx_status
+    }
+
+    /// Whether a CREATE, ALTER or DROP completed since the last call.
+    pub fn take_ddl_seen(&mut self) -> bool {
+        std::mem::take(&mut self.ddl_seen)
     }
 
     pub fn prepared_count(&self) -> usize {

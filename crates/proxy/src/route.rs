@@ -76,6 +76,9 @@ struct Catalog {
     /// When it was read (None: never; a read is under way when `loading`).
     read_at: Option<Instant>,
     loading: bool,
+    /// Bumped when the catalog may have changed (DDL through the proxy): a
+    /// read begun before does not count as fresh.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -300,24 +303,28 @@ impl Router {
         let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cat) = c.get_mut(database) {
             cat.read_at = None;
+            cat.generation += 1;
         }
     }
 
-    /// Claims the (re)reading of `database`'s catalog: false when another
-    /// task reads it already.
-    pub fn start_loading(&self, database: &Arc<str>) -> bool {
+    /// Claims the (re)reading of `database`'s catalog, with the generation
+    /// it reads: None when another task reads it already.
+    pub fn start_loading(&self, database: &Arc<str>) -> Option<u64> {
         let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         let cat = c.entry(database.clone()).or_default();
-        !std::mem::replace(&mut cat.loading, true)
+        (!std::mem::replace(&mut cat.loading, true)).then_some(cat.generation)
     }
 
     /// Stores a catalog read from the primary (None: the read failed; it
-    /// is tried again at the next refresh).
-    pub fn loaded(&self, database: &Arc<str>, procs: Option<sql::ProcCatalog>) {
+    /// is tried again at the next refresh). One read begun before the
+    /// catalog last changed is kept but not counted as fresh.
+    pub fn loaded(&self, database: &Arc<str>, generation: u64, procs: Option<sql::ProcCatalog>) {
         let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         let cat = c.entry(database.clone()).or_default();
         cat.loading = false;
-        cat.read_at = Some(Instant::now());
+        if generation == cat.generation {
+            cat.read_at = Some(Instant::now());
+        }
         if let Some(p) = procs {
             cat.procs = Arc::new(p);
         }

@@ -40,11 +40,16 @@ pub(super) async fn routed_checkout(
     if !state.router.catalog_read(database) {
         // A database's first request waits (a little) for its function
         // catalog, so that where it runs does not depend on timing.
-        if state.router.start_loading(database) {
-            tokio::spawn(load_catalog(state.clone(), pool.clone(), database.clone()));
-        }
         let deadline = Instant::now() + FIRST_CATALOG_WAIT;
         while !state.router.catalog_read(database) && Instant::now() < deadline {
+            if let Some(g) = state.router.start_loading(database) {
+                tokio::spawn(load_catalog(
+                    state.clone(),
+                    pool.clone(),
+                    database.clone(),
+                    g,
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -57,8 +62,16 @@ pub(super) async fn routed_checkout(
         state
             .router
             .classify(input, cfg.proxy.max_message_size, relay, r, database);
-    if stale && state.router.start_loading(database) {
-        tokio::spawn(load_catalog(state.clone(), pool.clone(), database.clone()));
+    if let Some(g) = stale
+        .then(|| state.router.start_loading(database))
+        .flatten()
+    {
+        tokio::spawn(load_catalog(
+            state.clone(),
+            pool.clone(),
+            database.clone(),
+            g,
+        ));
     }
     r.wrote = matches!(want, Want::Primary { writes: true });
     let overridden = r.route_override();
@@ -203,13 +216,17 @@ pub(super) fn after_transaction(
     pool: &Pool,
     route: &mut Option<Box<SessionRoute>>,
     database: &Arc<str>,
+    ddl_seen: bool,
 ) {
     let Some(r) = route.as_mut().filter(|r| r.wrote) else {
         return;
     };
     r.wrote = false;
     r.ever_wrote = true;
-    if std::mem::take(&mut r.ddl) {
+    // DDL in the transaction (classified, or seen by its command tag
+    // inside an explicit transaction): functions or unlogged tables may
+    // have changed
+    if std::mem::take(&mut r.ddl) || ddl_seen {
         state.router.mark_stale(database);
     }
     let cfg = state.config();
@@ -291,7 +308,7 @@ async fn primary_lsn_after(
 }
 
 /// Reads `database`'s functions and their volatility from the primary.
-async fn load_catalog(state: Arc<State>, pool: Arc<Pool>, database: Arc<str>) {
+async fn load_catalog(state: Arc<State>, pool: Arc<Pool>, database: Arc<str>, generation: u64) {
     let read = async {
         let mut co = checkout(&state, &pool).await.ok()?;
         let rows = co.conn().simple_query(sql::PG_PROC_QUERY).await.ok()?;
@@ -309,5 +326,5 @@ async fn load_catalog(state: Arc<State>, pool: Arc<Pool>, database: Arc<str>) {
     if procs.is_none() {
         tracing::warn!(%database, "cannot read pg_proc: calls of functions go to the primary");
     }
-    state.router.loaded(&database, procs);
+    state.router.loaded(&database, generation, procs);
 }

@@ -483,12 +483,14 @@ impl Session {
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 conn.sout.clear();
             }
+            let ddl = self.relay.take_ddl_seen();
             if self.route.as_ref().is_some_and(|r| r.wrote) {
                 super::routing::after_transaction(
                     &self.state,
                     &self.pool,
                     &mut self.route,
                     &self.info.names.database,
+                    ddl,
                 );
             }
             self.server = None;

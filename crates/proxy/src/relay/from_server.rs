@@ -141,6 +141,11 @@ impl Relay {
                     let tag = wire::backend::command_tag_bytes(body)?;
                     if tag == b"ROLLBACK" {
                         self.rollback_seen = true;
+                    } else if tag.starts_with(b"CREATE ")
+                        || tag.starts_with(b"ALTER ")
+                        || tag.starts_with(b"DROP ")
+                    {
+                        self.ddl_seen = true;
                     } else if let Some(verb) = Verb::of_tag(tag) {
                         self.on_tag(verb, srv);
                     }
