@@ -1,8 +1,8 @@
 //! The Prometheus exposition of one agent (`GET /metrics`), pure: its
 //! member as the cluster shows it, the lease, maintenance mode, counts of
 //! the History key's events, its loop's durations and its disk. Every
-//! per-member series carries `member`, so that a dashboard needs no
-//! relabelling to tell nodes apart.
+//! series carries `cluster`, and every per-member one `member`, so that a
+//! dashboard needs no relabelling to tell clusters and nodes apart.
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::time::Duration;
@@ -50,6 +50,8 @@ impl HistoryCounts {
 
 /// What one exposition shows.
 pub struct Input<'a> {
+    /// The cluster's name (`cluster` in `[agent]`), a label of every series.
+    pub cluster_name: &'a str,
     pub name: &'a str,
     pub cluster: &'a ClusterStatus,
     pub history: &'a HistoryCounts,
@@ -100,7 +102,8 @@ fn b(x: bool) -> u8 {
 
 pub fn render(i: &Input) -> String {
     let mut o = Out(String::with_capacity(4096));
-    let m = format!("member=\"{}\"", escape(i.name));
+    let c = format!("cluster=\"{}\"", escape(i.cluster_name));
+    let m = format!("{c},member=\"{}\"", escape(i.name));
     let me = i.cluster.members.iter().find(|x| x.name == i.name);
 
     o.head(
@@ -194,7 +197,7 @@ pub fn render(i: &Input) -> String {
     if let Some(l) = leader {
         o.sample(
             "pgwarden_lease_holder",
-            &format!("holder=\"{}\"", escape(l)),
+            &format!("{c},holder=\"{}\"", escape(l)),
             1,
         );
     }
@@ -202,7 +205,7 @@ pub fn render(i: &Input) -> String {
         o.gauge(
             "pgwarden_lease_epoch",
             "The lease epoch (it changes with every new leader).",
-            "",
+            &c,
             e,
         );
     }
@@ -217,13 +220,13 @@ pub fn render(i: &Input) -> String {
     o.gauge(
         "pgwarden_paused",
         "1 in maintenance mode (no automatic failover).",
-        "",
+        &c,
         b(i.cluster.paused),
     );
     o.gauge(
         "pgwarden_members",
         "Members with a live key in the DCS.",
-        "",
+        &c,
         i.cluster.members.len(),
     );
     let h = i.history;
@@ -234,12 +237,12 @@ pub fn render(i: &Input) -> String {
     );
     o.sample(
         "pgwarden_failovers_total",
-        "kind=\"automatic\"",
+        &format!("{c},kind=\"automatic\""),
         h.failovers,
     );
     o.sample(
         "pgwarden_failovers_total",
-        "kind=\"manual\"",
+        &format!("{c},kind=\"manual\""),
         h.manual_failovers,
     );
     for (name, help, v) in [
@@ -248,7 +251,7 @@ pub fn render(i: &Input) -> String {
         ("pgwarden_reinits_total", "Reinitializations in the cluster's history since this agent started reading it.", h.reinits),
     ] {
         o.head(name, "counter", help);
-        o.sample(name, "", v);
+        o.sample(name, &c, v);
     }
     let lh = i.loop_h;
     o.head(

@@ -173,6 +173,36 @@ async fn the_dashboard_follows_a_failover_live_and_runs_a_switchover() {
          document.getElementById('token-form').requestSubmit(); true"
     ))
     .await;
+    // maintenance mode on and off from the page
+    for (button, shown, in_dcs) in [("pause", "ON", true), ("resume", "off", false)] {
+        b.eval(&format!(
+            "document.getElementById('{button}').click(); true"
+        ))
+        .await;
+        b.wait_for(
+            "document.getElementById('confirm').open",
+            Duration::from_secs(5),
+            "the confirmation dialog",
+        )
+        .await;
+        b.eval("document.getElementById('result').dataset.ok = 'waiting'; document.getElementById('confirm-yes').click(); true")
+            .await;
+        b.wait_for(
+            &format!(
+                "document.getElementById('result').dataset.ok === 'true' && \
+                 document.getElementById('paused').textContent.startsWith('{shown}')"
+            ),
+            Duration::from_secs(10),
+            &format!("{button} done and shown"),
+        )
+        .await;
+        assert_eq!(
+            c.dcs_key(dcs::Key::Pause).await.is_some(),
+            in_dcs,
+            "{button}"
+        );
+    }
+
     let target = b
         .eval("document.getElementById('candidate').options[1].value")
         .await
@@ -194,6 +224,8 @@ async fn the_dashboard_follows_a_failover_live_and_runs_a_switchover() {
     b.screenshot(&dir.join("3-confirm-switchover.png")).await;
     b.press("Tab", 9).await;
     assert_eq!(b.eval("document.activeElement.id").await, "confirm-yes");
+    b.eval("document.getElementById('result').dataset.ok = 'waiting'; true")
+        .await;
     b.press("Enter", 13).await;
     b.wait_for(
         "document.getElementById('result').dataset.ok === 'true'",
@@ -218,6 +250,38 @@ async fn the_dashboard_follows_a_failover_live_and_runs_a_switchover() {
     assert_eq!(leader_in_dcs(&c).await.as_deref(), Some(target.as_str()));
     assert_eq!(b.eval("window.__noReload === true").await, true);
     b.screenshot(&dir.join("4-after-switchover.png")).await;
+
+    // a standby rebuilt from the page (the request goes through the viewing agent)
+    c.wait_healthy(3, Duration::from_secs(90)).await;
+    let standby = (0..3)
+        .map(|i| format!("n{i}"))
+        .find(|n| *n != target)
+        .unwrap();
+    b.eval(&format!(
+        "document.querySelector('#member-rows tr[data-member=\"{standby}\"] button:nth-of-type(2)').click(); true"
+    ))
+    .await;
+    b.wait_for(
+        "document.getElementById('confirm').open",
+        Duration::from_secs(5),
+        "the confirmation dialog",
+    )
+    .await;
+    b.eval("document.getElementById('result').dataset.ok = 'waiting'; document.getElementById('confirm-yes').click(); true")
+        .await;
+    b.wait_for(
+        "document.getElementById('result').dataset.ok === 'true' && \
+         !!document.querySelector('#history-rows tr[data-kind=\"reinit\"]')",
+        Duration::from_secs(60),
+        "the reinit's answer and its history entry",
+    )
+    .await;
+    eprintln!(
+        "reinit answer on the page: {}",
+        b.eval("document.getElementById('result').textContent")
+            .await
+    );
+    c.wait_healthy(3, Duration::from_secs(90)).await;
     let errors = b.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 }
@@ -285,7 +349,7 @@ async fn metrics_and_events_tell_the_cluster_as_it_is() {
         }
     };
     for i in 0..3 {
-        let m = format!("member=\"n{i}\"");
+        let m = format!("cluster=\"t\",member=\"n{i}\"");
         // a standby's lag is known once the leader has published its position
         let deadline = Instant::now() + Duration::from_secs(20);
         let t = loop {
@@ -314,7 +378,7 @@ async fn metrics_and_events_tell_the_cluster_as_it_is() {
         assert_eq!(
             sample(
                 &t,
-                &format!("pgwarden_lease_holder{{holder=\"n{leader}\"}}")
+                &format!("pgwarden_lease_holder{{cluster=\"t\",holder=\"n{leader}\"}}")
             ),
             Some(1.0)
         );
@@ -322,9 +386,12 @@ async fn metrics_and_events_tell_the_cluster_as_it_is() {
             sample(&t, &format!("pgwarden_pending_restart{{{m}}}")),
             Some(0.0)
         );
-        assert_eq!(sample(&t, "pgwarden_paused"), Some(0.0));
-        assert_eq!(sample(&t, "pgwarden_members"), Some(3.0));
-        assert_eq!(sample(&t, "pgwarden_switchovers_total"), Some(0.0));
+        assert_eq!(sample(&t, r#"pgwarden_paused{cluster="t"}"#), Some(0.0));
+        assert_eq!(sample(&t, r#"pgwarden_members{cluster="t"}"#), Some(3.0));
+        assert_eq!(
+            sample(&t, r#"pgwarden_switchovers_total{cluster="t"}"#),
+            Some(0.0)
+        );
         let lag = sample(&t, &format!("pgwarden_replication_lag_bytes{{{m}}}"))
             .unwrap_or_else(|| panic!("lag bytes on n{i}:\n{t}"));
         assert!(lag < 16.0 * 1024.0 * 1024.0, "lag {lag}");
@@ -388,6 +455,48 @@ async fn metrics_and_events_tell_the_cluster_as_it_is() {
     assert_eq!(v["cluster"]["leader"], format!("n{leader}"));
     assert_eq!(v["cluster"]["members"].as_array().unwrap().len(), 3);
 
+    // an operation on one member asked of another agent is passed on, with the token only
+    let other = (leader + 1) % 3;
+    let path = format!("/members/n{other}/restart");
+    let body = serde_json::json!({"restart_pending": true});
+    let r = c
+        .api_anonymous(leader)
+        .send("POST", &path, Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    let r = c
+        .api(leader)
+        .send("POST", &path, Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no restart pending"),
+        "{:?}",
+        r.body
+    );
+    let r = c
+        .api(leader)
+        .send("POST", "/members/nope/reload", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("name")),
+        "{:?}",
+        r.body
+    );
+    let r = c
+        .api(leader)
+        .send("POST", &format!("/members/n{other}/drop"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{:?}", r.body);
+
     // a switchover counts on every agent
     let target = (leader + 1) % 3;
     let r = c
@@ -404,10 +513,10 @@ async fn metrics_and_events_tell_the_cluster_as_it_is() {
     for i in 0..3 {
         loop {
             let t = scrape(i).await;
-            if sample(&t, "pgwarden_switchovers_total") == Some(1.0)
+            if sample(&t, r#"pgwarden_switchovers_total{cluster="t"}"#) == Some(1.0)
                 && sample(
                     &t,
-                    &format!("pgwarden_lease_holder{{holder=\"n{target}\"}}"),
+                    &format!("pgwarden_lease_holder{{cluster=\"t\",holder=\"n{target}\"}}"),
                 ) == Some(1.0)
             {
                 break;

@@ -48,6 +48,7 @@ pub async fn metrics(State(api): State<St>) -> Result<Response, ApiError> {
     let mut counts = api.history_counts.lock().unwrap_or_else(|e| e.into_inner());
     counts.observe(&history);
     let text = crate::metrics::render(&crate::metrics::Input {
+        cluster_name: &api.cfg.cluster,
         name: &api.cfg.name,
         cluster: &cluster,
         history: &counts,

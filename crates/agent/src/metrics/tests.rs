@@ -99,6 +99,7 @@ fn a_standby_and_a_leader_expose_their_state() {
         ..Default::default()
     };
     let t = render(&Input {
+        cluster_name: "t",
         name: "b",
         cluster: &c,
         history: &hc,
@@ -108,57 +109,73 @@ fn a_standby_and_a_leader_expose_their_state() {
     });
     let v = |s: &str| value(&t, s);
     assert_eq!(
-        v(r#"pgwarden_member_role{member="b",role="replica"}"#).as_deref(),
+        v(r#"pgwarden_member_role{cluster="t",member="b",role="replica"}"#).as_deref(),
         Some("1")
     );
     assert_eq!(
-        v(r#"pgwarden_member_role{member="b",role="leader"}"#).as_deref(),
+        v(r#"pgwarden_member_role{cluster="t",member="b",role="leader"}"#).as_deref(),
         Some("0")
     );
-    assert_eq!(v(r#"pgwarden_is_leader{member="b"}"#).as_deref(), Some("0"));
-    assert_eq!(v(r#"pgwarden_streaming{member="b"}"#).as_deref(), Some("1"));
-    assert_eq!(v(r#"pgwarden_timeline{member="b"}"#).as_deref(), Some("3"));
     assert_eq!(
-        v(r#"pgwarden_replication_lag_bytes{member="b"}"#).as_deref(),
+        v(r#"pgwarden_is_leader{cluster="t",member="b"}"#).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        v(r#"pgwarden_streaming{cluster="t",member="b"}"#).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        v(r#"pgwarden_timeline{cluster="t",member="b"}"#).as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        v(r#"pgwarden_replication_lag_bytes{cluster="t",member="b"}"#).as_deref(),
         Some("4096")
     );
     assert_eq!(
-        v(r#"pgwarden_replication_lag_seconds{member="b"}"#).as_deref(),
+        v(r#"pgwarden_replication_lag_seconds{cluster="t",member="b"}"#).as_deref(),
         Some("1.5")
     );
     assert_eq!(
-        v(r#"pgwarden_pending_restart{member="b"}"#).as_deref(),
+        v(r#"pgwarden_pending_restart{cluster="t",member="b"}"#).as_deref(),
         Some("1")
     );
     assert_eq!(
-        v(r#"pgwarden_lease_holder{holder="a"}"#).as_deref(),
+        v(r#"pgwarden_lease_holder{cluster="t",holder="a"}"#).as_deref(),
         Some("1")
     );
-    assert_eq!(v("pgwarden_lease_epoch").as_deref(), Some("7"));
-    assert_eq!(v("pgwarden_paused").as_deref(), Some("1"));
+    assert_eq!(
+        v(r#"pgwarden_lease_epoch{cluster="t"}"#).as_deref(),
+        Some("7")
+    );
+    assert_eq!(v(r#"pgwarden_paused{cluster="t"}"#).as_deref(), Some("1"));
     // not the holder: no remaining time, whatever it last proved
     assert!(!t.contains("pgwarden_lease_remaining_seconds{"));
     assert_eq!(
-        v(r#"pgwarden_failovers_total{kind="automatic"}"#).as_deref(),
-        Some("1")
-    );
-    assert_eq!(v("pgwarden_switchovers_total").as_deref(), Some("1"));
-    assert_eq!(
-        v(r#"pgwarden_loop_duration_seconds_bucket{member="b",le="+Inf"}"#).as_deref(),
+        v(r#"pgwarden_failovers_total{cluster="t",kind="automatic"}"#).as_deref(),
         Some("1")
     );
     assert_eq!(
-        v(r#"pgwarden_loop_duration_seconds_count{member="b"}"#).as_deref(),
+        v(r#"pgwarden_switchovers_total{cluster="t"}"#).as_deref(),
         Some("1")
     );
     assert_eq!(
-        v(r#"pgwarden_wal_directory_bytes{member="b"}"#).as_deref(),
+        v(r#"pgwarden_loop_duration_seconds_bucket{cluster="t",member="b",le="+Inf"}"#).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        v(r#"pgwarden_loop_duration_seconds_count{cluster="t",member="b"}"#).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        v(r#"pgwarden_wal_directory_bytes{cluster="t",member="b"}"#).as_deref(),
         Some("4")
     );
     assert!(t.contains("# TYPE pgwarden_failovers_total counter"));
     assert!(t.contains("# TYPE pgwarden_loop_duration_seconds histogram"));
 
     let t = render(&Input {
+        cluster_name: "t",
         name: "a",
         cluster: &c,
         history: &hc,
@@ -167,15 +184,23 @@ fn a_standby_and_a_leader_expose_their_state() {
         lease_remaining: Some(Duration::from_millis(2500)),
     });
     assert_eq!(
-        value(&t, r#"pgwarden_is_leader{member="a"}"#).as_deref(),
+        value(&t, r#"pgwarden_is_leader{cluster="t",member="a"}"#).as_deref(),
         Some("1")
     );
     assert_eq!(
-        value(&t, r#"pgwarden_replication_lag_bytes{member="a"}"#).as_deref(),
+        value(
+            &t,
+            r#"pgwarden_replication_lag_bytes{cluster="t",member="a"}"#
+        )
+        .as_deref(),
         Some("0")
     );
     assert_eq!(
-        value(&t, r#"pgwarden_lease_remaining_seconds{member="a"}"#).as_deref(),
+        value(
+            &t,
+            r#"pgwarden_lease_remaining_seconds{cluster="t",member="a"}"#
+        )
+        .as_deref(),
         Some("2.5")
     );
     // every series is declared once, and its samples follow its declaration
