@@ -155,7 +155,8 @@ fn refresh_peers(api: St, members: Vec<(String, String)>) {
                 (name, r)
             });
         }
-        while let Some(Ok((name, r))) = set.join_next().await {
+        while let Some(joined) = set.join_next().await {
+            let Ok((name, r)) = joined else { continue };
             api.peers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
