@@ -284,6 +284,7 @@ async fn the_dashboard_follows_a_failover_live_and_runs_a_switchover() {
     c.wait_healthy(3, Duration::from_secs(90)).await;
     let errors = b.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.close().await;
 }
 
 /// GET `path` from 127.0.0.1:`port`: status and body (the first `limit`

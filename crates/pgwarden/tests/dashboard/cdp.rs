@@ -15,6 +15,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
 
+/// What a failed wait reports of the page: the last operation's answer,
+/// the members' rows and the history's kinds.
+const PAGE_STATE: &str = "JSON.stringify({result: document.getElementById('result')?.textContent, \
+    conn: document.getElementById('conn')?.textContent, \
+    members: [...document.querySelectorAll('#member-rows tr')].map(r => r.innerText.replace(/\\s+/g, ' ')), \
+    history: [...document.querySelectorAll('#history-rows tr')].map(r => r.dataset.kind)})";
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 pub struct Browser {
@@ -170,16 +177,35 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Polls `expr` until it is true, or fails with `what` at the deadline.
+    /// Polls `expr` until it is true, or fails with `what` at the deadline
+    /// (and what the page shows then).
     pub async fn wait_for(&self, expr: &str, limit: Duration, what: &str) {
         let deadline = Instant::now() + limit;
         loop {
             if self.eval(expr).await == json!(true) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+            if Instant::now() >= deadline {
+                let shown = self.eval(PAGE_STATE).await;
+                panic!("{what}: not within {limit:?}; the page shows: {shown}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Closes the browser cleanly (it reaps its own processes), then
+    /// stops it if it has not exited within 10 s.
+    pub async fn close(mut self) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let _ = self.out.send(Message::Text(
+            json!({"id": id, "method": "Browser.close", "params": {}}).to_string(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// A key pressed on the focused element, as a keyboard would.
