@@ -282,6 +282,57 @@ async fn the_dashboard_follows_a_failover_live_and_runs_a_switchover() {
             .await
     );
     c.wait_healthy(3, Duration::from_secs(90)).await;
+
+    // a setting that needs a restart: the page shows it pending, and its
+    // button restarts that member
+    let r = c
+        .api(0)
+        .send(
+            "PATCH",
+            "/config",
+            Some(&serde_json::json!({"parameters": {"max_connections": 120}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let row = format!("#member-rows tr[data-member=\"{standby}\"]");
+    b.wait_for(
+        &format!(
+            "document.querySelector('{row} td:nth-child(8)')?.textContent === 'yes' && \
+             !document.querySelector('{row} button').disabled"
+        ),
+        Duration::from_secs(30),
+        "the pending restart shown, its button enabled",
+    )
+    .await;
+    b.eval(&format!(
+        "document.querySelector('{row} button').click(); true"
+    ))
+    .await;
+    b.wait_for(
+        "document.getElementById('confirm').open",
+        Duration::from_secs(5),
+        "the confirmation dialog",
+    )
+    .await;
+    b.eval("document.getElementById('result').dataset.ok = 'waiting'; document.getElementById('confirm-yes').click(); true")
+        .await;
+    b.wait_for(
+        &format!(
+            "document.getElementById('result').dataset.ok === 'true' && \
+             document.getElementById('result').textContent.includes('restart') && \
+             document.querySelector('{row} td:nth-child(8)')?.textContent === 'no'"
+        ),
+        Duration::from_secs(60),
+        "the restart done and no longer pending",
+    )
+    .await;
+    eprintln!(
+        "restart answer on the page: {}",
+        b.eval("document.getElementById('result').textContent")
+            .await
+    );
+
     let errors = b.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "console errors: {errors:?}");
     b.close().await;
