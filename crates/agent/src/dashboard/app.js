@@ -172,12 +172,12 @@ function renderCandidates(v) {
   const sel = $("candidate");
   const want = v.cluster.members.filter((m) => m.name !== v.cluster.leader && m.state === "streaming")
     .map((m) => m.name).sort();
+  $("switchover").disabled = !want.length || !v.cluster.leader;
   const have = [...sel.options].map((o) => o.value);
   if (JSON.stringify(want) === JSON.stringify(have)) return;
   const keep = sel.value;
   sel.replaceChildren(...want.map((n) => el("option", { value: n }, n)));
   if (want.includes(keep)) sel.value = keep;
-  $("switchover").disabled = !want.length || !v.cluster.leader;
 }
 
 function renderHistory(h) {
