@@ -1,17 +1,22 @@
 //! The agent's REST API, served with axum (hyper): health endpoints with
 //! Patroni's paths and codes for load balancers (`health.rs`), the
 //! cluster's state (`state.rs`), operations behind a token (`ops.rs`,
-//! `auth.rs`), and `POST /failsafe?leader=NAME`, by which a leader cut off
-//! from the DCS asks whether this node still follows it. Described in
-//! docs/openapi.yaml.
+//! `auth.rs`; `forward.rs` passes a member's operation on to it), what
+//! watches the cluster (`observe.rs`: `/metrics`, `/node`, `/events`), the
+//! dashboard (`dashboard.rs`, at `/dashboard`), and `POST
+//! /failsafe?leader=NAME`, by which a leader cut off from the DCS asks
+//! whether this node still follows it. Described in docs/openapi.yaml.
 //!
 //! Every connection is bounded: at most `MAX_CONNECTIONS` at once, its
 //! request head within 5 s, the whole exchange within 2 minutes, one
 //! request per connection, bodies up to 64 kB.
 mod auth;
 mod config_patch;
+mod dashboard;
 mod error;
+mod forward;
 mod health;
+mod observe;
 mod ops;
 mod state;
 
@@ -44,7 +49,17 @@ pub(crate) struct Api {
     /// The API's own DCS connection, for the operations (opened at the
     /// first, so that the API answers while the DCS is down).
     dcs: OnceCell<dcs::AnyDcs>,
+    /// This node's disk figures and replay delay, kept a few seconds.
+    node_cache: crate::nodeinfo::SharedCache,
+    /// Counts of the History key's events, for /metrics.
+    history_counts: std::sync::Mutex<crate::metrics::HistoryCounts>,
+    /// Every member's `/node` as last fetched (for /events).
+    peers: std::sync::Mutex<PeerMap>,
+    peers_refreshing: std::sync::atomic::AtomicBool,
 }
+
+type PeerMap =
+    std::collections::HashMap<String, (Instant, Result<crate::nodeinfo::NodeInfo, String>)>;
 
 type St = Arc<Api>;
 
@@ -107,6 +122,14 @@ fn router(api: St) -> Router {
         .route("/pause", post(ops::pause))
         .route("/resume", post(ops::resume))
         .route("/failsafe", post(failsafe))
+        .route("/metrics", get(observe::metrics))
+        .route("/node", get(observe::node))
+        .route("/events", get(observe::events))
+        .route("/members/:name/:op", post(forward::member_op))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -137,6 +160,10 @@ pub async fn serve(
         cfg: cfg.clone(),
         shared,
         dcs: OnceCell::new(),
+        node_cache: Default::default(),
+        history_counts: Default::default(),
+        peers: Default::default(),
+        peers_refreshing: Default::default(),
     }));
     let tls = match &cfg.api_tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -219,20 +246,30 @@ async fn failsafe(
     Json(serde_json::json!({"follows": true})).into_response()
 }
 
-/// Asks the member at `api_url` whether it follows `leader` (within 1 s).
-/// Over https, the certificate is verified against `api_tls_ca` if given.
-pub async fn failsafe_confirm(cfg: &AgentConfig, api_url: &str, leader: &str) -> bool {
+/// A client of another member's API at `api_url`: over https, its
+/// certificate is verified against `api_tls_ca` if given.
+pub(crate) fn peer_client(
+    cfg: &AgentConfig,
+    api_url: &str,
+    token: Option<String>,
+    limit: Duration,
+) -> Result<ctl::Client, String> {
     let tls = match cfg.api_tls.as_ref().and_then(|t| t.ca.as_deref()) {
-        Some(ca) => match tls::client_config_ca(ca) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "api_tls_ca");
-                return false;
-            }
-        },
+        Some(ca) => tls::client_config_ca(ca).map_err(|e| format!("api_tls_ca: {e}"))?,
         None => tls::client_config(),
     };
-    let client = ctl::Client::new(api_url, None, Duration::from_secs(1)).with_tls(Some(tls));
+    Ok(ctl::Client::new(api_url, token, limit).with_tls(Some(tls)))
+}
+
+/// Asks the member at `api_url` whether it follows `leader` (within 1 s).
+pub async fn failsafe_confirm(cfg: &AgentConfig, api_url: &str, leader: &str) -> bool {
+    let client = match peer_client(cfg, api_url, None, Duration::from_secs(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "api_tls_ca");
+            return false;
+        }
+    };
     let path = format!("/failsafe?leader={leader}");
     matches!(client.send("POST", &path, None).await, Ok(r) if r.status == 200)
 }

@@ -31,6 +31,8 @@ pub struct Shared {
     pub ops: crate::ops::Ops,
     /// A copy of the leader under way (reinit, re-clone): its progress.
     pub copy: Arc<pg::CopyProgress>,
+    /// Pass durations and the lease's proof, for /metrics and /node.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The agent of one node: its DCS, its PostgreSQL and its fence, real
@@ -130,6 +132,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
         let mut leader_rx = self.dcs.watch_leader();
         let mut log = crate::sentences::SentenceLog::default();
         loop {
+            let started = std::time::Instant::now();
             let op = self.run_op().await;
             let sentence = self.run_once().await;
             let sentence = op.map(|o| format!("{o}; {sentence}")).unwrap_or(sentence);
@@ -137,6 +140,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 tracing::info!(node = %self.cfg.name, "{line}");
             }
             self.publish(&sentence).await;
+            self.shared.telemetry.record_pass(started.elapsed());
             if let Some(f) = self.fatal.take() {
                 api.abort();
                 let _ = self.dcs.delete_member(&self.cfg.name).await;
@@ -492,6 +496,9 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     /// later).
     pub(crate) fn proved(&mut self, sent: Instant) {
         self.last_renew = Some(sent);
+        self.shared
+            .telemetry
+            .lease_proved(sent.into_std(), self.lease_ttl);
         if let Some(pid) = self.node.postmaster() {
             if let Err(e) = self.fence.arm(pid, self.lease_ttl, sent.elapsed()) {
                 tracing::warn!(error = %e, "cannot feed the fence");
@@ -502,6 +509,7 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
     /// The lease is not ours (any more): nothing to prove.
     pub(crate) fn unproved(&mut self) {
         self.last_renew = None;
+        self.shared.telemetry.lease_dropped();
         self.fence.disarm();
     }
 

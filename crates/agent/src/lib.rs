@@ -9,12 +9,15 @@ pub mod api;
 pub mod driver;
 pub mod fence;
 mod leader;
+pub mod metrics;
 pub mod node;
+pub mod nodeinfo;
 pub mod ops;
 mod peers;
 pub mod preflight;
 mod sentences;
 mod switchover;
+pub mod telemetry;
 #[cfg(test)]
 mod timing;
 pub mod traits;

@@ -201,8 +201,23 @@ impl<D: Dcs, N: NodeOps, F: Fencing> Agent<D, N, F> {
                 "this node is the leader: switch over first".into(),
             ));
         }
-        let leader = lock(&self.shared.leader).clone();
-        let members = lock(&self.shared.members).clone();
+        // The DCS as it is now: the last pass's reading can be a loop
+        // old, from before a new leader published itself as primary
+        // (a reinit asked right after a switchover).
+        let fresh = tokio::time::timeout(Duration::from_secs(5), self.dcs.snapshot()).await;
+        let (leader, members) = match fresh {
+            Ok(Ok(snap)) => (
+                snap.leader.as_ref().map(|l| l.name.clone()),
+                snap.members
+                    .values()
+                    .filter_map(|v| ha::Member::from_json(v))
+                    .collect(),
+            ),
+            _ => (
+                lock(&self.shared.leader).clone(),
+                lock(&self.shared.members).clone(),
+            ),
+        };
         let Some(l) = leader
             .as_deref()
             .and_then(|l| members.iter().find(|m| m.name == l))

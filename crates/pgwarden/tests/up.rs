@@ -142,6 +142,34 @@ async fn up_serves_through_the_proxy_and_restarts_a_dead_agent() {
         .get(0);
     assert!(!in_recovery, "writes go to the primary");
 
+    // the banner names the dashboard, and it is served there
+    wait_until(Duration::from_secs(10), "the dashboard's address", || {
+        output().contains("dashboard: http://")
+    });
+    let out = output();
+    let url = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard: http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let (addr, path) = url.split_once('/').unwrap();
+    let page = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        page
+    };
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>pgwarden</title>"), "{page}");
+
     // `pgwarden ctl` finds the agents and the token in the `up` directory
     // (as the current directory, or given with --dir)
     let ctl = |args: &[&str], cwd: &Path| {

@@ -14,17 +14,23 @@ use super::St;
 
 /// The DCS read now (so that a change just made shows), or, when it does
 /// not answer within 2 s, as the loop last read it.
-async fn snapshot(api: &super::Api) -> Result<Snapshot, ApiError> {
+pub(super) async fn snapshot(api: &super::Api) -> Result<Snapshot, ApiError> {
+    snapshot_fresh(api).await.map(|(s, _)| s)
+}
+
+/// The same, and whether it was read now.
+pub(super) async fn snapshot_fresh(api: &super::Api) -> Result<(Snapshot, bool), ApiError> {
     let fresh = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         api.dcs().await?.snapshot().await.map_err(ApiError::from)
     })
     .await;
     if let Ok(Ok(s)) = fresh {
-        return Ok(s);
+        return Ok((s, true));
     }
     api.shared
         .ops
         .snapshot()
+        .map(|s| (s, false))
         .ok_or_else(|| ApiError::unavailable("the agent has not read the DCS yet: try again"))
 }
 

@@ -149,6 +149,13 @@ async fn wait_ready(
     }
 }
 
+/// The first node's REST API (any agent serves the dashboard).
+fn first_api(l: &Layout) -> Option<String> {
+    let a = config::load(&l.node_conf(0)).ok()?.agent?;
+    let scheme = if a.api_tls.is_some() { "https" } else { "http" };
+    Some(format!("{scheme}://{}", a.api_listen))
+}
+
 async fn print_banner(l: &Layout, port: u16, store: &dcs::AnyDcs) {
     let dir = &l.dir;
     println!("\npgwarden is up: {}\n", status_line(store).await);
@@ -160,6 +167,13 @@ async fn print_banner(l: &Layout, port: u16, store: &dcs::AnyDcs) {
         dir.display()
     );
     println!("  data:     {}/node*", l.data_root.display());
+    if let Some(api) = first_api(l) {
+        println!(
+            "  dashboard: {api}/dashboard    (every agent serves it; the token for operations: {}/api-token)",
+            dir.display()
+        );
+        println!("  metrics:  {api}/metrics    (Prometheus, on every agent)");
+    }
     println!("\nCtrl-C stops the proxy, the agents and PostgreSQL; run again to resume.\n");
 }
 
