@@ -123,11 +123,14 @@ EOC
   PGP_PID=$!; pids+=("$PGP_PID")
   for _ in $(seq 1 100); do psql_at $PGP_PORT "select 1" >/dev/null 2>&1 && break; sleep 0.2; done
 }
-# SIGINT: Pgpool-II's fast shutdown (SIGTERM waits for every client, and
-# its children can outlive the run)
+# SIGTERM: Pgpool-II's smart shutdown (pgbench has gone: no client to wait
+# for). Not SIGINT: a script run in the background starts Pgpool-II with
+# SIGINT ignored. Then SIGKILL to it and its children if it still listens.
 stop_pgpool() {
-  kill -INT "$PGP_PID" 2>/dev/null || true; wait "$PGP_PID" 2>/dev/null || true
-  for _ in $(seq 1 50); do ss -ltn | grep -q ":$PGP_PORT " || return 0; sleep 0.2; done
+  kill -TERM "$PGP_PID" 2>/dev/null || true
+  for _ in $(seq 1 50); do ss -ltn | grep -q ":$PGP_PORT " || { wait "$PGP_PID" 2>/dev/null; return 0; }; sleep 0.2; done
+  pkill -KILL -P "$PGP_PID" 2>/dev/null; kill -KILL "$PGP_PID" 2>/dev/null; wait "$PGP_PID" 2>/dev/null
+  for _ in $(seq 1 25); do ss -ltn | grep -q ":$PGP_PORT " || return 0; sleep 0.2; done
   echo "Pgpool-II still listens on $PGP_PORT" >&2; return 1
 }
 

@@ -276,9 +276,21 @@ enum Reader {
     Same,
     /// Another connection of the same user and database.
     Other,
+    /// A connection of another user (scope `cluster`).
+    OtherUser,
     /// Another connection, given the writer's WAL position
     /// (`pg_current_wal_lsn()` after the commit) with `SET pgwarden.min_lsn`.
     CarriesLsn,
+}
+
+/// `read_your_writes_scope = "cluster"`: a read by another user sees the
+/// write just made (every write through the proxy before the read began).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_scope_reads_writes_made_by_another_user() {
+    let (stale, on_standby) =
+        writes_then_reads("read_your_writes_scope = \"cluster\"\n", Reader::OtherUser).await;
+    assert_eq!(stale, 0, "reads that missed another user's write");
+    assert!(on_standby > 0, "no read after a write ran on a standby");
 }
 
 /// `SET pgwarden.min_lsn`: an application carries the position read after
@@ -322,7 +334,9 @@ async fn writes_then_reads(extra: &str, who: Reader) -> (usize, usize) {
     );
     s2.sql("postgres", "SELECT pg_reload_conf()");
     let c = p.connect("postgres", None, "app").await.unwrap();
-    c.batch_execute("CREATE TABLE kv (k int primary key, v int)")
+    c.batch_execute(
+        "CREATE TABLE kv (k int primary key, v int); CREATE ROLE reader LOGIN; GRANT SELECT ON kv TO reader",
+    )
         .await
         .unwrap();
     s1.wait_caught_up(&primary);
@@ -331,7 +345,10 @@ async fn writes_then_reads(extra: &str, who: Reader) -> (usize, usize) {
 
     // write, then read it back at once, on the same connection (or, with
     // a wider scope, on another of the same user and database)
-    let reader = p.connect("postgres", None, "app").await.unwrap();
+    let reader = match who {
+        Reader::OtherUser => p.connect("reader", None, "app").await.unwrap(),
+        _ => p.connect("postgres", None, "app").await.unwrap(),
+    };
     let r = if who == Reader::Same { &c } else { &reader };
     let (mut stale, mut on_standby) = (0, 0);
     for k in 0..60 {
