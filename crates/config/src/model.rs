@@ -72,6 +72,8 @@ pub struct AuthQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
+    /// Prometheus metrics over HTTP (`GET /metrics`), when set.
+    pub metrics_listen: Option<SocketAddr>,
     pub pool_mode: PoolMode,
     pub max_client_conn: usize,
     pub admin_reserved_conn: usize,
@@ -208,6 +210,7 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawProxy {
     listen: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
     pool_mode: Option<PoolMode>,
     max_client_conn: Option<usize>,
     admin_reserved_conn: Option<usize>,
@@ -366,6 +369,15 @@ impl RawConfig {
                 )
             })?,
         };
+        let metrics_listen = match &p.metrics_listen {
+            None => None,
+            Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                Invalid::at(
+                    s.span(),
+                    format!("metrics_listen {:?} must be IP:port", s.get_ref()),
+                )
+            })?),
+        };
         let default_pool_size = match &p.default_pool_size {
             Some(s) if *s.get_ref() == 0 || *s.get_ref() > MAX_POOL_SIZE => {
                 return Err(Invalid::at(
@@ -417,6 +429,7 @@ impl RawConfig {
         }
         let proxy = ProxyConfig {
             listen,
+            metrics_listen,
             pool_mode: p.pool_mode.unwrap_or(PoolMode::Transaction),
             max_client_conn: p.max_client_conn.unwrap_or(10_000),
             admin_reserved_conn: p.admin_reserved_conn.unwrap_or(5),

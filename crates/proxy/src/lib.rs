@@ -13,6 +13,7 @@ mod encoding;
 pub mod follow;
 pub mod health;
 mod io;
+pub mod metrics;
 pub mod params;
 pub mod pick;
 pub mod pool;
@@ -38,6 +39,7 @@ pub use state::State;
 pub struct Proxy {
     pub state: Arc<State>,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 impl Proxy {
@@ -48,7 +50,24 @@ impl Proxy {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        Ok(Proxy { state, listener })
+        let metrics = match state.config().proxy.metrics_listen {
+            Some(m) => Some(
+                TcpListener::bind(m)
+                    .await
+                    .map_err(|e| format!("cannot listen on {m} (metrics_listen): {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Proxy {
+            state,
+            listener,
+            metrics,
+        })
+    }
+
+    /// Where `GET /metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -62,7 +81,14 @@ impl Proxy {
     /// `external_primary`: the primary comes from elsewhere (the DCS), so
     /// health checks only report.
     pub async fn run(self) {
-        let Proxy { state, listener } = self;
+        let Proxy {
+            state,
+            listener,
+            metrics,
+        } = self;
+        if let Some(m) = metrics {
+            tokio::spawn(metrics::serve(state.clone(), m));
+        }
         tokio::spawn(health::run(state.clone()));
         if let Some((url, cluster)) = state.config().proxy_dcs.clone() {
             tokio::spawn(follow::run(state.clone(), url, cluster));

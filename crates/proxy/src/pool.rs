@@ -211,6 +211,12 @@ impl Pool {
         })
     }
 
+    /// The standby pools made so far.
+    pub fn replicas(&self) -> Vec<Arc<Pool>> {
+        let r = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        r.values().cloned().collect()
+    }
+
     /// The pool of the same (database, user) on the standby at `addr`.
     pub fn replica(self: &Arc<Self>, addr: &str) -> Arc<Pool> {
         let mut r = self.replicas.lock().unwrap_or_else(|e| e.into_inner());

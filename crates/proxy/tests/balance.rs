@@ -661,3 +661,105 @@ async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
     }
     eprintln!("{failed} reads failed when the standby was killed");
 }
+
+/// `GET /metrics` on `metrics_listen`: the text as Prometheus reads it.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` (labels as written, in order).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// The proxy's metrics follow what the servers saw: the reads each
+/// standby ran (by inet_server_port()) are its reads_total, the backends'
+/// roles are right, and promtool accepts the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_servers_ran() {
+    let primary = PgServer::primary();
+    let s1 = PgServer::standby_of(&primary);
+    let s2 = PgServer::standby_of(&primary);
+    let mport = testkit::free_port();
+    let p = balanced_proxy(
+        &format!("metrics_listen = \"127.0.0.1:{mport}\"\n"),
+        &[&primary, &s1, &s2],
+    )
+    .await;
+    let standbys: HashSet<u16> = [s1.port, s2.port].into();
+    let q = "SELECT inet_server_port()";
+    let c = p.connect("postgres", None, "app").await.unwrap();
+    until_on_standby(&c, q, &standbys).await;
+    let before = scrape(mport).await;
+    let seen = spread(&c, q, 20).await;
+    let after = scrape(mport).await;
+    for (port, role) in [
+        (primary.port, "primary"),
+        (s1.port, "standby"),
+        (s2.port, "standby"),
+    ] {
+        let node = format!("127.0.0.1:{port}");
+        let reads = format!("pgwarden_proxy_reads_total{{node=\"{node}\"}}");
+        assert_eq!(
+            sample(&after, &reads) - sample(&before, &reads),
+            seen.get(&port).copied().unwrap_or(0) as f64,
+            "{node}: {seen:?}"
+        );
+        let up = format!("pgwarden_proxy_backend_up{{node=\"{node}\",name=\"\",role=\"{role}\"}}");
+        let up = after
+            .lines()
+            .find(|l| l.starts_with("pgwarden_proxy_backend_up{") && l.contains(&node))
+            .unwrap_or_else(|| panic!("{up}"));
+        assert!(
+            up.contains(&format!("role=\"{role}\"")) && up.ends_with(" 1"),
+            "{up}"
+        );
+    }
+    let routed = "pgwarden_proxy_routed_transactions_total{to=\"standby\"}";
+    assert_eq!(sample(&after, routed) - sample(&before, routed), 20.0);
+    assert!(sample(&after, "pgwarden_proxy_clients{state=\"idle\"}") >= 1.0);
+    let hits = "pgwarden_proxy_classifier_cache_lookups_total{result=\"hit\"}";
+    assert!(sample(&after, hits) - sample(&before, hits) >= 20.0);
+    // promtool, where installed (./x test installs it)
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(after.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}"
+        );
+    }
+}
