@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::pool::Pool;
 use crate::state::{ClientState, State};
 use crate::topology::{NodeStatus, Role};
 
@@ -78,6 +79,32 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A family with a sample (or several, told apart by one more label) per
+/// pool, labelled with its database, user and node.
+type PoolSamples = Vec<(Option<(&'static str, &'static str)>, f64)>;
+
+fn per_pool(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    pools: &[(Arc<Pool>, String)],
+    samples: impl Fn(&Pool) -> PoolSamples,
+) {
+    let mut f = Family::new(o, name, kind, help);
+    for (p, node) in pools {
+        for (extra, v) in samples(p) {
+            let mut labels = vec![
+                ("database", &*p.key.database),
+                ("user", &*p.key.user),
+                ("node", node.as_str()),
+            ];
+            labels.extend(extra);
+            f.sample(name, &labels, v);
+        }
+    }
+}
+
 /// The proxy's metrics now, in Prometheus' text format.
 pub fn render(state: &State) -> String {
     let mut out = String::with_capacity(4096);
@@ -114,79 +141,45 @@ pub fn render(state: &State) -> String {
         .primary()
         .map(|t| t.addr.to_string())
         .unwrap_or_default();
-    let node_of = |p: &crate::pool::Pool| {
-        p.fixed()
-            .map(str::to_owned)
-            .unwrap_or_else(|| primary.clone())
-    };
-    let name = "pgwarden_proxy_server_connections";
-    let mut f = Family::new(
+    let pools: Vec<(Arc<Pool>, String)> = pools
+        .into_iter()
+        .map(|p| {
+            let node = p.fixed().map_or_else(|| primary.clone(), str::to_owned);
+            (p, node)
+        })
+        .collect();
+    per_pool(
         o,
-        name,
+        "pgwarden_proxy_server_connections",
         "gauge",
         "Server connections per pool (database, user, node) by state.",
+        &pools,
+        |p| {
+            vec![
+                (
+                    Some(("state", "active")),
+                    p.active.load(Ordering::Relaxed) as f64,
+                ),
+                (Some(("state", "idle")), p.idle_count() as f64),
+            ]
+        },
     );
-    for p in &pools {
-        let node = node_of(p);
-        let (db, user) = (&*p.key.database, &*p.key.user);
-        let active = p.active.load(Ordering::Relaxed);
-        f.sample(
-            name,
-            &[
-                ("database", db),
-                ("user", user),
-                ("node", &node),
-                ("state", "active"),
-            ],
-            active,
-        );
-        f.sample(
-            name,
-            &[
-                ("database", db),
-                ("user", user),
-                ("node", &node),
-                ("state", "idle"),
-            ],
-            p.idle_count(),
-        );
-    }
-    let name = "pgwarden_proxy_waiting_clients";
-    let mut f = Family::new(
+    per_pool(
         o,
-        name,
+        "pgwarden_proxy_waiting_clients",
         "gauge",
         "Clients waiting for a server connection of a pool.",
+        &pools,
+        |p| vec![(None, p.waiting.load(Ordering::Relaxed) as f64)],
     );
-    for p in &pools {
-        let node = node_of(p);
-        let labels = [
-            ("database", &*p.key.database),
-            ("user", &*p.key.user),
-            ("node", node.as_str()),
-        ];
-        f.sample(name, &labels, p.waiting.load(Ordering::Relaxed));
-    }
-    let name = "pgwarden_proxy_wait_seconds_total";
-    let mut f = Family::new(
+    per_pool(
         o,
-        name,
+        "pgwarden_proxy_wait_seconds_total",
         "counter",
         "Time clients spent waiting for a server connection of a pool.",
+        &pools,
+        |p| vec![(None, p.wait_us.load(Ordering::Relaxed) as f64 / 1e6)],
     );
-    for p in &pools {
-        let node = node_of(p);
-        let labels = [
-            ("database", &*p.key.database),
-            ("user", &*p.key.user),
-            ("node", node.as_str()),
-        ];
-        f.sample(
-            name,
-            &labels,
-            p.wait_us.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-    }
 
     for (name, help, v) in [
         (
