@@ -76,6 +76,8 @@ struct Catalog {
     /// When it was read (None: never; a read is under way when `loading`).
     read_at: Option<Instant>,
     loading: bool,
+    /// A read has ended once (fresh or not).
+    ever_read: bool,
     /// Bumped when the catalog may have changed (DDL through the proxy): a
     /// read begun before does not count as fresh.
     generation: u64,
@@ -299,6 +301,12 @@ impl Router {
         c.get(database).is_some_and(|cat| cat.read_at.is_some())
     }
 
+    /// Whether a read of `database`'s catalog has ended once.
+    pub fn catalog_ever_read(&self, database: &Arc<str>) -> bool {
+        let c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(database).is_some_and(|cat| cat.ever_read)
+    }
+
     pub fn mark_stale(&self, database: &Arc<str>) {
         let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cat) = c.get_mut(database) {
@@ -322,6 +330,7 @@ impl Router {
         let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         let cat = c.entry(database.clone()).or_default();
         cat.loading = false;
+        cat.ever_read = true;
         if generation == cat.generation {
             cat.read_at = Some(Instant::now());
         }

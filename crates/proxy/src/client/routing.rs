@@ -15,9 +15,10 @@ use crate::relay::Relay;
 use crate::route::{parse_lsn, SessionRoute, Want};
 use crate::state::State;
 
-/// How long a database's first routed request waits for the function
-/// catalog (until then a call of any function goes to the primary).
-const FIRST_CATALOG_WAIT: Duration = Duration::from_secs(2);
+/// How long a database's first routed request, or a read after DDL, waits
+/// for the catalog (without it a call of any function goes to the
+/// primary, and an unlogged table is not known).
+const CATALOG_WAIT: Duration = Duration::from_secs(2);
 
 /// A connection for the request buffered in `input`: a standby's when the
 /// request may run there and one can (read-your-writes included), else
@@ -37,21 +38,10 @@ pub(super) async fn routed_checkout(
     if !bal.enabled || bal.consistency == Consistency::Primary || !relay.transaction_mode() {
         return checkout(state, pool).await;
     }
-    if !state.router.catalog_read(database) {
-        // A database's first request waits (a little) for its function
-        // catalog, so that where it runs does not depend on timing.
-        let deadline = Instant::now() + FIRST_CATALOG_WAIT;
-        while !state.router.catalog_read(database) && Instant::now() < deadline {
-            if let Some(g) = state.router.start_loading(database) {
-                tokio::spawn(load_catalog(
-                    state.clone(),
-                    pool.clone(),
-                    database.clone(),
-                    g,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    if !state.router.catalog_ever_read(database) {
+        // A database's first request waits (a little) for its catalog, so
+        // that where it runs does not depend on timing.
+        wait_for_catalog(state, pool, database).await;
     }
     let r = route.get_or_insert_with(|| {
         let mut r = Box::<SessionRoute>::default();
@@ -72,6 +62,18 @@ pub(super) async fn routed_checkout(
             database.clone(),
             g,
         ));
+    }
+    if want == Want::Standby && !state.router.catalog_read(database) {
+        // A read after DDL through the proxy (a table may have become
+        // unlogged) waits for the catalog read again, and is classified
+        // with it (the effects of a read-only request, applied again in
+        // the same order, leave the same session state). Writers do not
+        // wait.
+        wait_for_catalog(state, pool, database).await;
+        want = state
+            .router
+            .classify(input, cfg.proxy.max_message_size, relay, r, database)
+            .0;
     }
     r.wrote = matches!(want, Want::Primary { writes: true });
     let overridden = r.route_override();
@@ -134,6 +136,23 @@ pub(super) async fn routed_checkout(
 /// session's reads must see, e.g. one read with `pg_current_wal_lsn()`
 /// after a commit on another connection.
 pub const MIN_LSN_SETTING: &str = "pgwarden.min_lsn";
+
+/// Waits up to [`CATALOG_WAIT`] for a fresh read of `database`'s catalog,
+/// starting one if none is under way.
+async fn wait_for_catalog(state: &Arc<State>, pool: &Arc<Pool>, database: &Arc<str>) {
+    let deadline = Instant::now() + CATALOG_WAIT;
+    while !state.router.catalog_read(database) && Instant::now() < deadline {
+        if let Some(g) = state.router.start_loading(database) {
+            tokio::spawn(load_catalog(
+                state.clone(),
+                pool.clone(),
+                database.clone(),
+                g,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// A standby's connection that has replayed `min_lsn`, or None.
 async fn standby(
