@@ -267,8 +267,6 @@ async fn eventual_consistency_reads_stale_rows_from_a_delayed_standby() {
     eprintln!("{stale} of 60 reads after a write missed it");
 }
 
-/// 60 writes each read back at once on the same connection, with one
-/// standby applying WAL 2 s late: (stale reads, reads run on a standby).
 /// Who reads what was just written.
 #[derive(PartialEq)]
 enum Reader {
@@ -303,28 +301,13 @@ async fn a_position_carried_to_another_connection_is_waited_for() {
     assert!(on_standby > 0, "no read after a write ran on a standby");
 }
 
+/// 60 writes each read back at once (by `who`), with one standby applying
+/// WAL 2 s late: (stale reads, reads run on a standby).
 async fn writes_then_reads(extra: &str, who: Reader) -> (usize, usize) {
     let primary = PgServer::primary();
     let s1 = PgServer::standby_of(&primary);
     let s2 = PgServer::standby_of(&primary);
-    let p = start_proxy(
-        &format!("{TRUST}{BALANCE}{extra}"),
-        &backends(&[&primary, &s1, &s2]),
-    )
-    .await;
-    wait_for(Duration::from_secs(20), || {
-        p.state
-            .topology
-            .nodes()
-            .iter()
-            .filter(|n| {
-                n.status == proxy::topology::NodeStatus::Up
-                    && n.role == proxy::topology::Role::Standby
-            })
-            .count()
-            == 2
-    })
-    .await;
+    let p = balanced_proxy(extra, &[&primary, &s1, &s2]).await;
     let standbys: HashSet<u16> = [s1.port, s2.port].into();
     let eventual = extra.contains("eventual");
     // one standby applies WAL 2 s late
