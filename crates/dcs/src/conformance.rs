@@ -19,6 +19,9 @@ where
     members_expire(make().await).await;
     keys_and_compare_and_set(make().await).await;
     watch_sees_changes(make().await).await;
+    named_leases_stand_apart(make().await).await;
+    named_lease_expires(make().await).await;
+    proxies_expire(make().await).await;
 }
 
 async fn initialize_once<D: Dcs>(d: D) {
@@ -163,4 +166,90 @@ async fn watch_sees_changes<D: Dcs>(d: D) {
         .await
         .expect("watch saw the release")
         .unwrap();
+}
+
+async fn named_leases_stand_apart<D: Dcs>(d: D) {
+    let leader = d.take_leader("n1", TTL).await.unwrap().unwrap();
+    let vip = d
+        .take_lease("vip", "p1", TTL)
+        .await
+        .unwrap()
+        .expect("a named lease is not the leader's");
+    assert_eq!(vip.name, "p1");
+    assert!(
+        d.take_lease("vip", "p2", TTL).await.unwrap().is_none(),
+        "named lease held by p1"
+    );
+    assert!(
+        d.take_lease("other", "p2", TTL).await.unwrap().is_some(),
+        "each name is a lease of its own"
+    );
+    assert!(d.renew_lease("vip", "p1", TTL).await.unwrap());
+    assert!(
+        !d.renew_lease("vip", "p2", TTL).await.unwrap(),
+        "only the holder renews a named lease"
+    );
+    let s = d.snapshot().await.unwrap();
+    assert_eq!(s.leases.get("vip"), Some(&vip));
+    assert_eq!(s.leader, Some(leader.clone()), "the leader is untouched");
+    d.release_lease("vip", "p2").await.unwrap();
+    assert!(d.snapshot().await.unwrap().leases.contains_key("vip"));
+    d.release_lease("vip", "p1").await.unwrap();
+    let s = d.snapshot().await.unwrap();
+    assert!(!s.leases.contains_key("vip"), "released");
+    assert_eq!(
+        s.leader,
+        Some(leader),
+        "releasing a named lease keeps the leader"
+    );
+    let v2 = d
+        .take_lease("vip", "p2", TTL)
+        .await
+        .unwrap()
+        .expect("released named lease is free at once");
+    assert!(v2.epoch > vip.epoch, "a named lease's epoch grows");
+    assert!(
+        d.take_lease("bad/name", "p1", TTL).await.is_err(),
+        "lease names are checked"
+    );
+}
+
+async fn named_lease_expires<D: Dcs>(d: D) {
+    d.take_lease("vip", "p1", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(
+        !d.snapshot().await.unwrap().leases.contains_key("vip"),
+        "named lease expired"
+    );
+    assert!(!d.renew_lease("vip", "p1", TTL).await.unwrap());
+    assert!(d.take_lease("vip", "p2", TTL).await.unwrap().is_some());
+}
+
+async fn proxies_expire<D: Dcs>(d: D) {
+    d.put_proxy("p1", "{\"a\":1}", Duration::from_secs(1))
+        .await
+        .unwrap();
+    d.put_proxy("p2", "{\"b\":2}", Duration::from_secs(30))
+        .await
+        .unwrap();
+    d.put_member("p1", "member", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let s = d.snapshot().await.unwrap();
+    assert_eq!(s.proxies.get("p1").map(String::as_str), Some("{\"a\":1}"));
+    assert_eq!(s.proxies.len(), 2);
+    assert_eq!(
+        s.members.get("p1").map(String::as_str),
+        Some("member"),
+        "proxies and members are apart"
+    );
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let s = d.snapshot().await.unwrap();
+    assert!(!s.proxies.contains_key("p1"), "proxy key expired");
+    assert!(s.proxies.contains_key("p2"));
+    d.delete_proxy("p2").await.unwrap();
+    assert!(d.snapshot().await.unwrap().proxies.is_empty());
 }

@@ -15,10 +15,11 @@ use crate::{Dcs, DcsError, Key, Leader, Snapshot};
 pub struct EtcdDcs {
     client: Client,
     prefix: String,
-    /// The lease behind our leader key, when we hold it.
-    leader_lease: Mutex<Option<i64>>,
-    /// Member name -> its lease.
-    member_leases: Mutex<BTreeMap<String, (i64, Duration)>>,
+    /// Lease keys we hold (the leader's, named ones) -> the etcd lease
+    /// behind each.
+    held: Mutex<BTreeMap<String, i64>>,
+    /// Expiring keys we publish (members, proxies) -> their etcd lease.
+    value_leases: Mutex<BTreeMap<String, (i64, Duration)>>,
     leader_tx: Arc<std::sync::OnceLock<watch::Sender<Option<Leader>>>>,
 }
 
@@ -40,8 +41,8 @@ impl EtcdDcs {
         Ok(EtcdDcs {
             client,
             prefix: format!("/pgwarden/{cluster}/"),
-            leader_lease: Mutex::new(None),
-            member_leases: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeMap::new()),
+            value_leases: Mutex::new(BTreeMap::new()),
             leader_tx: Arc::new(std::sync::OnceLock::new()),
         })
     }
@@ -57,6 +58,163 @@ impl EtcdDcs {
             epoch: kv.create_revision() as u64,
         }))
     }
+
+    fn lease_key(&self, lease: &str) -> Result<String, DcsError> {
+        if lease.is_empty() || lease.contains('/') {
+            return Err(DcsError::Corrupt(format!("invalid lease name {lease:?}")));
+        }
+        Ok(self.key(&format!("leases/{lease}")))
+    }
+
+    fn held_lease(&self, key: &str) -> Option<i64> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    fn set_held(&self, key: &str, lease: Option<i64>) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match lease {
+            Some(l) => h.insert(key.to_owned(), l),
+            None => h.remove(key),
+        };
+    }
+
+    /// Takes the lease key `key` for `name` (see [`Dcs::take_leader`]).
+    async fn take_at(
+        &self,
+        key: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leader>, DcsError> {
+        let mut c = self.client.clone();
+        if let Some(l) = Self::read_leader(&mut c, key).await? {
+            if l.name == name && self.renew_at(key, name).await? {
+                return Ok(Some(l));
+            }
+            if l.name != name {
+                return Ok(None);
+            }
+        }
+        let lease = c.lease_grant(ttl_secs(ttl), None).await.map_err(err)?.id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                name,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let r = c.txn(txn).await.map_err(err)?;
+        if !r.succeeded() {
+            let _ = c.lease_revoke(lease).await;
+            return Ok(None);
+        }
+        self.set_held(key, Some(lease));
+        Ok(Self::read_leader(&mut c, key)
+            .await?
+            .filter(|l| l.name == name))
+    }
+
+    /// Keeps the lease behind `key` alive and checks the key is still
+    /// `name`'s.
+    async fn renew_at(&self, key: &str, name: &str) -> Result<bool, DcsError> {
+        let mut c = self.client.clone();
+        let lease = match self.held_lease(key) {
+            Some(l) => l,
+            None => {
+                // After a restart: the key may still be ours.
+                let r = c.get(key, None).await.map_err(err)?;
+                match r.kvs().first() {
+                    Some(kv) if kv.value() == name.as_bytes() && kv.lease() != 0 => {
+                        self.set_held(key, Some(kv.lease()));
+                        kv.lease()
+                    }
+                    _ => return Ok(false),
+                }
+            }
+        };
+        let alive = async {
+            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            Ok::<_, etcd_client::Error>(stream.message().await?.is_some_and(|r| r.ttl() > 0))
+        }
+        .await;
+        let alive = match alive {
+            Ok(a) => a,
+            // the lease expired: not ours any more
+            Err(e) if e.to_string().contains("not found") => false,
+            Err(e) => return Err(err(e)),
+        };
+        if !alive {
+            self.set_held(key, None);
+            return Ok(false);
+        }
+        Ok(Self::read_leader(&mut c, key)
+            .await?
+            .is_some_and(|l| l.name == name))
+    }
+
+    /// Deletes `key` if it is `name`'s and revokes its lease.
+    async fn release_at(&self, key: &str, name: &str) -> Result<(), DcsError> {
+        let txn = Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, name)])
+            .and_then([TxnOp::delete(key, None)]);
+        if !self.client.clone().txn(txn).await.map_err(err)?.succeeded() {
+            return Ok(());
+        }
+        let lease = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if let Some(l) = lease {
+            let _ = self.client.clone().lease_revoke(l).await;
+        }
+        Ok(())
+    }
+
+    /// Puts `value` at `key`, bound to a lease of `ttl` kept alive by
+    /// each call (a lost lease gets a new one).
+    async fn put_expiring(&self, key: String, value: &str, ttl: Duration) -> Result<(), DcsError> {
+        let mut c = self.client.clone();
+        let existing = self
+            .value_leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let lease = match existing {
+            Some((l, t)) if t == ttl => match c.lease_keep_alive(l).await {
+                Ok((mut k, mut s)) => match k.keep_alive().await {
+                    Ok(()) => match s.message().await {
+                        Ok(Some(r)) if r.ttl() > 0 => Some(l),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let lease = match lease {
+            Some(l) => l,
+            None => {
+                let l = c.lease_grant(ttl_secs(ttl), None).await.map_err(err)?.id();
+                self.value_leases
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), (l, ttl));
+                l
+            }
+        };
+        c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
 }
 
 impl Dcs for EtcdDcs {
@@ -68,11 +226,18 @@ impl Dcs for EtcdDcs {
             .map_err(err)?;
         let mut s = Snapshot::default();
         let members_prefix = self.key("members/");
+        let proxies_prefix = self.key("proxies/");
+        let leases_prefix = self.key("leases/");
         for kv in r.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = String::from_utf8_lossy(kv.value()).into_owned();
             if let Some(m) = key.strip_prefix(&members_prefix) {
                 s.members.insert(m.to_owned(), value);
+            } else if let Some(p) = key.strip_prefix(&proxies_prefix) {
+                s.proxies.insert(p.to_owned(), value);
+            } else if let Some(l) = key.strip_prefix(&leases_prefix) {
+                let epoch = kv.create_revision() as u64;
+                s.leases.insert(l.to_owned(), Leader { name: value, epoch });
             } else if key == self.key("leader") {
                 s.leader = Some(Leader {
                     name: value,
@@ -105,136 +270,55 @@ impl Dcs for EtcdDcs {
     }
 
     async fn take_leader(&self, name: &str, ttl: Duration) -> Result<Option<Leader>, DcsError> {
-        let mut c = self.client.clone();
-        let key = self.key("leader");
-        if let Some(l) = Self::read_leader(&mut c, &key).await? {
-            if l.name == name && self.renew_leader(name, ttl).await? {
-                return Ok(Some(l));
-            }
-            if l.name != name {
-                return Ok(None);
-            }
-        }
-        let lease = c.lease_grant(ttl_secs(ttl), None).await.map_err(err)?.id();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                name,
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let r = c.txn(txn).await.map_err(err)?;
-        if !r.succeeded() {
-            let _ = c.lease_revoke(lease).await;
-            return Ok(None);
-        }
-        *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-        Ok(Self::read_leader(&mut c, &key)
-            .await?
-            .filter(|l| l.name == name))
+        self.take_at(&self.key("leader"), name, ttl).await
     }
 
     async fn renew_leader(&self, name: &str, _ttl: Duration) -> Result<bool, DcsError> {
-        let mut c = self.client.clone();
-        let held = *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner());
-        let lease = match held {
-            Some(l) => l,
-            None => {
-                // After an agent restart: the key may still be ours.
-                let r = c.get(self.key("leader"), None).await.map_err(err)?;
-                match r.kvs().first() {
-                    Some(kv) if kv.value() == name.as_bytes() && kv.lease() != 0 => {
-                        *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(kv.lease());
-                        kv.lease()
-                    }
-                    _ => return Ok(false),
-                }
-            }
-        };
-        let alive = async {
-            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(stream.message().await?.is_some_and(|r| r.ttl() > 0))
-        }
-        .await;
-        let alive = match alive {
-            Ok(a) => a,
-            // the lease expired: not ours any more
-            Err(e) if e.to_string().contains("not found") => false,
-            Err(e) => return Err(err(e)),
-        };
-        if !alive {
-            *self.leader_lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            return Ok(false);
-        }
-        Ok(Self::read_leader(&mut c, &self.key("leader"))
-            .await?
-            .is_some_and(|l| l.name == name))
+        self.renew_at(&self.key("leader"), name).await
     }
 
     async fn release_leader(&self, name: &str) -> Result<(), DcsError> {
-        let key = self.key("leader");
-        let txn = Txn::new()
-            .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        if !self.client.clone().txn(txn).await.map_err(err)?.succeeded() {
-            return Ok(());
-        }
-        let lease = self
-            .leader_lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(l) = lease {
-            let _ = self.client.clone().lease_revoke(l).await;
-        }
-        Ok(())
+        self.release_at(&self.key("leader"), name).await
+    }
+
+    async fn take_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leader>, DcsError> {
+        self.take_at(&self.lease_key(lease)?, holder, ttl).await
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        _ttl: Duration,
+    ) -> Result<bool, DcsError> {
+        self.renew_at(&self.lease_key(lease)?, holder).await
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), DcsError> {
+        self.release_at(&self.lease_key(lease)?, holder).await
     }
 
     async fn put_member(&self, name: &str, value: &str, ttl: Duration) -> Result<(), DcsError> {
-        let mut c = self.client.clone();
-        let existing = self
-            .member_leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied();
-        let lease = match existing {
-            Some((l, t)) if t == ttl => {
-                // keep the lease alive; a lost lease gets a new one below
-                match c.lease_keep_alive(l).await {
-                    Ok((mut k, mut s)) => match k.keep_alive().await {
-                        Ok(()) => match s.message().await {
-                            Ok(Some(r)) if r.ttl() > 0 => Some(l),
-                            _ => None,
-                        },
-                        Err(_) => None,
-                    },
-                    Err(_) => None,
-                }
-            }
-            _ => None,
-        };
-        let lease = match lease {
-            Some(l) => l,
-            None => {
-                let l = c.lease_grant(ttl_secs(ttl), None).await.map_err(err)?.id();
-                self.member_leases
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_owned(), (l, ttl));
-                l
-            }
-        };
-        c.put(
-            self.key(&format!("members/{name}")),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .map_err(err)?;
+        self.put_expiring(self.key(&format!("members/{name}")), value, ttl)
+            .await
+    }
+
+    async fn put_proxy(&self, name: &str, value: &str, ttl: Duration) -> Result<(), DcsError> {
+        self.put_expiring(self.key(&format!("proxies/{name}")), value, ttl)
+            .await
+    }
+
+    async fn delete_proxy(&self, name: &str) -> Result<(), DcsError> {
+        self.client
+            .clone()
+            .delete(self.key(&format!("proxies/{name}")), None)
+            .await
+            .map_err(err)?;
         Ok(())
     }
 

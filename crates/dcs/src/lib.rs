@@ -84,6 +84,10 @@ pub struct Snapshot {
     /// Members whose keys have not expired: name -> value.
     pub members: BTreeMap<String, String>,
     pub values: BTreeMap<&'static str, String>,
+    /// Registered proxies whose keys have not expired: name -> value.
+    pub proxies: BTreeMap<String, String>,
+    /// Unexpired named leases (apart from the leader's): lease -> holder.
+    pub leases: BTreeMap<String, Leader>,
 }
 
 impl Snapshot {
@@ -122,6 +126,36 @@ pub trait Dcs: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), DcsError>> + Send;
     fn delete_member(&self, name: &str) -> impl Future<Output = Result<(), DcsError>> + Send;
+    /// Takes the named lease `lease` (one of several, apart from the
+    /// leader's: the proxies' virtual IP, ...) for `holder` if it is free
+    /// or expired; as [`Dcs::take_leader`], with an epoch of its own.
+    fn take_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Leader>, DcsError>> + Send;
+    /// Extends the named lease if `holder` still holds it.
+    fn renew_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    /// Gives the named lease up if `holder` holds it.
+    fn release_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    /// Publishes a proxy's state, expiring after `ttl` unless refreshed.
+    fn put_proxy(
+        &self,
+        name: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    fn delete_proxy(&self, name: &str) -> impl Future<Output = Result<(), DcsError>> + Send;
     /// Sets (or with `None` deletes) a key.
     fn put(
         &self,
@@ -178,6 +212,31 @@ impl Dcs for AnyDcs {
     }
     async fn delete_member(&self, name: &str) -> Result<(), DcsError> {
         delegate!(self, d => d.delete_member(name).await)
+    }
+    async fn take_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leader>, DcsError> {
+        delegate!(self, d => d.take_lease(lease, holder, ttl).await)
+    }
+    async fn renew_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, DcsError> {
+        delegate!(self, d => d.renew_lease(lease, holder, ttl).await)
+    }
+    async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), DcsError> {
+        delegate!(self, d => d.release_lease(lease, holder).await)
+    }
+    async fn put_proxy(&self, name: &str, value: &str, ttl: Duration) -> Result<(), DcsError> {
+        delegate!(self, d => d.put_proxy(name, value, ttl).await)
+    }
+    async fn delete_proxy(&self, name: &str) -> Result<(), DcsError> {
+        delegate!(self, d => d.delete_proxy(name).await)
     }
     async fn put(&self, key: Key, value: Option<&str>) -> Result<(), DcsError> {
         delegate!(self, d => d.put(key, value).await)

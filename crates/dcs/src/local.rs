@@ -81,17 +81,43 @@ fn valid_name(name: &str) -> Result<(), DcsError> {
     Ok(())
 }
 
-fn read_leader(dir: &Path) -> Result<Option<LeaseFile>, DcsError> {
-    match read_opt(&dir.join("leader"))? {
-        None => Ok(None),
-        Some(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| DcsError::Corrupt(format!("leader: {e}"))),
+/// Where a lease lives: the leader's, or a named one under `leases/`.
+/// Each has its own epoch counter next to it.
+struct LeasePaths {
+    file: PathBuf,
+    epoch: PathBuf,
+}
+
+impl LeasePaths {
+    fn leader(dir: &Path) -> Self {
+        LeasePaths {
+            file: dir.join("leader"),
+            epoch: dir.join("epoch"),
+        }
+    }
+    fn named(dir: &Path, lease: &str) -> Result<Self, DcsError> {
+        valid_name(lease)?;
+        if lease.contains('.') {
+            return Err(DcsError::Corrupt(format!("invalid lease name {lease:?}")));
+        }
+        Ok(LeasePaths {
+            file: dir.join("leases").join(lease),
+            epoch: dir.join("leases").join(format!("{lease}.epoch")),
+        })
     }
 }
 
-fn live_leader(dir: &Path) -> Result<Option<Leader>, DcsError> {
-    Ok(read_leader(dir)?
+fn read_lease(file: &Path) -> Result<Option<LeaseFile>, DcsError> {
+    match read_opt(file)? {
+        None => Ok(None),
+        Some(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| DcsError::Corrupt(format!("{}: {e}", file.display()))),
+    }
+}
+
+fn live_lease(file: &Path) -> Result<Option<Leader>, DcsError> {
+    Ok(read_lease(file)?
         .filter(|l| l.expires_ms > now_ms())
         .map(|l| Leader {
             name: l.name,
@@ -99,9 +125,117 @@ fn live_leader(dir: &Path) -> Result<Option<Leader>, DcsError> {
         }))
 }
 
+fn live_leader(dir: &Path) -> Result<Option<Leader>, DcsError> {
+    live_lease(&dir.join("leader"))
+}
+
+fn take_lease_at(p: &LeasePaths, name: &str, ttl: Duration) -> Result<Option<Leader>, DcsError> {
+    let now = now_ms();
+    let cur = read_lease(&p.file)?;
+    let epoch = match &cur {
+        Some(l) if l.expires_ms > now && l.name != name => return Ok(None),
+        Some(l) if l.expires_ms > now => l.epoch,
+        _ => {
+            // a new holder: a new epoch, higher than any before
+            let last: u64 = read_opt(&p.epoch)?
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            let last = last.max(cur.as_ref().map(|l| l.epoch).unwrap_or(0));
+            write_atomic(&p.epoch, &(last + 1).to_string())?;
+            last + 1
+        }
+    };
+    let lease = LeaseFile {
+        name: name.to_owned(),
+        epoch,
+        expires_ms: now + ttl.as_millis() as u64,
+    };
+    write_atomic(
+        &p.file,
+        &serde_json::to_string(&lease).expect("serializable"),
+    )?;
+    Ok(Some(Leader {
+        name: name.to_owned(),
+        epoch,
+    }))
+}
+
+fn renew_lease_at(p: &LeasePaths, name: &str, ttl: Duration) -> Result<bool, DcsError> {
+    let now = now_ms();
+    match read_lease(&p.file)? {
+        Some(mut l) if l.name == name && l.expires_ms > now => {
+            l.expires_ms = now + ttl.as_millis() as u64;
+            write_atomic(&p.file, &serde_json::to_string(&l).expect("serializable"))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn release_lease_at(p: &LeasePaths, name: &str) -> Result<(), DcsError> {
+    match read_lease(&p.file)? {
+        Some(l) if l.name == name => {
+            // keep the epoch counter so the next holder gets a higher one
+            let last: u64 = read_opt(&p.epoch)?
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            write_atomic(&p.epoch, &last.max(l.epoch).to_string())?;
+            remove(&p.file)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The unexpired values of a directory of expiring keys (members,
+/// proxies): name -> value.
+fn live_values(dir: &Path, now: u64) -> Result<BTreeMap<String, String>, DcsError> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if let Some(s) = read_opt(&e.path())? {
+            let m: MemberFile =
+                serde_json::from_str(&s).map_err(|e| DcsError::Corrupt(format!("{name}: {e}")))?;
+            if m.expires_ms > now {
+                out.insert(name.to_owned(), m.value);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The unexpired named leases.
+fn live_leases(dir: &Path) -> Result<BTreeMap<String, Leader>, DcsError> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains('.') {
+            continue; // epoch counters, temporary files
+        }
+        if let Some(l) = live_lease(&e.path())? {
+            out.insert(name, l);
+        }
+    }
+    Ok(out)
+}
+
+fn put_expiring(file: &Path, value: &str, ttl: Duration) -> Result<(), DcsError> {
+    let m = MemberFile {
+        value: value.to_owned(),
+        expires_ms: now_ms() + ttl.as_millis() as u64,
+    };
+    write_atomic(file, &serde_json::to_string(&m).expect("serializable"))
+}
+
 impl LocalDcs {
     pub fn open(dir: PathBuf) -> Result<Self, DcsError> {
-        fs::create_dir_all(dir.join("members")).map_err(io)?;
+        for sub in ["members", "proxies", "leases"] {
+            fs::create_dir_all(dir.join(sub)).map_err(io)?;
+        }
         Ok(LocalDcs {
             dir: Arc::new(dir),
             leader_tx: OnceLock::new(),
@@ -135,21 +269,8 @@ impl Dcs for LocalDcs {
     async fn snapshot(&self) -> Result<Snapshot, DcsError> {
         self.locked(|dir| {
             let now = now_ms();
-            let mut members = BTreeMap::new();
-            for e in fs::read_dir(dir.join("members")).map_err(io)? {
-                let e = e.map_err(io)?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let Some(name) = name.strip_suffix(".json") else {
-                    continue;
-                };
-                if let Some(s) = read_opt(&e.path())? {
-                    let m: MemberFile = serde_json::from_str(&s)
-                        .map_err(|e| DcsError::Corrupt(format!("member {name}: {e}")))?;
-                    if m.expires_ms > now {
-                        members.insert(name.to_owned(), m.value);
-                    }
-                }
-            }
+            let members = live_values(&dir.join("members"), now)?;
+            let proxies = live_values(&dir.join("proxies"), now)?;
             let mut values = BTreeMap::new();
             for k in Key::ALL {
                 if let Some(v) = read_opt(&dir.join(k.name()))? {
@@ -161,6 +282,8 @@ impl Dcs for LocalDcs {
                 leader: live_leader(dir)?,
                 members,
                 values,
+                proxies,
+                leases: live_leases(&dir.join("leases"))?,
             })
         })
     }
@@ -188,79 +311,61 @@ impl Dcs for LocalDcs {
 
     async fn take_leader(&self, name: &str, ttl: Duration) -> Result<Option<Leader>, DcsError> {
         valid_name(name)?;
-        self.locked(|dir| {
-            let now = now_ms();
-            let cur = read_leader(dir)?;
-            let epoch = match &cur {
-                Some(l) if l.expires_ms > now && l.name != name => return Ok(None),
-                Some(l) if l.expires_ms > now => l.epoch,
-                _ => {
-                    // a new holder: a new epoch, higher than any before
-                    let p = dir.join("epoch");
-                    let last: u64 = read_opt(&p)?
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(0);
-                    let last = last.max(cur.as_ref().map(|l| l.epoch).unwrap_or(0));
-                    write_atomic(&p, &(last + 1).to_string())?;
-                    last + 1
-                }
-            };
-            let lease = LeaseFile {
-                name: name.to_owned(),
-                epoch,
-                expires_ms: now + ttl.as_millis() as u64,
-            };
-            write_atomic(
-                &dir.join("leader"),
-                &serde_json::to_string(&lease).expect("serializable"),
-            )?;
-            Ok(Some(Leader {
-                name: name.to_owned(),
-                epoch,
-            }))
-        })
+        self.locked(|dir| take_lease_at(&LeasePaths::leader(dir), name, ttl))
     }
 
     async fn renew_leader(&self, name: &str, ttl: Duration) -> Result<bool, DcsError> {
-        self.locked(|dir| {
-            let now = now_ms();
-            match read_leader(dir)? {
-                Some(mut l) if l.name == name && l.expires_ms > now => {
-                    l.expires_ms = now + ttl.as_millis() as u64;
-                    write_atomic(
-                        &dir.join("leader"),
-                        &serde_json::to_string(&l).expect("serializable"),
-                    )?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
-        })
+        self.locked(|dir| renew_lease_at(&LeasePaths::leader(dir), name, ttl))
     }
 
     async fn release_leader(&self, name: &str) -> Result<(), DcsError> {
-        self.locked(|dir| match read_leader(dir)? {
-            Some(l) if l.name == name => {
-                // keep the epoch counter so the next holder gets a higher one
-                let p = dir.join("epoch");
-                let last: u64 = read_opt(&p)?
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
-                write_atomic(&p, &last.max(l.epoch).to_string())?;
-                remove(&dir.join("leader"))
-            }
-            _ => Ok(()),
-        })
+        self.locked(|dir| release_lease_at(&LeasePaths::leader(dir), name))
+    }
+
+    async fn take_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leader>, DcsError> {
+        valid_name(holder)?;
+        self.locked(|dir| take_lease_at(&LeasePaths::named(dir, lease)?, holder, ttl))
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, DcsError> {
+        self.locked(|dir| renew_lease_at(&LeasePaths::named(dir, lease)?, holder, ttl))
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), DcsError> {
+        self.locked(|dir| release_lease_at(&LeasePaths::named(dir, lease)?, holder))
+    }
+
+    async fn put_proxy(&self, name: &str, value: &str, ttl: Duration) -> Result<(), DcsError> {
+        valid_name(name)?;
+        put_expiring(
+            &self.dir.join("proxies").join(format!("{name}.json")),
+            value,
+            ttl,
+        )
+    }
+
+    async fn delete_proxy(&self, name: &str) -> Result<(), DcsError> {
+        valid_name(name)?;
+        remove(&self.dir.join("proxies").join(format!("{name}.json")))
     }
 
     async fn put_member(&self, name: &str, value: &str, ttl: Duration) -> Result<(), DcsError> {
         valid_name(name)?;
-        let m = MemberFile {
-            value: value.to_owned(),
-            expires_ms: now_ms() + ttl.as_millis() as u64,
-        };
-        let p = self.dir.join("members").join(format!("{name}.json"));
-        write_atomic(&p, &serde_json::to_string(&m).expect("serializable"))
+        put_expiring(
+            &self.dir.join("members").join(format!("{name}.json")),
+            value,
+            ttl,
+        )
     }
 
     async fn delete_member(&self, name: &str) -> Result<(), DcsError> {

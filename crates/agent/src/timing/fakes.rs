@@ -80,6 +80,7 @@ impl Dcs for FakeDcs {
                 .map(|(name, epoch, _)| Leader { name, epoch }),
             members: s.members.clone(),
             values: s.values.clone(),
+            ..Snapshot::default()
         }))
     }
     async fn initialize(&self, _: &str) -> Result<bool, DcsError> {
@@ -140,6 +141,26 @@ impl Dcs for FakeDcs {
     }
     async fn delete_member(&self, name: &str) -> Result<(), DcsError> {
         self.with(|s| s.members.remove(name));
+        Ok(())
+    }
+    // The agent's loop uses no named leases nor proxy keys.
+    async fn take_lease(&self, _: &str, _: &str, _: Duration) -> Result<Option<Leader>, DcsError> {
+        Err(DcsError::Unavailable(
+            "the fake DCS has no named leases".into(),
+        ))
+    }
+    async fn renew_lease(&self, _: &str, _: &str, _: Duration) -> Result<bool, DcsError> {
+        Err(DcsError::Unavailable(
+            "the fake DCS has no named leases".into(),
+        ))
+    }
+    async fn release_lease(&self, _: &str, _: &str) -> Result<(), DcsError> {
+        Ok(())
+    }
+    async fn put_proxy(&self, _: &str, _: &str, _: Duration) -> Result<(), DcsError> {
+        Ok(())
+    }
+    async fn delete_proxy(&self, _: &str) -> Result<(), DcsError> {
         Ok(())
     }
     async fn put(&self, key: Key, value: Option<&str>) -> Result<(), DcsError> {
