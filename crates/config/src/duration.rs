@@ -27,6 +27,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// An optional duration setting that must not be zero, or `default`.
+pub(crate) fn positive_duration(
+    v: &Option<toml::Spanned<String>>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, crate::Invalid> {
+    let d = duration(v, default)?;
+    match v {
+        Some(s) if d.is_zero() => Err(crate::Invalid::at(
+            s.span(),
+            format!("{name} must be longer than 0"),
+        )),
+        _ => Ok(d),
+    }
+}
+
+/// An optional duration setting, or `default`.
+pub(crate) fn duration(
+    v: &Option<toml::Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, crate::Invalid> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s.get_ref()).map_err(|m| crate::Invalid::at(s.span(), m)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,13 @@ mod balance;
 mod duration;
 pub mod hba;
 mod model;
+mod vip;
 
 pub use balance::*;
 pub use duration::parse_duration;
 pub use hba::{HbaMethod, HbaRule, HbaRules};
 pub use model::*;
+pub use vip::{Vip, MIN_VIP_TTL};
 
 use std::path::{Path, PathBuf};
 

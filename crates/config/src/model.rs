@@ -8,8 +8,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::balance::*;
+use crate::duration::{duration, positive_duration};
 use crate::hba::{HbaRule, HbaRules};
-use crate::{parse_duration, Invalid};
+use crate::Invalid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,6 +121,10 @@ pub struct ProxyConfig {
     pub health_check_database: String,
     /// Read/write splitting over the standbys.
     pub balance: Balance,
+    /// This proxy's name in the DCS (None: from the host and listen address).
+    pub name: Option<String>,
+    /// The virtual IP the proxies' watchdog moves (with a DCS).
+    pub vip: Option<crate::Vip>,
 }
 
 /// One agent: the node it manages and how it reaches the DCS.
@@ -255,6 +260,8 @@ struct RawProxy {
     /// Follow this DCS's leader (with `cluster`).
     dcs: Option<String>,
     cluster: Option<String>,
+    name: Option<Spanned<String>>,
+    vip: Option<crate::vip::RawVip>,
 }
 
 /// PEM files for the REST API's TLS.
@@ -334,28 +341,6 @@ struct RawAuthQuery {
 const MAX_POOL_SIZE: usize = 262_143;
 
 /// A duration that must not be zero (a zero timeout fails everything).
-fn positive_duration(
-    v: &Option<Spanned<String>>,
-    name: &str,
-    default: Duration,
-) -> Result<Duration, Invalid> {
-    let d = duration(v, default)?;
-    match v {
-        Some(s) if d.is_zero() => Err(Invalid::at(
-            s.span(),
-            format!("{name} must be longer than 0"),
-        )),
-        _ => Ok(d),
-    }
-}
-
-fn duration(v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, Invalid> {
-    match v {
-        None => Ok(default),
-        Some(s) => parse_duration(s.get_ref()).map_err(|m| Invalid::at(s.span(), m)),
-    }
-}
-
 impl RawConfig {
     pub(crate) fn validate(self) -> Result<Config, Invalid> {
         let mut p = self.proxy;
@@ -496,6 +481,12 @@ impl RawConfig {
                     by_application: p.route_by_application.unwrap_or_default(),
                 },
             },
+            name: p
+                .name
+                .as_ref()
+                .map(crate::vip::valid_proxy_name)
+                .transpose()?,
+            vip: p.vip.map(|v| v.validate()).transpose()?,
         };
 
         let mut backends = Vec::new();
@@ -572,6 +563,11 @@ impl RawConfig {
         });
 
         let agent = self.agent.map(validate_agent).transpose()?;
+        if proxy.vip.is_some() && p_dcs.is_none() {
+            return Err(Invalid::general(
+                "[proxy.vip] needs [proxy] dcs: the proxies share the address by a lease there",
+            ));
+        }
         let proxy_dcs = p_dcs.map(|d| (d, p_cluster.unwrap_or_else(|| "pgwarden".to_owned())));
         Ok(Config {
             agent,

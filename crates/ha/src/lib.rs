@@ -8,6 +8,7 @@ mod decide;
 pub mod failsafe;
 pub mod history;
 mod member;
+pub mod proxy;
 pub mod quorum;
 pub mod records;
 pub mod status;

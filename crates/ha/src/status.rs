@@ -89,6 +89,9 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// A switchover or failover waiting to be carried out.
     pub pending: Option<Switchover>,
+    /// The registered proxies and the virtual IP's holder.
+    #[serde(default)]
+    pub proxies: crate::proxy::Proxies,
 }
 
 /// The standbys a Sync key value names: the synchronous standby, or in

@@ -32,6 +32,20 @@ pub enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// The virtual IP's guard a proxy starts (not run by hand): holds the
+    /// address on this host only while the proxy keeps renewing its lease.
+    #[command(hide = true)]
+    VipGuard {
+        #[arg(long)]
+        interface: String,
+        /// address/prefix
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        up_command: Option<String>,
+        #[arg(long)]
+        down_command: Option<String>,
+    },
     /// Operate a running cluster through its agents' REST API (list,
     /// switchover, failover, restart, edit-config, pause, history...).
     Ctl(ctl::CtlArgs),

@@ -21,6 +21,12 @@ fn main() -> std::process::ExitCode {
         cli::Command::Up(a) => cmd_up::run(a),
         cli::Command::Agent(a) => cmd_agent::run(a),
         cli::Command::Ctl(args) => return cmd_ctl(args),
+        cli::Command::VipGuard {
+            interface,
+            address,
+            up_command,
+            down_command,
+        } => return vip_guard(interface, &address, up_command, down_command),
         cli::Command::Fence { file } => agent::fence::supervise(&file).map_err(Into::into),
         cli::Command::CheckConfig { config } => config::load(&config)
             .map(|_| println!("{}: OK", config.display()))
@@ -33,6 +39,30 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// `pgwarden vip-guard`: exits 0 with the address down.
+fn vip_guard(
+    interface: String,
+    address: &str,
+    up_command: Option<String>,
+    down_command: Option<String>,
+) -> std::process::ExitCode {
+    let parsed = address
+        .split_once('/')
+        .and_then(|(a, p)| Some((a.parse().ok()?, p.parse().ok()?)));
+    let Some((address, prefix)) = parsed else {
+        eprintln!("pgwarden vip-guard: --address {address:?} is not address/prefix");
+        return std::process::ExitCode::from(2);
+    };
+    let code = watchdog::guard::main(watchdog::guard::GuardSpec {
+        interface,
+        address,
+        prefix,
+        up_command,
+        down_command,
+    });
+    std::process::ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 /// `pgwarden ctl`: its own exit codes (see the README), no logging.

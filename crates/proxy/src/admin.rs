@@ -81,6 +81,7 @@ pub async fn command(state: &Arc<State>, sql: &str) -> Reply {
         ["SHOW", "STATS"] => show_stats(state),
         ["SHOW", "CONFIG"] => show_config(state),
         ["SHOW", "POOL_NODES"] => show_pool_nodes(state),
+        ["SHOW", "WATCHDOG"] => show_watchdog(state),
         ["SHOW", "VERSION"] => text_rows(
             &["version"],
             vec![vec![s(concat!("pgwarden ", env!("CARGO_PKG_VERSION")))]],
@@ -95,6 +96,7 @@ pub async fn command(state: &Arc<State>, sql: &str) -> Reply {
                 "SHOW STATS",
                 "SHOW CONFIG",
                 "SHOW POOL_NODES",
+                "SHOW WATCHDOG",
                 "SHOW VERSION",
                 "RELOAD",
                 "PAUSE",
@@ -391,6 +393,45 @@ fn show_config(state: &Arc<State>) -> Reply {
 /// Pgpool-II's columns, in its order: `status`/`role` are the proxy's
 /// view (the node it uses as primary), `pg_status`/`pg_role` what the last
 /// health check saw.
+/// The proxies registered in the DCS (Pgpool-II's `pcp_watchdog_info`):
+/// each one's state, whether it holds the virtual IP, and which is this
+/// one. Empty without a DCS.
+fn show_watchdog(state: &Arc<State>) -> Reply {
+    let (me, view) = state.peers.get().unwrap_or_default();
+    let rows = view
+        .proxies
+        .iter()
+        .map(|p| {
+            vec![
+                s(&p.name),
+                s(&p.listen),
+                s(p.state),
+                s(p.vip.as_deref().unwrap_or("")),
+                s(view.vip_holder.as_deref() == Some(p.name.as_str())),
+                s(p.clients),
+                s(p.primary.as_deref().unwrap_or("")),
+                s(p.primary_reachable),
+                s(p.name == me),
+            ]
+        })
+        .collect();
+    text_rows(
+        &[
+            "name",
+            "listen",
+            "state",
+            "vip",
+            "holds_vip",
+            "clients",
+            "primary",
+            "primary_reachable",
+            "this_proxy",
+        ],
+        rows,
+        "SHOW",
+    )
+}
+
 fn show_pool_nodes(state: &Arc<State>) -> Reply {
     let primary = state.topology.primary();
     let nodes = state.topology.nodes();

@@ -15,6 +15,7 @@ pub mod health;
 mod io;
 pub mod metrics;
 pub mod params;
+pub mod peers;
 pub mod pick;
 pub mod pool;
 pub mod relay;

@@ -185,6 +185,8 @@ pub struct State {
     /// Read/write splitting: the classifier, its cache, standby choice.
     pub router: crate::route::Router,
     pub verifiers: crate::auth::Verifiers,
+    /// The other proxies, as the watchdog last saw them.
+    pub peers: crate::peers::Peers,
     pub clients: Mutex<HashMap<i32, Arc<ClientInfo>, PidHash>>,
     pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     shutdown: watch::Sender<bool>,
@@ -213,6 +215,7 @@ impl State {
             registry: Registry::default(),
             router: crate::route::Router::default(),
             verifiers: Default::default(),
+            peers: Default::default(),
             clients: Mutex::new(HashMap::default()),
             tls: RwLock::new(tls),
             shutdown: watch::channel(false).0,

@@ -54,6 +54,12 @@ pub fn cluster_status(snap: &Snapshot) -> ClusterStatus {
         pending: snap
             .get(Key::Failover)
             .and_then(ha::switchover::Switchover::parse),
+        proxies: ha::proxy::Proxies::of(
+            &snap.proxies,
+            snap.leases
+                .get(ha::proxy::VIP_LEASE)
+                .map(|l| l.name.as_str()),
+        ),
     }
 }
 

@@ -32,6 +32,7 @@ fn cluster() -> ClusterStatus {
             member("b", MemberRole::Replica, State::Streaming, Some(4096)),
         ],
         pending: None,
+        proxies: Default::default(),
     }
 }
 
