@@ -59,6 +59,10 @@ pub fn list(c: &ClusterStatus) -> String {
         ]);
     }
     let mut out = t.render();
+    if !c.proxies.proxies.is_empty() {
+        out.push('\n');
+        out.push_str(&proxies(&c.proxies));
+    }
     if c.paused {
         out.push_str("\n Maintenance mode: on (no automatic failover)");
     }
@@ -74,6 +78,38 @@ pub fn list(c: &ClusterStatus) -> String {
         ));
     }
     out
+}
+
+/// The proxies registered in the DCS, and who holds the virtual IP.
+fn proxies(p: &ha::proxy::Proxies) -> String {
+    let vip = p.proxies.iter().find_map(|r| r.vip.clone());
+    let title = match (&vip, &p.vip_holder) {
+        (Some(v), Some(h)) => format!("Proxies (virtual IP {v} on {h})"),
+        (Some(v), None) => format!("Proxies (virtual IP {v} held by none)"),
+        _ => "Proxies".to_owned(),
+    };
+    let mut t = Table::new(
+        title,
+        &[
+            "Proxy",
+            "Listen",
+            "State",
+            "Clients",
+            "Primary",
+            "Reaches primary",
+        ],
+    );
+    for r in &p.proxies {
+        t.row(vec![
+            r.name.clone(),
+            r.listen.clone(),
+            r.state.to_string(),
+            r.clients.to_string(),
+            r.primary.clone().unwrap_or_default(),
+            if r.primary_reachable { "yes" } else { "no" }.into(),
+        ]);
+    }
+    t.render()
 }
 
 pub fn history(entries: &[Entry]) -> String {

@@ -287,6 +287,7 @@ pub fn psql(port: u16, db: &str, sql: &str) -> (bool, String, String) {
 /// A real etcd server (Debian's etcd-server) on free loopback ports,
 /// killed and deleted on drop.
 pub struct Etcd {
+    pub host: String,
     pub port: u16,
     child: std::process::Child,
     _dir: TempDir,
@@ -294,6 +295,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// etcd listening on `host` (an address of this machine, such as a
+    /// bridge's for network namespaces).
+    pub fn start_on(host: &str) -> Etcd {
         let dir = TempDir::new("etcd");
         let (port, peer) = (free_port(), free_port());
         let child = std::process::Command::new("etcd")
@@ -303,15 +310,15 @@ impl Etcd {
                 "--data-dir",
                 &dir.path().join("data").to_string_lossy(),
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{port}"),
+                &format!("http://{host}:{port}"),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{port}"),
+                &format!("http://{host}:{port}"),
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("http://{host}:{peer}"),
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("http://{host}:{peer}"),
                 "--initial-cluster",
-                &format!("test=http://127.0.0.1:{peer}"),
+                &format!("test=http://{host}:{peer}"),
                 "--log-level",
                 "error",
             ])
@@ -320,12 +327,13 @@ impl Etcd {
             .spawn()
             .expect("start etcd (Debian package etcd-server)");
         let e = Etcd {
+            host: host.to_owned(),
             port,
             child,
             _dir: dir,
         };
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((host, port)).is_ok() {
                 return e;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -334,7 +342,7 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.port)
+        format!("etcd://{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
