@@ -92,6 +92,24 @@ async fn the_dashboard_follows_a_failover_live_and_runs_a_switchover() {
         "disk sizes and the lease's time to expiry",
     )
     .await;
+    // the proxy registered itself in the DCS: its row, the primary it
+    // reaches, and its transactions per second once it has served some
+    for _ in 0..20 {
+        c.psql(c.proxy_port, "SELECT 1")
+            .expect("a query through the proxy");
+    }
+    let leader_port = c.pg_ports[leader];
+    b.wait_for(
+        &format!(
+            "document.querySelectorAll('#proxy-rows tr').length === 1 && \
+             document.querySelector('#proxy-rows tr')?.dataset.state === 'serving' && \
+             document.querySelector('#proxy-rows tr td:nth-child(7)')?.textContent === '127.0.0.1:{leader_port}' && \
+             /^\\d+$/.test(document.querySelector('#proxy-rows tr td:nth-child(8)')?.textContent)"
+        ),
+        Duration::from_secs(10),
+        "the proxy's row: serving, reaching the leader, with a rate",
+    )
+    .await;
     assert!(
         b.errors.lock().unwrap().is_empty(),
         "console errors on load: {:?}",

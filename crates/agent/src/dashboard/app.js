@@ -94,6 +94,7 @@ function render(v) {
   $("pending").textContent = c.pending ? pendingText(c.pending) : "none";
   renderExpiry();
   renderMembers(v);
+  renderProxies(c.proxies || { proxies: [] });
   renderCandidates(v);
   renderHistory(v.history);
   renderCharts();
@@ -159,6 +160,56 @@ function renderMembers(v) {
       if (again) again.focus();
     }
   }
+}
+
+// name -> { t, transactions, reads }: the last counts, for rates
+const proxyCounts = new Map();
+
+function rate(now, then, a, b) {
+  const dt = (now - then) / 1000;
+  return dt > 0 && b >= a ? (b - a) / dt : null;
+}
+
+function renderProxies(p) {
+  const now = Date.now();
+  const vip = p.proxies.map((r) => r.vip).find((x) => x);
+  $("vip").textContent = vip
+    ? "Virtual IP " + vip + ": " + (p.vip_holder ? "held by " + p.vip_holder : "held by none")
+    : p.proxies.length ? "No virtual IP configured." : "No proxy registered (proxies register when they follow the DCS).";
+  const rows = [];
+  const sorted = [...p.proxies].sort((a, b) => a.name.localeCompare(b.name));
+  for (const r of sorted) {
+    const last = proxyCounts.get(r.name);
+    let tps = null;
+    const reads = [];
+    if (last) {
+      tps = rate(now, last.t, last.transactions, r.transactions);
+      const perNode = Object.entries(r.reads).map(([n, c]) => [n, rate(now, last.t, last.reads[n] || 0, c)]);
+      const total = perNode.reduce((s, [, x]) => s + (x || 0), 0);
+      for (const [n, x] of perNode) {
+        if (x == null) continue;
+        reads.push(n + ": " + x.toFixed(0) + (total > 0 ? " (" + Math.round((100 * x) / total) + "%)" : ""));
+      }
+    }
+    // counts from the previous view at least a second old, for steady rates
+    if (!last || now - last.t >= 1000) {
+      proxyCounts.set(r.name, { t: now, transactions: r.transactions, reads: { ...r.reads } });
+    }
+    const holds = p.vip_holder === r.name;
+    rows.push(el("tr", { "data-proxy": r.name, "data-state": r.state },
+      el("th", { scope: "row" }, r.name),
+      el("td", {}, r.listen),
+      el("td", { class: "state-" + r.state }, r.state.replace(/_/g, " ")),
+      el("td", { class: holds ? "yes" : "" }, holds ? "yes" : "no"),
+      el("td", { class: "num" }, String(r.clients)),
+      el("td", { class: "num" }, String(r.pools)),
+      el("td", {}, (r.primary || "none") + (r.primary_reachable ? "" : " (unreachable)")),
+      el("td", { class: "num" }, tps == null ? "…" : tps.toFixed(0)),
+      el("td", {}, reads.join(", ") || "…")));
+  }
+  const body = $("proxy-rows");
+  const next = el("tbody", { id: "proxy-rows" }, ...rows);
+  if (body.innerHTML !== next.innerHTML) body.replaceWith(next);
 }
 
 function actionButton(label, question, run, disabled) {
