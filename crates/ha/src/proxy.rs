@@ -59,6 +59,9 @@ pub struct ProxyRecord {
     /// Read-only transactions served per backend (`host:port`) since start.
     #[serde(default)]
     pub reads: BTreeMap<String, u64>,
+    /// Transactions served per backend since start.
+    #[serde(default)]
+    pub node_transactions: BTreeMap<String, u64>,
 }
 
 impl ProxyRecord {
@@ -109,6 +112,7 @@ mod tests {
             primary: Some("10.0.0.5:5432".into()),
             primary_reachable: true,
             reads: BTreeMap::from([("10.0.0.6:5432".into(), 4)]),
+            node_transactions: BTreeMap::from([("10.0.0.5:5432".into(), 5)]),
         };
         let mut m = BTreeMap::new();
         m.insert("p1".to_owned(), r.to_json());

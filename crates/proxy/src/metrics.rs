@@ -237,6 +237,36 @@ pub fn render(state: &State) -> String {
     for n in &nodes {
         f.sample(name, &[("node", &n.addr())], n.select_cnt);
     }
+    let name = "pgwarden_proxy_backend_transactions_total";
+    let mut f = Family::new(
+        o,
+        name,
+        "counter",
+        "Transactions each backend served through the proxy (transaction mode).",
+    );
+    for n in &nodes {
+        f.sample(
+            name,
+            &[("node", &n.addr())],
+            n.cells.xacts.load(Ordering::Relaxed),
+        );
+    }
+    let name = "pgwarden_proxy_errors_total";
+    let mut f = Family::new(
+        o,
+        name,
+        "counter",
+        "Errors the servers sent clients through the proxy, by SQLSTATE class.",
+    );
+    let classes = state
+        .stats
+        .error_classes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (class, n) in classes {
+        f.sample(name, &[("class", &String::from_utf8_lossy(&class))], n);
+    }
     let name = "pgwarden_proxy_replication_delay_bytes";
     let mut f = Family::new(
         o,

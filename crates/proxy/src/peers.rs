@@ -52,6 +52,10 @@ impl State {
             primary: primary.map(|p| p.addr.to_string()),
             primary_reachable,
             reads: nodes.iter().map(|n| (n.addr(), n.select_cnt)).collect(),
+            node_transactions: nodes
+                .iter()
+                .map(|n| (n.addr(), n.cells.xacts.load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 }

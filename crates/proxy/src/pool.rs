@@ -473,7 +473,7 @@ impl Pool {
         .await;
         match r {
             Ok(mut c) => {
-                c.heard = self.topology.heard_cell(addr);
+                c.cells = self.topology.cells(addr);
                 let mut sp = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
                 if sp.is_none() {
                     *sp = Some(Arc::new(Reported::new(c.reported.clone())));

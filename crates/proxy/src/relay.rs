@@ -114,6 +114,9 @@ pub struct Relay {
     /// a Sync: the server discards every message up to the client's next
     /// Sync and answers none of them (nor does the proxy).
     discarding: bool,
+    /// The SQLSTATE classes (first two characters) of the errors the
+    /// server sent since they were last taken, for the metrics.
+    error_classes: Vec<[u8; 2]>,
     /// Bytes of a large DataRow or CopyData still to pass on as they come
     /// (such messages are streamed, not held whole).
     streaming: u32,
@@ -149,6 +152,7 @@ impl Relay {
             error_seen: false,
             unmodelled_seen: false,
             ddl_seen: false,
+            error_classes: Vec::new(),
             streaming: 0,
             copy_in: false,
             discarding: false,
@@ -212,6 +216,11 @@ impl Relay {
     }
 
     /// Whether a CREATE, ALTER or DROP completed since the last call.
+    /// The SQLSTATE classes of the errors since the last call.
+    pub fn take_error_classes(&mut self) -> Vec<[u8; 2]> {
+        std::mem::take(&mut self.error_classes)
+    }
+
     pub fn take_ddl_seen(&mut self) -> bool {
         std::mem::take(&mut self.ddl_seen)
     }

@@ -132,9 +132,10 @@ pub struct ServerConn {
     pub session: ServerSession,
     /// Set when the connection must not go back to a pool.
     pub broken: bool,
-    /// The backend's "last heard from" time, for pooled connections
-    /// ([`crate::topology::Topology::heard_since`]).
-    pub heard: Option<Arc<AtomicU64>>,
+    /// The backend's lock-free counters, for pooled connections: when it
+    /// was last heard from ([`crate::topology::Topology::heard_since`]),
+    /// transactions served.
+    pub cells: Option<Arc<crate::topology::NodeCells>>,
 }
 
 impl ServerConn {
@@ -173,7 +174,7 @@ impl ServerConn {
             reported: Vec::new(),
             session: ServerSession::default(),
             broken: false,
-            heard: None,
+            cells: None,
         };
         let mut params = vec![
             ("user".to_owned(), o.user.to_owned()),
@@ -328,12 +329,20 @@ impl ServerConn {
     /// whatever a health check waiting for its answer may think.
     #[inline]
     pub fn note_heard(&self) {
-        if let Some(h) = &self.heard {
+        if let Some(c) = &self.cells {
             // written once per clock tick, not on every read
             let now = crate::clock::now_ms();
-            if h.load(Ordering::Relaxed) != now {
-                h.store(now, Ordering::Relaxed);
+            if c.heard.load(Ordering::Relaxed) != now {
+                c.heard.store(now, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Counts a transaction this server served, for its backend.
+    #[inline]
+    pub fn note_transaction(&self) {
+        if let Some(c) = &self.cells {
+            c.xacts.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -142,6 +142,19 @@ pub struct Stats {
     pub logins: AtomicU64,
     pub login_failures: AtomicU64,
     pub server_errors: AtomicU64,
+    /// ErrorResponses the servers sent clients, by SQLSTATE class.
+    pub error_classes: Mutex<std::collections::BTreeMap<[u8; 2], u64>>,
+}
+
+impl Stats {
+    pub fn count_error(&self, class: [u8; 2]) {
+        *self
+            .error_classes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(class)
+            .or_default() += 1;
+    }
 }
 
 /// Hashes the pid half of a cancel key with a multiplication and a

@@ -45,9 +45,9 @@ pub struct Node {
     /// What the last health check saw of streaming replication.
     pub replication: Replication,
     pub last_error: Option<String>,
-    /// When the data path last read bytes from this backend (coarse clock
-    /// ms, [`crate::clock`]): shared with its pooled server connections.
-    pub heard: Arc<AtomicU64>,
+    /// What the data path notes of this backend without the topology's
+    /// lock: shared with its pooled server connections.
+    pub cells: Arc<NodeCells>,
     /// Following a DCS: whether the member's agent reports it as a
     /// running standby streaming from the leader, and its lag behind the
     /// leader in bytes (None: no DCS, or no member key for this node).
@@ -70,7 +70,7 @@ impl Node {
             replication_delay: 0,
             replication: Replication::Unknown,
             last_error: None,
-            heard: Arc::new(AtomicU64::new(0)),
+            cells: Arc::default(),
             member: None,
         }
     }
@@ -78,6 +78,17 @@ impl Node {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+}
+
+/// A backend's counters the data path updates lock-free.
+#[derive(Debug, Default)]
+pub struct NodeCells {
+    /// When the data path last read bytes from the backend (coarse clock
+    /// ms, [`crate::clock`]).
+    pub heard: AtomicU64,
+    /// Transactions (or, in session mode, sessions) its server
+    /// connections have served.
+    pub xacts: AtomicU64,
 }
 
 /// Where writes go now.
@@ -247,18 +258,18 @@ impl Topology {
     }
 
     /// Where the data path notes what it reads from backend `addr`.
-    pub fn heard_cell(&self, addr: &str) -> Option<Arc<AtomicU64>> {
+    pub fn cells(&self, addr: &str) -> Option<Arc<NodeCells>> {
         self.lock()
             .iter()
             .find(|n| n.addr() == addr)
-            .map(|n| n.heard.clone())
+            .map(|n| n.cells.clone())
     }
 
     /// Whether the data path read from backend `addr` at or after coarse
     /// clock time `since_ms`.
     pub fn heard_since(&self, addr: &str, since_ms: u64) -> bool {
-        self.heard_cell(addr).is_some_and(|h| {
-            let heard = h.load(Ordering::Relaxed);
+        self.cells(addr).is_some_and(|c| {
+            let heard = c.heard.load(Ordering::Relaxed);
             heard != 0 && heard >= since_ms
         })
     }

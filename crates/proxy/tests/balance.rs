@@ -675,8 +675,10 @@ fn sample(text: &str, series: &str) -> f64 {
 }
 
 /// The proxy's metrics follow what the servers saw: the reads each
-/// standby ran (by inet_server_port()) are its reads_total, the backends'
-/// roles are right, and promtool accepts the text.
+/// standby ran (by inet_server_port()) are its reads_total, the
+/// transactions each backend served add up, errors are counted by their
+/// SQLSTATE class, the backends' roles are right, and promtool accepts
+/// the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_servers_ran() {
     let primary = PgServer::primary();
@@ -695,6 +697,22 @@ async fn metrics_count_what_the_servers_ran() {
     let before = scrape(mport).await;
     let seen = spread(&c, q, 20).await;
     let after = scrape(mport).await;
+    // errors the servers send, by SQLSTATE class: 22 (data exception), 42
+    // (syntax error or access rule violation)
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    assert!(c.simple_query("SELEC 1").await.is_err());
+    assert!(c.simple_query("SELECT * FROM no_such_table").await.is_err());
+    let errors = scrape(mport).await;
+    for (class, n) in [("22", 1.0), ("42", 2.0)] {
+        let s = format!("pgwarden_proxy_errors_total{{class=\"{class}\"}}");
+        // a class appears with its first error
+        let before = after
+            .contains(&s)
+            .then(|| sample(&after, &s))
+            .unwrap_or(0.0);
+        assert_eq!(sample(&errors, &s) - before, n, "{s}");
+    }
+    let mut total_served = 0.0;
     for (port, role) in [
         (primary.port, "primary"),
         (s1.port, "standby"),
@@ -707,6 +725,15 @@ async fn metrics_count_what_the_servers_ran() {
             seen.get(&port).copied().unwrap_or(0) as f64,
             "{node}: {seen:?}"
         );
+        // every transaction a backend served (here: the reads), and after
+        // them the three failed statements, on whichever nodes
+        let xacts = format!("pgwarden_proxy_backend_transactions_total{{node=\"{node}\"}}");
+        assert_eq!(
+            sample(&after, &xacts) - sample(&before, &xacts),
+            seen.get(&port).copied().unwrap_or(0) as f64,
+            "{node}: {seen:?}"
+        );
+        total_served += sample(&errors, &xacts) - sample(&after, &xacts);
         let up = format!("pgwarden_proxy_backend_up{{node=\"{node}\",name=\"\",role=\"{role}\"}}");
         let up = after
             .lines()
@@ -717,6 +744,7 @@ async fn metrics_count_what_the_servers_ran() {
             "{up}"
         );
     }
+    assert_eq!(total_served, 3.0, "the 3 failed statements");
     let routed = "pgwarden_proxy_routed_transactions_total{to=\"standby\"}";
     assert_eq!(sample(&after, routed) - sample(&before, routed), 20.0);
     assert!(sample(&after, "pgwarden_proxy_clients{state=\"idle\"}") >= 1.0);
@@ -735,7 +763,7 @@ async fn metrics_count_what_the_servers_ran() {
             .stdin
             .take()
             .unwrap()
-            .write_all(after.as_bytes())
+            .write_all(errors.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&out.stdout).to_string()

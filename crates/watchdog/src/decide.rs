@@ -136,6 +136,7 @@ mod tests {
             primary: None,
             primary_reachable: reachable,
             reads: Default::default(),
+            node_transactions: Default::default(),
         }
     }
 

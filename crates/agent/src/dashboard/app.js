@@ -162,7 +162,7 @@ function renderMembers(v) {
   }
 }
 
-// name -> { t, transactions, reads }: the last counts, for rates
+// name -> { t, transactions, nodes, reads }: the last counts, for rates
 const proxyCounts = new Map();
 
 function rate(now, then, a, b) {
@@ -181,19 +181,25 @@ function renderProxies(p) {
   for (const r of sorted) {
     const last = proxyCounts.get(r.name);
     let tps = null;
-    const reads = [];
+    const byNode = [];
     if (last) {
       tps = rate(now, last.t, last.transactions, r.transactions);
-      const perNode = Object.entries(r.reads).map(([n, c]) => [n, rate(now, last.t, last.reads[n] || 0, c)]);
-      const total = perNode.reduce((s, [, x]) => s + (x || 0), 0);
-      for (const [n, x] of perNode) {
+      const nodes = r.node_transactions || {};
+      const readRates = Object.entries(r.reads).map(([n, c]) => [n, rate(now, last.t, last.reads[n] || 0, c) || 0]);
+      const readTotal = readRates.reduce((s, [, x]) => s + x, 0);
+      for (const n of Object.keys(nodes).sort()) {
+        const x = rate(now, last.t, last.nodes[n] || 0, nodes[n]);
         if (x == null) continue;
-        reads.push(n + ": " + x.toFixed(0) + (total > 0 ? " (" + Math.round((100 * x) / total) + "%)" : ""));
+        const reads = (readRates.find(([m]) => m === n) || [n, 0])[1];
+        byNode.push(n + ": " + x.toFixed(0) + "/s" +
+          (readTotal > 0 ? ", " + Math.round((100 * reads) / readTotal) + "% of reads" : ""));
       }
     }
     // counts from the previous view at least a second old, for steady rates
     if (!last || now - last.t >= 1000) {
-      proxyCounts.set(r.name, { t: now, transactions: r.transactions, reads: { ...r.reads } });
+      proxyCounts.set(r.name, {
+        t: now, transactions: r.transactions, nodes: { ...(r.node_transactions || {}) }, reads: { ...r.reads },
+      });
     }
     const holds = p.vip_holder === r.name;
     rows.push(el("tr", { "data-proxy": r.name, "data-state": r.state },
@@ -205,7 +211,7 @@ function renderProxies(p) {
       el("td", { class: "num" }, String(r.pools)),
       el("td", {}, (r.primary || "none") + (r.primary_reachable ? "" : " (unreachable)")),
       el("td", { class: "num" }, tps == null ? "…" : tps.toFixed(0)),
-      el("td", {}, reads.join(", ") || "…")));
+      el("td", {}, byNode.join("; ") || "…")));
   }
   const body = $("proxy-rows");
   const next = el("tbody", { id: "proxy-rows" }, ...rows);

@@ -483,6 +483,7 @@ impl Session {
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 conn.sout.clear();
             }
+            conn.note_transaction();
             let ddl = self.relay.take_ddl_seen();
             if self.route.as_ref().is_some_and(|r| r.wrote) {
                 super::routing::after_transaction(
@@ -537,6 +538,9 @@ impl Session {
                 &mut self.params,
             )
             .map_err(|e| End::ServerLost(e.to_string()))?;
+        for class in self.relay.take_error_classes() {
+            self.state.stats.count_error(class);
+        }
         if !conn.cout.is_empty() {
             tracing::trace!(bytes = ?&conn.cout[..], "to client");
             self.client

@@ -98,6 +98,7 @@ impl Relay {
                 }
                 b'E' => {
                     self.error_seen = true;
+                    self.error_classes.push(sqlstate_class(body));
                     self.copy_in = false;
                     match self.queue.front().map(|p| p.kind) {
                         Some(Kind::Query | Kind::Function | Kind::Sync) | None => {}
@@ -276,4 +277,21 @@ impl Relay {
         srv.applied = ParamSet::default();
         srv.synced_with = 0;
     }
+}
+
+/// The class (first two characters) of an ErrorResponse's SQLSTATE, `??`
+/// when it has none.
+fn sqlstate_class(body: &[u8]) -> [u8; 2] {
+    let mut fields = body;
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        if kind == b'C' && end >= 2 {
+            return [rest[0], rest[1]];
+        }
+        fields = rest.get(end + 1..).unwrap_or(&[]);
+    }
+    *b"??"
 }
