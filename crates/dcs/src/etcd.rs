@@ -99,6 +99,9 @@ impl EtcdDcs {
             }
         }
         let lease = c.lease_grant(ttl_secs(ttl), None).await.map_err(err)?.id();
+        // noted before the transaction: a call cancelled after it went
+        // through still renews the lease the key is bound to
+        self.set_held(key, Some(lease));
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -109,10 +112,10 @@ impl EtcdDcs {
             .or_else([TxnOp::get(key, None)]);
         let r = c.txn(txn).await.map_err(err)?;
         if !r.succeeded() {
+            self.set_held(key, None);
             let _ = c.lease_revoke(lease).await;
             return Ok(None);
         }
-        self.set_held(key, Some(lease));
         Ok(Self::read_leader(&mut c, key)
             .await?
             .filter(|l| l.name == name))
@@ -152,9 +155,16 @@ impl EtcdDcs {
             self.set_held(key, None);
             return Ok(false);
         }
-        Ok(Self::read_leader(&mut c, key)
-            .await?
-            .is_some_and(|l| l.name == name))
+        // ours only if the key is bound to the lease just kept alive
+        let r = c.get(key, None).await.map_err(err)?;
+        let ours = r
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.value() == name.as_bytes() && kv.lease() == lease);
+        if !ours {
+            self.set_held(key, None);
+        }
+        Ok(ours)
     }
 
     /// Deletes `key` if it is `name`'s and revokes its lease.

@@ -39,6 +39,11 @@ impl std::fmt::Display for ProxyState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyRecord {
     pub name: String,
+    /// What this process writes as the holder of the virtual IP lease:
+    /// the name and a number drawn at start, so that a restarted proxy, or
+    /// another given the same name by mistake, is not taken for it.
+    #[serde(default)]
+    pub holder_id: String,
     /// Where clients connect to this proxy directly.
     pub listen: String,
     /// `http://host:port/metrics`, when it serves metrics.
@@ -84,12 +89,21 @@ impl Proxies {
     /// From a DCS snapshot's proxy keys and named leases (values that do
     /// not parse are left out).
     pub fn of(proxies: &BTreeMap<String, String>, vip_holder: Option<&str>) -> Proxies {
+        let proxies: Vec<ProxyRecord> = proxies
+            .values()
+            .filter_map(|v| ProxyRecord::from_json(v))
+            .collect();
+        // the holder by its name, when a registered proxy wrote it
+        let vip_holder = vip_holder.map(|h| {
+            proxies
+                .iter()
+                .find(|p| p.holder_id == h)
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| h.to_owned())
+        });
         Proxies {
-            vip_holder: vip_holder.map(str::to_owned),
-            proxies: proxies
-                .values()
-                .filter_map(|v| ProxyRecord::from_json(v))
-                .collect(),
+            vip_holder,
+            proxies,
         }
     }
 }
@@ -102,6 +116,7 @@ mod tests {
     fn records_round_trip_and_bad_values_are_left_out() {
         let r = ProxyRecord {
             name: "p1".into(),
+            holder_id: "p1.7f".into(),
             listen: "10.0.0.2:6432".into(),
             metrics_url: None,
             state: ProxyState::Holder,
@@ -117,8 +132,18 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert("p1".to_owned(), r.to_json());
         m.insert("p2".to_owned(), "not json".to_owned());
-        let p = Proxies::of(&m, Some("p1"));
+        let p = Proxies::of(&m, Some("p1.7f"));
         assert_eq!(p.proxies, vec![r]);
-        assert_eq!(p.vip_holder.as_deref(), Some("p1"));
+        assert_eq!(
+            p.vip_holder.as_deref(),
+            Some("p1"),
+            "the holder by its name"
+        );
+        let p = Proxies::of(&m, Some("p9.1"));
+        assert_eq!(
+            p.vip_holder.as_deref(),
+            Some("p9.1"),
+            "unregistered: as written"
+        );
     }
 }

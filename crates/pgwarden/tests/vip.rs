@@ -8,7 +8,8 @@
 //! from the client host (ARP requests for the address, counting the MACs
 //! that answer): never two holders at once. Scenarios: kill -9 of the
 //! holder, freeze (SIGSTOP) of the holder cut from the DCS, a holder that
-//! cannot reach the primary, a clean shutdown of the holder.
+//! cannot reach the primary, the holder's guard process hung up on and
+//! killed, a clean shutdown of the holder.
 //!
 //! `vip_failover_bench` (ignored; `./x bench-vip`) prints the time from
 //! the holder's death to the first query through the address.
@@ -162,6 +163,23 @@ impl Rig {
         self.proxies[index(name)].as_ref().expect("running").id()
     }
 
+    /// The PID of proxy `name`'s guard process.
+    fn guard_pid(&self, name: &str) -> u32 {
+        self.guard_pid_opt(name)
+            .unwrap_or_else(|| panic!("no guard process under {name}"))
+    }
+
+    fn guard_pid_opt(&self, name: &str) -> Option<u32> {
+        let o = Command::new("pgrep")
+            .args(["-P", &self.pid(name).to_string(), "-f", "vip-guard"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+    }
+
     fn signal(&self, name: &str, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.pid(name).to_string()])
@@ -242,12 +260,18 @@ impl Rig {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-                    .await
-                    .expect("admin console through the VIP");
+                let limit = Duration::from_secs(5);
+                let (c, conn) = tokio::time::timeout(
+                    limit,
+                    tokio_postgres::connect(&conn, tokio_postgres::NoTls),
+                )
+                .await
+                .expect("admin console through the VIP in time")
+                .expect("admin console through the VIP");
                 tokio::spawn(conn);
-                c.simple_query("SHOW WATCHDOG")
+                tokio::time::timeout(limit, c.simple_query("SHOW WATCHDOG"))
                     .await
+                    .expect("SHOW WATCHDOG in time")
                     .unwrap()
                     .into_iter()
                     .filter_map(|m| match m {
@@ -446,10 +470,12 @@ fn one_proxy_holds_the_virtual_ip_and_it_moves_when_the_holder_fails() {
         r.wait_state(p, want, Duration::from_secs(10));
     }
     let snap = r.snapshot();
-    assert_eq!(
-        snap.leases.get(VIP_LEASE).map(|l| l.name.as_str()),
-        Some(first),
-        "the lease holder has the address"
+    let holder = snap.leases.get(VIP_LEASE).map(|l| l.name.clone());
+    assert!(
+        holder
+            .as_deref()
+            .is_some_and(|h| h.starts_with(&format!("{first}."))),
+        "the lease holder ({holder:?}, name.instance) has the address ({first})"
     );
     // The view refreshes every round (200 ms), the health checks every
     // 200 ms: the holder soon lists all three, each reaching the primary.
@@ -498,14 +524,44 @@ fn one_proxy_holds_the_virtual_ip_and_it_moves_when_the_holder_fails() {
     // gives the address up.
     let cut = next;
     r.net.cut(cut, &r.net.db_ip());
-    let moved = r.wait_holder(Some(cut), TTL * 3);
+    r.wait_holder(Some(cut), TTL * 3);
     r.wait_state(cut, ProxyState::DataPathDown, Duration::from_secs(10));
     r.wait_query(Duration::from_secs(5));
     r.net.heal(cut, &r.net.db_ip());
     r.wait_state(cut, ProxyState::Standby, Duration::from_secs(10));
 
-    // 4. A clean shutdown: the address moves at once, well before the
+    // 4. The holder's guard: a hangup does not end it; killed, it leaves
+    // the address on the interface, which the proxy's next guard clears
+    // before the lease goes to anyone.
+    let holder = r.wait_holder(None, Duration::from_secs(5));
+    let guard = r.guard_pid(holder);
+    assert!(Command::new("kill")
+        .args(["-HUP", &guard.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        std::path::Path::new(&format!("/proc/{guard}")).exists(),
+        "the guard survives SIGHUP"
+    );
+    assert_eq!(r.holders(), vec![holder], "and keeps the address");
+    assert!(Command::new("kill")
+        .args(["-KILL", &guard.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let end = Instant::now() + Duration::from_secs(10);
+    while r.guard_pid_opt(holder).is_none_or(|g| g == guard) {
+        assert!(Instant::now() < end, "no new guard under {holder}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r.wait_holder(None, TTL * 3);
+    r.wait_query(Duration::from_secs(5));
+
+    // 5. A clean shutdown: the address moves at once, well before the
     // lease could have expired (TTL minus the guard's margin, 4 s).
+    let moved = r.wait_holder(None, Duration::from_secs(5));
     let t0 = Instant::now();
     r.signal(moved, "-TERM");
     let after = r.wait_holder(Some(moved), TTL);

@@ -39,6 +39,7 @@ impl State {
             .is_some_and(|n| n.status == NodeStatus::Up);
         ProxyRecord {
             name: name.to_owned(),
+            holder_id: String::new(),
             listen: cfg.proxy.listen.to_string(),
             metrics_url: cfg
                 .proxy

@@ -114,9 +114,6 @@ pub struct Relay {
     /// a Sync: the server discards every message up to the client's next
     /// Sync and answers none of them (nor does the proxy).
     discarding: bool,
-    /// The SQLSTATE classes (first two characters) of the errors the
-    /// server sent since they were last taken, for the metrics.
-    error_classes: Vec<[u8; 2]>,
     /// Bytes of a large DataRow or CopyData still to pass on as they come
     /// (such messages are streamed, not held whole).
     streaming: u32,
@@ -137,6 +134,9 @@ struct Extra {
     /// sends it in pipeline mode before libpq 17).
     fake_unnamed: bool,
     fake_portal: bool,
+    /// The SQLSTATE classes (first two characters) of the errors the
+    /// server sent since they were last taken, for the metrics.
+    error_classes: Vec<[u8; 2]>,
 }
 
 impl Relay {
@@ -152,7 +152,6 @@ impl Relay {
             error_seen: false,
             unmodelled_seen: false,
             ddl_seen: false,
-            error_classes: Vec::new(),
             streaming: 0,
             copy_in: false,
             discarding: false,
@@ -218,7 +217,10 @@ impl Relay {
     /// Whether a CREATE, ALTER or DROP completed since the last call.
     /// The SQLSTATE classes of the errors since the last call.
     pub fn take_error_classes(&mut self) -> Vec<[u8; 2]> {
-        std::mem::take(&mut self.error_classes)
+        match self.x.as_mut() {
+            Some(x) if !x.error_classes.is_empty() => std::mem::take(&mut x.error_classes),
+            _ => Vec::new(),
+        }
     }
 
     pub fn take_ddl_seen(&mut self) -> bool {

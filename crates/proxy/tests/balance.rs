@@ -276,8 +276,9 @@ enum Reader {
     Other,
     /// A connection of another user (scope `cluster`).
     OtherUser,
-    /// Another connection, given the writer's WAL position
-    /// (`pg_current_wal_lsn()` after the commit) with `SET pgwarden.min_lsn`.
+    /// Another connection, given the writer's commit position (`SHOW
+    /// pgwarden.commit_lsn`, answered by the proxy) with `SET
+    /// pgwarden.min_lsn`.
     CarriesLsn,
 }
 
@@ -339,11 +340,28 @@ async fn writes_then_reads(extra: &str, who: Reader) -> (usize, usize) {
             .await
             .unwrap();
         if who == Reader::CarriesLsn {
-            let lsn: String = c
+            // the position the proxy offers (a WAL position at or after
+            // the commit, read from the primary when asked)
+            let lsn = c
+                .simple_query("SHOW pgwarden.commit_lsn")
+                .await
+                .unwrap()
+                .into_iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap();
+            let on_primary: String = c
                 .query_one("SELECT pg_current_wal_lsn()::text", &[])
                 .await
                 .unwrap()
                 .get(0);
+            assert!(
+                proxy::route::parse_lsn(&lsn) <= proxy::route::parse_lsn(&on_primary)
+                    && proxy::route::parse_lsn(&lsn) > Some(0),
+                "commit position {lsn}, primary at {on_primary}"
+            );
             r.batch_execute(&format!("SET pgwarden.min_lsn = '{lsn}'"))
                 .await
                 .unwrap();

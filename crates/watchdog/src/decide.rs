@@ -126,6 +126,7 @@ mod tests {
     fn rec(name: &str, state: ProxyState, reachable: bool) -> ProxyRecord {
         ProxyRecord {
             name: name.into(),
+            holder_id: format!("{name}.1"),
             listen: String::new(),
             metrics_url: None,
             state,

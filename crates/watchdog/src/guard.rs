@@ -1,7 +1,7 @@
 //! The guard: a small process of its own (`pgwarden vip-guard`, started by
 //! the proxy) that owns the virtual IP on this host. The proxy tells it,
 //! on its standard input, "hold until T" after each renewal of the lease
-//! (T on the machine's monotonic clock, safely before the lease can
+//! (T on the machine's boot-time clock, safely before the lease can
 //! expire) or "release". The guard takes the address down when T passes
 //! without a newer one, when told to, and when its input ends: a proxy
 //! that is frozen (SIGSTOP, a stalled machine) or killed cannot keep the
@@ -14,7 +14,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::net::{Link, Netlink};
-use crate::sys::monotonic_ms;
 
 /// What the guard is to hold, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,18 +92,31 @@ enum Mover {
 
 const COMMAND_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Runs `cmd` with `sh -c` in a process group of its own, without the
+/// guard's input (the proxy's commands), killed with its group at the
+/// deadline.
 async fn sh(cmd: &str, spec: &GuardSpec) -> Result<(), String> {
     let mut c = tokio::process::Command::new("sh");
     c.arg("-c")
         .arg(cmd)
         .env("PGWARDEN_VIP", format!("{}/{}", spec.address, spec.prefix))
         .env("PGWARDEN_VIP_INTERFACE", &spec.interface)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true);
-    match tokio::time::timeout(COMMAND_DEADLINE, c.status()).await {
+    let mut child = c.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let pgid = child.id();
+    match tokio::time::timeout(COMMAND_DEADLINE, child.wait()).await {
         Ok(Ok(s)) if s.success() => Ok(()),
         Ok(Ok(s)) => Err(format!("{cmd:?} failed: {s}")),
-        Ok(Err(e)) => Err(format!("cannot run {cmd:?}: {e}")),
-        Err(_) => Err(format!("{cmd:?} did not finish in {COMMAND_DEADLINE:?}")),
+        Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
+        Err(_) => {
+            if let Some(g) = pgid {
+                crate::sys::kill_group(g);
+            }
+            Err(format!("{cmd:?} did not finish in {COMMAND_DEADLINE:?}"))
+        }
     }
 }
 
@@ -143,7 +155,26 @@ impl Mover {
             Mover::Netlink { nl, link } => nl.remove(link.index, spec.address).await,
         }
     }
+
+    /// While holding: puts the address back if something took it away
+    /// (netlink only; commands are trusted).
+    async fn check(&self, spec: &GuardSpec) {
+        if let Mover::Netlink { nl, link } = self {
+            if let Ok(false) = nl.has(link.index, spec.address).await {
+                tracing::warn!(vip = %spec.address, "vip-guard: the address was removed by someone else: adding it again");
+                if let Err(e) = self.up(spec).await {
+                    tracing::error!(error = %e, "vip-guard");
+                }
+            }
+        }
+    }
 }
+
+/// How often a held address is checked, and the longest sleep between
+/// looks at the clock (a machine that was suspended finds its deadline
+/// passed within this).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(100);
 
 async fn say(e: Event) {
     let mut out = tokio::io::stdout();
@@ -176,60 +207,72 @@ async fn run(spec: GuardSpec) -> i32 {
             return 1;
         }
     };
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        // a hangup (a reload sent to every pgwarden process) must not
+        // end the guard with the address up
+        signal(SignalKind::hangup()),
     ) else {
         return 1;
     };
-    // An address left by an earlier run that ended without taking it down.
-    if let Err(e) = mover.down(&spec).await {
-        tracing::warn!(error = %e, "vip-guard: cannot clear the address at start");
+    let mut g = Guard {
+        mover,
+        spec,
+        up: false,
+    };
+    // An address left by an earlier guard that ended without taking it
+    // down: cleared before anything else.
+    g.up = true;
+    if !g.take_down().await {
+        return 1;
     }
-    say(Event::Down).await;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut until: Option<u64> = None;
-    let mut up = false;
+    let mut checked = tokio::time::Instant::now();
     loop {
-        let left = until.map(|u| Duration::from_millis(u.saturating_sub(monotonic_ms())));
-        let expired = async {
-            match left {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
         let cmd = tokio::select! {
             l = lines.next_line() => match l {
                 Ok(Some(l)) => Command::parse(&l),
                 // The proxy is gone.
                 _ => {
-                    take_down(&mover, &spec, &mut up).await;
+                    g.take_down().await;
                     return 0;
                 }
             },
-            _ = expired => {
-                tracing::warn!(vip = %spec.address, "vip-guard: the lease was not renewed in time: taking the address down");
-                until = None;
-                take_down(&mover, &spec, &mut up).await;
+            _ = tokio::time::sleep(TICK) => {
+                if until.is_some_and(|u| crate::sys::monotonic_ms() >= u) {
+                    tracing::warn!(vip = %g.spec.address, "vip-guard: the lease was not renewed in time: taking the address down");
+                    // kept (and tried again next tick) until it is down
+                    if g.take_down().await {
+                        until = None;
+                    }
+                } else if g.up && checked.elapsed() >= CHECK_EVERY {
+                    checked = tokio::time::Instant::now();
+                    g.mover.check(&g.spec).await;
+                }
                 continue;
             }
-            _ = term.recv() => { take_down(&mover, &spec, &mut up).await; return 0; }
-            _ = int.recv() => { take_down(&mover, &spec, &mut up).await; return 0; }
+            _ = hup.recv() => continue,
+            _ = term.recv() => { g.take_down().await; return 0; }
+            _ = int.recv() => { g.take_down().await; return 0; }
         };
         match cmd {
-            Some(Command::Hold(t)) if t > monotonic_ms() => {
+            Some(Command::Hold(t)) if t > crate::sys::monotonic_ms() => {
                 until = Some(t);
-                if !up {
-                    match mover.up(&spec).await {
+                if !g.up {
+                    g.up = true;
+                    match g.mover.up(&g.spec).await {
                         Ok(()) => {
-                            up = true;
-                            tracing::info!(vip = %spec.address, interface = %spec.interface, "vip-guard: address up");
+                            tracing::info!(vip = %g.spec.address, interface = %g.spec.interface, "vip-guard: address up");
                             say(Event::Up).await;
                         }
                         Err(e) => {
-                            // half up (added, not announced) counts as up: it comes down below
-                            up = true;
-                            say(Event::Error(e)).await;
+                            // not held after all: down again, and the
+                            // proxy gives the lease up
+                            until = None;
+                            g.take_down().await;
+                            say(Event::Error(format!("cannot bring the address up: {e}"))).await;
                         }
                     }
                 }
@@ -238,32 +281,47 @@ async fn run(spec: GuardSpec) -> i32 {
             Some(Command::Hold(_)) => {}
             Some(Command::Release(n)) => {
                 until = None;
-                take_down(&mover, &spec, &mut up).await;
-                say(Event::Released(n)).await;
+                if g.take_down().await {
+                    say(Event::Released(n)).await;
+                }
             }
             None => tracing::warn!("vip-guard: unknown command ignored"),
         }
     }
 }
 
-async fn take_down(mover: &Mover, spec: &GuardSpec, up: &mut bool) {
-    if !*up {
-        say(Event::Down).await;
-        return;
-    }
-    // Retried: an address left up is the one thing the guard must not do.
-    for attempt in 0..5 {
-        match mover.down(spec).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::error!(error = %e, attempt, "vip-guard: cannot take the address down");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+struct Guard {
+    mover: Mover,
+    spec: GuardSpec,
+    /// The address may be up.
+    up: bool,
+}
+
+impl Guard {
+    /// Takes the address down; false (and an error said) when it could not
+    /// be: then it still counts as up, and the proxy does not release the
+    /// lease on its word.
+    async fn take_down(&mut self) -> bool {
+        if !self.up {
+            return true;
+        }
+        for attempt in 0..5 {
+            match self.mover.down(&self.spec).await {
+                Ok(()) => {
+                    self.up = false;
+                    tracing::info!(vip = %self.spec.address, "vip-guard: address down");
+                    say(Event::Down).await;
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "vip-guard: cannot take the address down");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
+        say(Event::Error("cannot take the address down".into())).await;
+        false
     }
-    *up = false;
-    tracing::info!(vip = %spec.address, "vip-guard: address down");
-    say(Event::Down).await;
 }
 
 #[cfg(test)]

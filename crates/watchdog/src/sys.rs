@@ -1,22 +1,35 @@
 //! The few system calls the standard library does not offer: the
 //! machine-wide monotonic clock (shared by the proxy and its guard
-//! process, so a deadline can pass between them) and a packet socket for
-//! ARP. The only unsafe code of the crate.
+//! process, so a deadline can pass between them), a packet socket for
+//! ARP, and killing a process group. The only unsafe code of the crate.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-/// CLOCK_MONOTONIC in milliseconds: the same clock in every process of
-/// the machine, unaffected by changes of the wall clock.
+/// CLOCK_BOOTTIME in milliseconds: the same clock in every process of
+/// the machine, unaffected by changes of the wall clock, and (unlike
+/// CLOCK_MONOTONIC) counting time the machine spent suspended, as the
+/// DCS's clock does.
 pub fn monotonic_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     debug_assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Sends SIGKILL to process group `pgid` (a command the guard started in
+/// a group of its own, with whatever it started).
+pub fn kill_group(pgid: u32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pid signals that process group only.
+        unsafe {
+            libc::kill(-(pgid as i32), libc::SIGKILL);
+        }
+    }
 }
 
 const ETH_P_ARP: u16 = 0x0806;

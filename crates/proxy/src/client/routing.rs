@@ -301,7 +301,7 @@ fn scope_key(scope: RywScope, pool: &Pool) -> Option<String> {
 
 /// The primary's WAL position read after `since` (from the router's last
 /// reading if it is recent enough, else asked of the primary now).
-async fn primary_lsn_after(
+pub(super) async fn primary_lsn_after(
     state: &State,
     pool: &Arc<Pool>,
     since: Instant,

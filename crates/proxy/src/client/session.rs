@@ -311,6 +311,23 @@ impl Session {
     /// ways until the connection can go back to the pool (transaction
     /// mode) or the session ends (session mode).
     async fn transaction(&mut self) -> Result<(), End> {
+        // read balancing: `SHOW pgwarden.commit_lsn` is the proxy's to answer
+        if let Some((used, answer)) = super::commit_lsn::answer(
+            &self.state,
+            &self.pool,
+            &self.cbuf,
+            &self.relay,
+            &self.route,
+        )
+        .await
+        {
+            self.cbuf.advance(used);
+            return self
+                .client
+                .send_all(&answer)
+                .await
+                .map_err(|_| End::ClientIo);
+        }
         self.attach().await?;
         let mut timeouts = Timeouts::new(&self.state.config().proxy);
         self.pump_client().await?;

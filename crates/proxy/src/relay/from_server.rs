@@ -98,7 +98,7 @@ impl Relay {
                 }
                 b'E' => {
                     self.error_seen = true;
-                    self.error_classes.push(sqlstate_class(body));
+                    self.x().error_classes.push(sqlstate_class(body));
                     self.copy_in = false;
                     match self.queue.front().map(|p| p.kind) {
                         Some(Kind::Query | Kind::Function | Kind::Sync) | None => {}
