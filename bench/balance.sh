@@ -123,14 +123,21 @@ EOC
   PGP_PID=$!; pids+=("$PGP_PID")
   for _ in $(seq 1 100); do psql_at $PGP_PORT "select 1" >/dev/null 2>&1 && break; sleep 0.2; done
 }
-# SIGTERM: Pgpool-II's smart shutdown (pgbench has gone: no client to wait
-# for). Not SIGINT: a script run in the background starts Pgpool-II with
-# SIGINT ignored. Then SIGKILL to it and its children if it still listens.
+# SIGTERM (smart shutdown: pgbench has gone, no client to wait for), then
+# SIGQUIT (immediate), then SIGKILL, to Pgpool-II's main process (from its
+# pid file: the process started may not be it) and its children. Not
+# SIGINT: a script run in the background starts it with SIGINT ignored.
 stop_pgpool() {
-  kill -TERM "$PGP_PID" 2>/dev/null || true
-  for _ in $(seq 1 50); do ss -ltn | grep -q ":$PGP_PORT " || { wait "$PGP_PID" 2>/dev/null; return 0; }; sleep 0.2; done
-  pkill -KILL -P "$PGP_PID" 2>/dev/null; kill -KILL "$PGP_PID" 2>/dev/null; wait "$PGP_PID" 2>/dev/null
-  for _ in $(seq 1 25); do ss -ltn | grep -q ":$PGP_PORT " || return 0; sleep 0.2; done
+  local main sig
+  main=$(cat "$B/pgpool/pgpool.pid" 2>/dev/null || echo "$PGP_PID")
+  for sig in TERM QUIT KILL; do
+    [ "$sig" = KILL ] && { pkill -KILL -P "$main" 2>/dev/null || true; }
+    kill -"$sig" "$main" "$PGP_PID" 2>/dev/null || true
+    for _ in $(seq 1 25); do
+      ss -ltn | grep -q ":$PGP_PORT " || { wait "$PGP_PID" 2>/dev/null || true; return 0; }
+      sleep 0.2
+    done
+  done
   echo "Pgpool-II still listens on $PGP_PORT" >&2; return 1
 }
 
