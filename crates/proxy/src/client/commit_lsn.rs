@@ -24,7 +24,13 @@ fn asks(input: &[u8], max: usize) -> Option<usize> {
     if h.tag != b'Q' || h.total_len() != input.len() {
         return None;
     }
-    let text = std::str::from_utf8(body.strip_suffix(&[0])?).ok()?;
+    // cheap refusals first: every simple query of a balanced session
+    // passes here
+    let text = body.strip_suffix(&[0])?.trim_ascii_start();
+    if text.len() > 64 || !text.get(..4)?.eq_ignore_ascii_case(b"show") {
+        return None;
+    }
+    let text = std::str::from_utf8(text).ok()?;
     let words: Vec<&str> = text
         .trim()
         .trim_end_matches(';')
@@ -56,12 +62,13 @@ pub(super) async fn answer(
     relay: &Relay,
     route: &Option<Box<SessionRoute>>,
 ) -> Option<(usize, BytesMut)> {
+    // (the request is already whole in `input`, bounded when it was read)
+    let used = asks(input, usize::MAX >> 1)?;
     let cfg = state.config();
     let bal = &cfg.proxy.balance;
     if !bal.enabled || bal.consistency == Consistency::Primary || !relay.transaction_mode() {
         return None;
     }
-    let used = asks(input, cfg.proxy.max_message_size)?;
     let lsn = match route.as_ref().and_then(|r| r.write_ended) {
         None => Some(0),
         Some(since) => super::routing::primary_lsn_after(state, pool, since)
