@@ -60,7 +60,9 @@ impl watchdog::run::Source for Source {
 
 /// With a DCS: the watchdog registers this proxy there and, with
 /// `[proxy.vip]`, competes for the virtual IP.
-fn spawn_watchdog(p: &proxy::Proxy) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+pub(crate) fn spawn_watchdog(
+    p: &proxy::Proxy,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let cfg = p.state.config();
     let Some((url, cluster)) = cfg.proxy_dcs.clone() else {
         return Ok(None);

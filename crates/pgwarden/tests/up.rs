@@ -189,6 +189,11 @@ async fn up_serves_through_the_proxy_and_restarts_a_dead_agent() {
     let (code, out) = ctl(&["list"], &dir);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("node0") && out.contains("Leader"), "{out}");
+    // the proxy `up` runs registers itself in the DCS
+    wait_until(Duration::from_secs(10), "the proxy in `ctl list`", || {
+        let out = ctl(&["list"], &dir).1;
+        out.contains("Proxies") && out.contains("serving")
+    });
     let d = dir.to_string_lossy().into_owned();
     let (code, out) = ctl(&["--dir", &d, "pause"], tmp.path());
     assert_eq!(code, Some(0), "{out}");

@@ -41,6 +41,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e} (choose another --port)"))?;
         let state = p.state.clone();
         crate::cmd_proxy::spawn_signal_handlers(state.clone())?;
+        // the proxy registers in the DCS (ctl list, the dashboard)
+        let watchdog = crate::cmd_proxy::spawn_watchdog(&p)?;
         let proxy_task = tokio::spawn(p.run());
         let r = async {
             for i in 0..l.nodes {
@@ -65,6 +67,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .await;
         state.begin_shutdown();
         let _ = proxy_task.await;
+        if let Some(w) = watchdog {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+        }
         r
     });
     if !agents.is_empty() {
