@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::Handle;
 
@@ -87,8 +87,8 @@ impl Netlink {
         .await
     }
 
-    /// Whether `ip` is on the interface.
-    pub async fn has(&self, index: u32, ip: Ipv4Addr) -> Result<bool, String> {
+    /// The interface's address entries for `ip`.
+    async fn find(&self, index: u32, ip: Ipv4Addr) -> Result<Vec<AddressMessage>, String> {
         let found = within(&format!("looking for {ip}"), async {
             self.handle
                 .address()
@@ -100,26 +100,26 @@ impl Netlink {
                 .await
         })
         .await?;
-        Ok(found.iter().any(|m| {
-            m.attributes
-                .iter()
-                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == ip))
-        }))
+        // the kernel may ignore the filters: keep only entries for `ip`
+        Ok(found
+            .into_iter()
+            .filter(|m| {
+                m.header.index == index
+                    && m.attributes.iter().any(|a| {
+                        matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)
+                    })
+            })
+            .collect())
+    }
+
+    /// Whether `ip` is on the interface.
+    pub async fn has(&self, index: u32, ip: Ipv4Addr) -> Result<bool, String> {
+        Ok(!self.find(index, ip).await?.is_empty())
     }
 
     /// Removes `ip` from the interface (no error if it is not there).
     pub async fn remove(&self, index: u32, ip: Ipv4Addr) -> Result<(), String> {
-        let found = within(&format!("looking for {ip}"), async {
-            self.handle
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .set_address_filter(IpAddr::V4(ip))
-                .execute()
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?;
+        let found = self.find(index, ip).await?;
         for m in found {
             within(
                 &format!("removing {ip}"),
