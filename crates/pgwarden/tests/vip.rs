@@ -42,6 +42,15 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// A runtime for the calling thread (the test is synchronous; each
+/// thread in a namespace runs its own).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// Moves the calling thread into network namespace `ns`.
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace file");
@@ -115,10 +124,7 @@ impl Rig {
             last_action: "held by the test".into(),
         };
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async {
                 let d = dcs::open(&url, "vip").await.expect("etcd");
                 while !stop.load(Ordering::Relaxed) {
@@ -218,10 +224,7 @@ impl Rig {
     fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, String> {
         let conn = format!("host={} port=6432 user=postgres dbname=postgres", self.vip);
         in_ns(&self.net.ns("cl"), || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async {
                 let (c, conn) = tokio::time::timeout(
                     Duration::from_millis(500),
@@ -255,10 +258,7 @@ impl Rig {
     fn show_watchdog(&self) -> Vec<Vec<String>> {
         let conn = format!("host={} port=6432 user=postgres dbname=pgwarden", self.vip);
         in_ns(&self.net.ns("cl"), || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async {
                 let limit = Duration::from_secs(5);
                 let (c, conn) = tokio::time::timeout(
@@ -289,10 +289,7 @@ impl Rig {
 
     fn snapshot(&self) -> dcs::Snapshot {
         let url = self.etcd.url();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let d = dcs::open(&url, "vip").await.expect("etcd");
             d.snapshot().await.expect("snapshot")
