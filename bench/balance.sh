@@ -11,12 +11,12 @@
 #    the proxy's cache hit rate (SHOW STATS).
 # Everything runs as OS user postgres under /tmp/pgwarden-balance, on 127.0.0.1.
 #
-# Usage: bench/balance.sh   (via ./x bench-balance)   DURATION=20 CLIENTS=16 SCALE=10
+# Usage: bench/balance.sh   (via ./x bench-balance)   ROUNDS=3 DURATION=15 CLIENTS=16 SCALE=10
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PGWARDEN="${PGWARDEN:-$ROOT/target/release/pgwarden}"
 BIN="$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-DURATION=${DURATION:-20}; CLIENTS=${CLIENTS:-16}; THREADS=${THREADS:-2}; SCALE=${SCALE:-10}
+ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-15}; CLIENTS=${CLIENTS:-16}; THREADS=${THREADS:-2}; SCALE=${SCALE:-10}
 B=/tmp/pgwarden-balance; DB=bench
 PORTS=(25632 25633 25634); PGW_PORT=26632; PGP_PORT=29996
 as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
@@ -141,41 +141,55 @@ stop_pgpool() {
   echo "Pgpool-II still listens on $PGP_PORT" >&2; return 1
 }
 
-declare -A TPS SHARE
+# Each configuration runs once per round, the rounds one after another,
+# so that the machine's drift (it is shared) falls on every configuration
+# alike; the table gives each one's median over the rounds, and the
+# select-only ratio is the median of the rounds' own ratios (pgwarden and
+# Pgpool-II measured minutes apart would compare the machine, not them).
+declare -A TPS SHARE ALL
 bench() { # label port mode(select|tpcb)
   local label=$1 port=$2 mode=$3 args=(-n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$2" -U postgres)
   [ "$mode" = select ] && args+=(-S)
-  local before after
+  local before after tps
   before=$(commits | tr '\n' ' ')
-  TPS[$label]=$("$BIN/pgbench" "${args[@]}" "$DB" 2>/dev/null | awk '/^tps/ { printf "%.0f", $3 }')
+  tps=$("$BIN/pgbench" "${args[@]}" "$DB" 2>/dev/null | awk '/^tps/ { printf "%.0f", $3 }')
   after=$(commits | tr '\n' ' ')
+  ALL[$label]+="${tps:-0} "
   SHARE[$label]=$(echo "$before $after" | awk '{ t = 0; for (i = 1; i <= 3; i++) { d[i] = $(i + 3) - $i; t += d[i] }
       printf "%.0f%% / %.0f%% / %.0f%%", 100 * d[1] / t, 100 * d[2] / t, 100 * d[3] / t }')
-  echo "$label: ${TPS[$label]} tps (primary / standby 1 / standby 2: ${SHARE[$label]})" >&2
+  echo "  $label: ${tps:-0} tps (primary / standby 1 / standby 2: ${SHARE[$label]})" >&2
 }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "== select-only, $CLIENTS clients, ${DURATION}s each" >&2
-start_pgwarden 3 true read_your_writes
-bench "pgwarden, 3 nodes" $PGW_PORT select
-STATS=$(psql_at $PGW_PORT "SHOW STATS" pgwarden | tr '\n' ' ')
-stop_pgwarden
-start_pgpool
-bench "Pgpool-II, 3 nodes" $PGP_PORT select
-stop_pgpool
-start_pgwarden 1 true read_your_writes
-bench "pgwarden, primary only, classifier on" $PGW_PORT select
-stop_pgwarden
-start_pgwarden 1 false read_your_writes
-bench "pgwarden, primary only, classifier off" $PGW_PORT select
-stop_pgwarden
-
-echo "== TPC-B-like, $CLIENTS clients" >&2
-start_pgwarden 3 true read_your_writes
-bench "pgwarden TPC-B, read_your_writes" $PGW_PORT tpcb
-stop_pgwarden
-start_pgwarden 3 true eventual
-bench "pgwarden TPC-B, eventual" $PGW_PORT tpcb
-stop_pgwarden
+LABELS=("pgwarden, 3 nodes" "Pgpool-II, 3 nodes" "pgwarden, primary only, classifier on" "pgwarden, primary only, classifier off"
+        "pgwarden TPC-B, read_your_writes" "pgwarden TPC-B, eventual")
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round of $ROUNDS: select-only, $CLIENTS clients, ${DURATION}s each" >&2
+  start_pgwarden 3 true read_your_writes
+  bench "pgwarden, 3 nodes" $PGW_PORT select
+  STATS=$(psql_at $PGW_PORT "SHOW STATS" pgwarden | tr '\n' ' ')
+  stop_pgwarden
+  start_pgpool
+  bench "Pgpool-II, 3 nodes" $PGP_PORT select
+  stop_pgpool
+  start_pgwarden 1 true read_your_writes
+  bench "pgwarden, primary only, classifier on" $PGW_PORT select
+  stop_pgwarden
+  start_pgwarden 1 false read_your_writes
+  bench "pgwarden, primary only, classifier off" $PGW_PORT select
+  stop_pgwarden
+  echo "== round $round of $ROUNDS: TPC-B-like, $CLIENTS clients" >&2
+  start_pgwarden 3 true read_your_writes
+  bench "pgwarden TPC-B, read_your_writes" $PGW_PORT tpcb
+  stop_pgwarden
+  start_pgwarden 3 true eventual
+  bench "pgwarden TPC-B, eventual" $PGW_PORT tpcb
+  stop_pgwarden
+done
+for k in "${LABELS[@]}"; do TPS[$k]=$(echo "${ALL[$k]}" | median); done
+# the rounds' own ratios: round i of one label against round i of the other
+ratios() { paste -d' ' <(echo "${ALL[$1]}" | tr ' ' '\n' | grep -v '^$') <(echo "${ALL[$2]}" | tr ' ' '\n' | grep -v '^$') |
+  awk -v pct="${3:-}" '{ if (pct) printf "%.1f ", 100 * (1 - $1 / $2); else printf "%.2f ", $1 / $2 }'; }
 
 echo "== the classifier alone (crates/sql timing test, release build)" >&2
 COST=$(cd "$ROOT" && cargo test -q --release -p sql -- --ignored --nocapture classify_cost 2>&1 | grep "^classify" | head -8 || true)
@@ -183,15 +197,15 @@ COST=$(cd "$ROOT" && cargo test -q --release -p sql -- --ignored --nocapture cla
 hits=$(echo "$STATS" | grep -o 'classifier_cache_hits|[0-9]*' | cut -d'|' -f2)
 misses=$(echo "$STATS" | grep -o 'classifier_cache_misses|[0-9]*' | cut -d'|' -f2)
 echo
-echo "read balancing, $(nproc) cores shared by everything; pgbench $CLIENTS clients, ${DURATION}s, scale $SCALE"
-printf '%-42s %10s   %s\n' target tps "transactions: primary / standby 1 / standby 2"
-for k in "pgwarden, 3 nodes" "Pgpool-II, 3 nodes" "pgwarden, primary only, classifier on" "pgwarden, primary only, classifier off" \
-         "pgwarden TPC-B, read_your_writes" "pgwarden TPC-B, eventual"; do
-  printf '%-42s %10s   %s\n' "$k" "${TPS[$k]}" "${SHARE[$k]}"
+echo "read balancing, $(nproc) cores shared by everything; pgbench $CLIENTS clients, ${DURATION}s, scale $SCALE; median of $ROUNDS interleaved rounds"
+printf '%-42s %10s   %-22s %s\n' target tps "each round" "transactions (last round): primary / standby 1 / standby 2"
+for k in "${LABELS[@]}"; do
+  printf '%-42s %10s   %-22s %s\n' "$k" "${TPS[$k]%.*}" "${ALL[$k]% }" "${SHARE[$k]}"
 done
-awk -v a="${TPS[pgwarden, 3 nodes]}" -v b="${TPS[Pgpool-II, 3 nodes]}" 'BEGIN { printf "select-only, pgwarden / Pgpool-II: %.2fx (target >= 1.5x)\n", a / b }'
-awk -v a="${TPS[pgwarden, primary only, classifier on]}" -v b="${TPS[pgwarden, primary only, classifier off]}" 'BEGIN { printf "classifier cost on select-only TPS: %.1f%% (target < 5%%)\n", 100 * (1 - a / b) }'
-awk -v a="${TPS[pgwarden TPC-B, read_your_writes]}" -v b="${TPS[pgwarden TPC-B, eventual]}" 'BEGIN { printf "read-your-writes cost on TPC-B TPS: %.1f%% (target < 5%%)\n", 100 * (1 - a / b) }'
-echo "classifier cache during the 3-node select-only run: $hits hits, $misses misses"
+verdict() { ratios "$@" | median; }
+echo "select-only, pgwarden / Pgpool-II: $(verdict "pgwarden, 3 nodes" "Pgpool-II, 3 nodes")x, rounds: $(ratios "pgwarden, 3 nodes" "Pgpool-II, 3 nodes")(target >= 1.5x)"
+echo "classifier cost on select-only TPS: $(verdict "pgwarden, primary only, classifier on" "pgwarden, primary only, classifier off" pct)%, rounds: $(ratios "pgwarden, primary only, classifier on" "pgwarden, primary only, classifier off" pct)(target < 5%)"
+echo "read-your-writes cost on TPC-B TPS: $(verdict "pgwarden TPC-B, read_your_writes" "pgwarden TPC-B, eventual" pct)%, rounds: $(ratios "pgwarden TPC-B, read_your_writes" "pgwarden TPC-B, eventual" pct)(target < 5%)"
+echo "classifier cache during the last 3-node select-only run: $hits hits, $misses misses"
 echo "classifier per statement (crates/sql, one thread):"
 echo "$COST" | sed 's/^/  /'

@@ -322,6 +322,10 @@ fn show_stats(state: &Arc<State>) -> Reply {
             "read_your_writes_fallbacks",
             r.ryw_fallbacks.load(Ordering::Relaxed),
         ),
+        (
+            "standby_read_retries",
+            r.standby_retries.load(Ordering::Relaxed),
+        ),
         ("classifier_cache_hits", cache.hits),
         ("classifier_cache_misses", cache.misses),
         ("classifier_cache_entries", cache.entries as u64),

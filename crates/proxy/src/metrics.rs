@@ -304,6 +304,14 @@ pub fn render(state: &State) -> String {
         "Reads after a write that found no standby caught up in time and went to the primary.",
     )
     .sample(name, &[], r.ryw_fallbacks.load(Ordering::Relaxed));
+    let name = "pgwarden_proxy_standby_read_retries_total";
+    Family::new(
+        o,
+        name,
+        "counter",
+        "Reads whose standby connection was lost before it answered, run again on the primary.",
+    )
+    .sample(name, &[], r.standby_retries.load(Ordering::Relaxed));
     let cache = state.router.cache_stats();
     let name = "pgwarden_proxy_classifier_cache_lookups_total";
     let mut f = Family::new(

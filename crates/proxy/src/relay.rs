@@ -63,7 +63,7 @@ const NO_DATA: &[u8] = b"n\0\0\0\x04";
 const NO_PARAMS_NO_DATA: &[u8] = b"t\0\0\0\x06\0\0n\0\0\0\x04";
 const DEALLOCATE_DONE: &[u8] = b"C\0\0\0\x0fDEALLOCATE\0";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     kind: Kind,
     action: Action,
@@ -90,6 +90,9 @@ pub enum Flow {
     Terminate,
 }
 
+/// Clone: a read sent to a standby keeps the state from before it, to run
+/// again on the primary if the standby is lost before it answers.
+#[derive(Clone)]
 pub struct Relay {
     /// Rewrite named statements to proxy-wide names (transaction mode).
     rewrite: bool,
@@ -122,7 +125,7 @@ pub struct Relay {
     x: Option<Box<Extra>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Extra {
     stmts: HashMap<String, Arc<Stmt>>,
     unnamed_effects: Vec<Effect>,

@@ -89,6 +89,9 @@ pub struct RouteStats {
     pub to_primary: AtomicU64,
     /// Reads after a write that found no standby caught up in time.
     pub ryw_fallbacks: AtomicU64,
+    /// Reads whose standby connection was lost before it answered, run
+    /// again on the primary.
+    pub standby_retries: AtomicU64,
 }
 
 pub struct Router {

@@ -587,12 +587,13 @@ async fn a_lagging_standby_gets_no_reads_until_it_catches_up() {
     }
 }
 
-/// kill -9 of a standby while clients read: reads under way on it, or
-/// sent to it in the moment before its death shows, fail (their client's
-/// connection ends, as with any lost server; the client reconnects); every
-/// read begun later succeeds, on the other nodes.
+/// kill -9 of a standby while clients read: no read fails. A read whose
+/// standby connection is lost before it answers (under way when the
+/// standby died, or sent on one of its pooled connections before its death
+/// shows) runs again on the primary; every read begun later runs on the
+/// other nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
+async fn a_standby_killed_during_reads_fails_no_read() {
     let (primary, s1, s2, p) = three_nodes().await;
     let p = Arc::new(p);
     let standbys: HashSet<u16> = [s1.port, s2.port].into();
@@ -605,7 +606,7 @@ async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
         tasks.push(tokio::spawn(async move {
             // (when it began, port or error)
             let mut out: Vec<(Instant, Result<u16, String>)> = Vec::new();
-            let mut c = p.connect("postgres", None, "app").await.unwrap();
+            let c = p.connect("postgres", None, "app").await.unwrap();
             let end = Instant::now() + Duration::from_secs(5);
             while Instant::now() < end {
                 let began = Instant::now();
@@ -623,7 +624,7 @@ async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
                 let failed = r.is_err();
                 out.push((began, r));
                 if failed {
-                    c = p.connect("postgres", None, "app").await.unwrap();
+                    break;
                 }
             }
             out
@@ -632,26 +633,22 @@ async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s1.kill9();
     let killed = Instant::now();
-    let mut failed = 0;
+    let mut before = 0;
     for t in tasks {
         let out = t.await.unwrap();
         for (began, r) in &out {
             match r {
-                Err(e) => {
-                    failed += 1;
-                    assert!(
-                        *began < killed + Duration::from_millis(500),
-                        "a read begun {:?} after the kill failed: {e}",
-                        began.saturating_duration_since(killed)
-                    );
-                }
+                Err(e) => panic!(
+                    "a read begun {:?} after the kill failed: {e}",
+                    began.saturating_duration_since(killed)
+                ),
                 Ok(port) if *began > killed + Duration::from_millis(500) => {
                     assert!(
                         *port == s2.port || *port == primary.port,
                         "read ran on {port}"
                     );
                 }
-                Ok(_) => {}
+                Ok(port) => before += usize::from(*port == s1.port),
             }
         }
         let later = out
@@ -660,7 +657,19 @@ async fn a_standby_killed_during_reads_loses_only_what_ran_on_it() {
             .count();
         assert!(later > 10, "{later} reads after the kill");
     }
-    eprintln!("{failed} reads failed when the standby was killed");
+    assert!(
+        before > 0,
+        "no read ran on the standby before it was killed"
+    );
+    let retries = p
+        .state
+        .router
+        .stats
+        .standby_retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // (how many were caught under way depends on timing: a dead pooled
+    // connection is often noticed before it is given out)
+    eprintln!("{retries} reads ran again on the primary when the standby was killed");
 }
 
 /// `GET /metrics` on `metrics_listen`: the text as Prometheus reads it.

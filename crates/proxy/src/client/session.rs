@@ -81,6 +81,16 @@ pub struct Session {
     server: Option<Checkout>,
     /// Read balancing: this session's routing state, once it has one.
     route: Option<Box<crate::route::SessionRoute>>,
+    /// A read sent to a standby, as it was before the relay took it, kept
+    /// until the standby answers: lost with its connection before a byte
+    /// of answer, it runs again on the primary.
+    retry: Option<Box<Retry>>,
+}
+
+/// What a read sent to a standby needs to run again elsewhere.
+struct Retry {
+    cbuf: BytesMut,
+    relay: Relay,
 }
 
 impl Session {
@@ -109,6 +119,7 @@ impl Session {
             pool,
             server,
             route: None,
+            retry: None,
         }
     }
 
@@ -328,7 +339,8 @@ impl Session {
                 .await
                 .map_err(|_| End::ClientIo);
         }
-        self.attach().await?;
+        self.attach(false).await?;
+        self.keep_for_retry();
         let mut timeouts = Timeouts::new(&self.state.config().proxy);
         self.pump_client().await?;
         while self.server.is_some() {
@@ -341,8 +353,25 @@ impl Session {
                     .map_err(|_| End::Timeout(limit))?,
             };
             match event {
+                Event::Server(Ok(0) | Err(_)) if self.retry.is_some() => {
+                    self.retry_on_primary().await?
+                }
+                Event::Server(Ok(_)) if self.retry.is_some() => {
+                    let conn = self.server.as_mut().expect("attached").conn();
+                    match going_away(&conn.rbuf) {
+                        // the rest of its first message comes next
+                        None => {}
+                        Some(true) => self.retry_on_primary().await?,
+                        Some(false) => {
+                            timeouts.server_read();
+                            self.pump_server().await?
+                        }
+                    }
+                }
                 Event::Client(Ok(0)) => return Err(End::Done),
                 Event::Client(Ok(_)) => {
+                    // more from the client: the read is no longer alone
+                    self.retry = None;
                     timeouts.client_read();
                     self.pump_client().await?
                 }
@@ -436,9 +465,47 @@ impl Session {
         }
     }
 
-    /// Takes a server connection and brings its session parameters in
-    /// line with the client's.
-    async fn attach(&mut self) -> Result<(), End> {
+    /// Keeps what the request just routed to a standby needs to run again
+    /// on the primary, if its server connection is lost before it answers
+    /// (a standby killed or gone: a read has nothing to undo).
+    fn keep_for_retry(&mut self) {
+        let on_standby = self
+            .server
+            .as_ref()
+            .is_some_and(|co| co.pool().fixed().is_some());
+        self.retry = (on_standby && self.relay.tx_status() == b'I').then(|| {
+            Box::new(Retry {
+                cbuf: self.cbuf.clone(),
+                relay: self.relay.clone(),
+            })
+        });
+    }
+
+    /// The standby's connection was lost before a byte of answer and
+    /// before anything went to the client: the read runs on the primary,
+    /// as if it had been sent there.
+    async fn retry_on_primary(&mut self) -> Result<(), End> {
+        let Retry { cbuf, relay } = *self.retry.take().expect("a read kept for retry");
+        if let Some(mut co) = self.server.take() {
+            let conn = co.conn();
+            conn.broken = true;
+            tracing::info!(standby = %conn.addr, "a standby's connection was lost before it answered: the read runs on the primary");
+        }
+        self.detach_info();
+        (self.cbuf, self.relay) = (cbuf, relay);
+        self.state
+            .router
+            .stats
+            .standby_retries
+            .fetch_add(1, Ordering::Relaxed);
+        self.attach(true).await?;
+        self.pump_client().await
+    }
+
+    /// Takes a server connection (the primary's if `to_primary`, else where
+    /// the request is routed) and brings its session parameters in line
+    /// with the client's.
+    async fn attach(&mut self, to_primary: bool) -> Result<(), End> {
         self.info.set_state(ClientState::Waiting);
         // A change of primary seen from here on concerns this connection.
         self.info.control.clear(Control::PRIMARY_CHANGED);
@@ -450,37 +517,67 @@ impl Session {
                 if let Some(mut old) = held {
                     old.conn().broken = true;
                 }
-                super::routing::routed_checkout(
-                    &self.state,
-                    &self.pool,
-                    &self.cbuf,
-                    &self.relay,
-                    &mut self.route,
-                    &self.params,
-                )
-                .await
-                .map_err(End::Checkout)?
+                if to_primary {
+                    checkout(&self.state, &self.pool)
+                        .await
+                        .map_err(End::Checkout)?
+                } else {
+                    super::routing::routed_checkout(
+                        &self.state,
+                        &self.pool,
+                        &self.cbuf,
+                        &self.relay,
+                        &mut self.route,
+                        &self.params,
+                    )
+                    .await
+                    .map_err(End::Checkout)?
+                }
             }
         };
-        let conn = co.conn();
-        if conn.session.synced_with != self.params.stamp {
-            // Usually the server already has the same values (clients of
-            // one application set the same ones): then nothing is copied.
-            if let Some(sql) = self.params.set().diff_sql(&conn.session.applied) {
-                if let Err(e) = Box::pin(conn.simple_query(&sql)).await {
-                    conn.broken = true;
-                    return Err(match e {
-                        ServerError::Rejected(f) => End::ServerError(f),
-                        e => End::ServerLost(e.to_string()),
-                    });
+        if let Err(e) = self.sync_params(&mut co).await {
+            co.conn().broken = true;
+            match e {
+                // (a backend whose postmaster died says so: class 57P)
+                ServerError::Rejected(f) if !going_away_code(&f) => {
+                    return Err(End::ServerError(f))
                 }
-                conn.session.applied = self.params.set().clone();
+                e if co.pool().fixed().is_none() => return Err(End::ServerLost(e.to_string())),
+                e => {
+                    // a standby's pooled connection, found dead: the
+                    // request has not gone anywhere yet
+                    tracing::info!(standby = %co.conn_ref().addr, error = %e, "a standby's connection was lost: the request runs on the primary");
+                    co = checkout(&self.state, &self.pool)
+                        .await
+                        .map_err(End::Checkout)?;
+                    if let Err(e) = self.sync_params(&mut co).await {
+                        co.conn().broken = true;
+                        return Err(match e {
+                            ServerError::Rejected(f) => End::ServerError(f),
+                            e => End::ServerLost(e.to_string()),
+                        });
+                    }
+                }
             }
-            conn.session.synced_with = self.params.stamp;
         }
         *self.info.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server_ref(&mut co));
         self.info.set_state(ClientState::Active);
         self.server = Some(co);
+        Ok(())
+    }
+
+    /// Brings the server session's parameters in line with the client's.
+    /// Usually the server already has the same values (clients of one
+    /// application set the same ones): then nothing is sent.
+    async fn sync_params(&self, co: &mut Checkout) -> Result<(), ServerError> {
+        let conn = co.conn();
+        if conn.session.synced_with != self.params.stamp {
+            if let Some(sql) = self.params.set().diff_sql(&conn.session.applied) {
+                Box::pin(conn.simple_query(&sql)).await?;
+                conn.session.applied = self.params.set().clone();
+            }
+            conn.session.synced_with = self.params.stamp;
+        }
         Ok(())
     }
 
@@ -499,6 +596,12 @@ impl Session {
                     .await
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 conn.sout.clear();
+            }
+            if !conn.rbuf.is_empty() {
+                // the server sent more than the transaction's answer: it
+                // is going away (or out of step); no client gets it
+                tracing::debug!(server = %conn.addr, bytes = conn.rbuf.len(), "unsolicited bytes after the transaction: the connection is closed");
+                conn.broken = true;
             }
             conn.note_transaction();
             let ddl = self.relay.take_ddl_seen();
@@ -532,6 +635,8 @@ impl Session {
             .map_err(End::Protocol)?;
         // Bytes for the server stay in conn.sout: poll_event writes them.
         if !conn.cout.is_empty() {
+            // the proxy answered part of it itself: it cannot run again
+            self.retry = None;
             self.client
                 .send_all(&conn.cout)
                 .await
@@ -546,6 +651,8 @@ impl Session {
     }
 
     async fn pump_server(&mut self) -> Result<(), End> {
+        // the server answers: the read runs where it is
+        self.retry = None;
         let conn = self.server.as_mut().expect("attached").conn();
         self.relay
             .server_messages(
@@ -569,6 +676,30 @@ impl Session {
         self.maybe_detach().await?;
         Ok(())
     }
+}
+
+/// Whether a server's first answer says it is going away without running
+/// the request: an ErrorResponse of class 57P (its postmaster died or
+/// shuts down, as a backend whose postmaster was killed tells the client it
+/// then hears from). None: that first message is not whole yet.
+fn going_away(rbuf: &[u8]) -> Option<bool> {
+    match rbuf {
+        [] => None,
+        [b'E', rest @ ..] => {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let body = rest.get(4..len.max(4))?;
+            Some(matches!(
+                wire::backend::BackendMessage::decode(b'E', body),
+                Ok(wire::backend::BackendMessage::ErrorResponse(f)) if going_away_code(&f)
+            ))
+        }
+        _ => Some(false),
+    }
+}
+
+/// An error of class 57P: the server shuts down or its postmaster died.
+fn going_away_code(f: &wire::ErrorFields) -> bool {
+    f.code().is_some_and(|c| c.starts_with("57P"))
 }
 
 /// Takes a server connection from `pool`, waiting out a PAUSE (which
@@ -633,9 +764,10 @@ mod tests {
             "client task future: {} bytes",
             std::mem::size_of_val(&task)
         );
-        // (200: the routing state is a pointer, made on first use)
+        // (208: the routing state and a read kept to run again are
+        // pointers, made on first use)
         assert!(
-            std::mem::size_of::<Session>() <= 200,
+            std::mem::size_of::<Session>() <= 208,
             "Session: {} bytes",
             std::mem::size_of::<Session>()
         );

@@ -44,7 +44,8 @@ impl Relay {
     ) -> Result<(), ProtocolError> {
         let mut pos = 0;
         let mut run = 0;
-        loop {
+        let mut last = false;
+        while !last {
             if self.streaming > 0 {
                 // the rest of a streamed message, as far as it has come
                 let n = (self.streaming as usize).min(input.len() - pos);
@@ -95,6 +96,10 @@ impl Relay {
                     if status == b'I' {
                         self.commit_changes(srv, params);
                     }
+                    // Transaction mode: with this the client's transaction
+                    // is over. What the server sends after it (a dying
+                    // backend's FATAL) is no client's: it stays in `input`.
+                    last = self.rewrite && self.is_idle();
                 }
                 b'E' => {
                     self.error_seen = true;

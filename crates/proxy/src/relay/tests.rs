@@ -127,6 +127,43 @@ fn simple_query_round_trip_releases_server() {
     assert!(h.relay.is_idle());
 }
 
+/// Transaction mode: what a server sends after the ReadyForQuery that
+/// ends the client's transaction (a backend whose postmaster died says so
+/// as soon as it waits for the next query) is no client's; session mode
+/// passes it on.
+#[test]
+fn bytes_after_the_transaction_are_not_the_clients() {
+    let reg = Registry::default();
+    for rewrite in [true, false] {
+        let mut h = Harness::new(rewrite);
+        h.client(&reg, &[F::Query("select 1".into())]);
+        let fatal = wire::ErrorFields::new(
+            wire::Severity::Fatal,
+            "57P01",
+            "terminating connection due to unexpected postmaster exit",
+        );
+        let mut input = enc_b(&[
+            B::RowDescription(vec![]),
+            B::DataRow(vec![]),
+            cc("SELECT 1"),
+            rfq(TxStatus::Idle),
+            B::ErrorResponse(fatal),
+        ]);
+        let mut out = BytesMut::new();
+        h.relay
+            .server_messages(&mut input, &mut out, &mut h.srv, &mut h.params)
+            .unwrap();
+        if rewrite {
+            assert_eq!(tags(&out), "TDCZ");
+            assert_eq!(tags(&input), "E", "left with the server connection");
+            assert!(h.relay.is_idle());
+        } else {
+            assert_eq!(tags(&out), "TDCZE");
+            assert!(input.is_empty());
+        }
+    }
+}
+
 #[test]
 fn transaction_keeps_server_until_idle() {
     let reg = Registry::default();
