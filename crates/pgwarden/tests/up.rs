@@ -132,15 +132,47 @@ async fn up_serves_through_the_proxy_and_restarts_a_dead_agent() {
         .await
         .unwrap_or_else(|e| panic!("connect through the proxy: {e}\n{}", output()));
     tokio::spawn(conn);
-    c.batch_execute("CREATE TABLE up_t (id int); INSERT INTO up_t VALUES (1)")
+    c.batch_execute("CREATE TABLE up_t (id int)").await.unwrap();
+    // (pg_is_in_recovery() is volatile: a query calling it goes to the
+    // primary; inet_server_port() is stable)
+    let primary: i32 = c
+        .query_one(
+            "INSERT INTO up_t VALUES (1) RETURNING inet_server_port()",
+            &[],
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
     let in_recovery: bool = c
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
         .unwrap()
         .get(0);
     assert!(!in_recovery, "writes go to the primary");
+    // reads are balanced (`up` turns it on, scope `cluster`): a read on
+    // another connection, on a standby, sees the write
+    let (c2, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = c2
+            .query_one("SELECT count(*), inet_server_port() FROM up_t", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1, "a read sees the write before it");
+        if row.get::<_, i32>(1) != primary {
+            break;
+        }
+        // (the standbys get reads once the agents report them streaming)
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read reached a standby\n{}",
+            output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // the banner names the dashboard, and it is served there
     wait_until(Duration::from_secs(10), "the dashboard's address", || {
@@ -356,14 +388,20 @@ async fn up_works_below_a_directory_postgres_cannot_enter() {
         .await
         .unwrap_or_else(|e| panic!("connect through the proxy: {e}\n{}", output()));
     tokio::spawn(conn);
-    c.batch_execute("CREATE TABLE home_t (id int); INSERT INTO home_t VALUES (7)")
+    c.batch_execute("CREATE TABLE home_t (id int)")
         .await
         .unwrap();
-    let row = c
-        .query_one("SELECT id, pg_is_in_recovery() FROM home_t", &[])
+    let on_standby: bool = c
+        .query_one(
+            "INSERT INTO home_t VALUES (7) RETURNING pg_is_in_recovery()",
+            &[],
+        )
         .await
-        .unwrap();
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (7, false));
+        .unwrap()
+        .get(0);
+    assert!(!on_standby, "the write ran on the primary");
+    let row = c.query_one("SELECT id FROM home_t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
     drop(c);
     drop(up);
     let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o7777;

@@ -162,7 +162,10 @@ fn fresh(dir: &Path, args: &UpArgs, notes: &mut Vec<String>) -> anyhow::Result<L
         format!(
             "# the proxy, written by `pgwarden up`: it follows the DCS leader\n[proxy]\nlisten = \"127.0.0.1:{port}\"\n\
              pool_mode = \"transaction\"\ndefault_pool_size = 20\nadmin_users = [\"postgres\"]\n\
-             hba = [\"host all all 127.0.0.1/32 trust\"]\ndcs = \"{dcs}\"\ncluster = \"pgwarden\"\n"
+             hba = [\"host all all 127.0.0.1/32 trust\"]\ndcs = \"{dcs}\"\ncluster = \"pgwarden\"\n\
+             # read balancing: read-only transactions go to the streaming standbys, and a\n\
+             # read sees every write committed through this proxy before it began\n\
+             load_balance = true\nread_your_writes_scope = \"cluster\"\n"
         ),
     )?;
     Ok(l)
