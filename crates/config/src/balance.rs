@@ -1,7 +1,8 @@
 //! Read/write splitting settings (`[proxy]` keys `load_balance`,
 //! `consistency`, `max_replica_lag`, `read_your_writes_*`,
 //! `disable_load_balance_on_write`, `load_balance_strategy`,
-//! `backend_weights`, `primary_serves_reads`, `route_by_*`).
+//! `backend_weights`, `primary_serves_reads`, `read_affinity`,
+//! `route_by_*`).
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub struct Balance {
     pub weights: BTreeMap<String, u32>,
     /// The primary takes reads too (with its weight).
     pub primary_serves_reads: bool,
+    pub affinity: Affinity,
     pub routes: RouteDefaults,
 }
 
@@ -89,6 +91,20 @@ pub enum Strategy {
     LeastConnections,
     /// At random, in proportion to the weights.
     WeightedRandom,
+}
+
+/// Whether a client connection keeps reading from the node it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// The strategy chooses a node at a connection's first read; its later
+    /// reads go there while it may serve them (as Pgpool-II's load balance
+    /// node per session): a connection's reads never go back in time by
+    /// moving to a standby that replayed less, and each node serves fewer
+    /// clients with fewer server connections.
+    Connection,
+    /// The strategy chooses anew for every read.
+    Transaction,
 }
 
 /// Where a session's reads go unless it says otherwise

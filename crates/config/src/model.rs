@@ -252,6 +252,7 @@ struct RawProxy {
     read_your_writes_scope: Option<RywScope>,
     disable_load_balance_on_write: Option<OnWrite>,
     load_balance_strategy: Option<Strategy>,
+    read_affinity: Option<Affinity>,
     backend_weights: Option<BTreeMap<String, u32>>,
     primary_serves_reads: Option<bool>,
     route_by_database: Option<BTreeMap<String, RouteTo>>,
@@ -475,6 +476,7 @@ impl RawConfig {
                 strategy: p.load_balance_strategy.unwrap_or(Strategy::RoundRobin),
                 weights: p.backend_weights.unwrap_or_default(),
                 primary_serves_reads: p.primary_serves_reads.unwrap_or(false),
+                affinity: p.read_affinity.unwrap_or(Affinity::Connection),
                 routes: RouteDefaults {
                     by_database: p.route_by_database.unwrap_or_default(),
                     by_user: p.route_by_user.unwrap_or_default(),

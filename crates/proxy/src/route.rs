@@ -60,6 +60,9 @@ pub struct SessionRoute {
     /// pgwarden.route`): its startup option, or the config's default for
     /// its application, user or database.
     pub default_route: Option<sql::RouteOverride>,
+    /// The node this connection reads from (`read_affinity =
+    /// "connection"`), while it may serve reads.
+    pub reads_from: Option<String>,
 }
 
 impl SessionRoute {
@@ -225,15 +228,20 @@ impl Router {
         (want, stale)
     }
 
-    /// The node for a read (see [`crate::pick`]); None: no node but the
+    /// The node for a read (see [`crate::pick`]): `prefer` if it may serve
+    /// reads now, else the strategy's choice; None: no node but the
     /// primary may serve reads now.
     pub fn pick(
         &self,
         topology: &Topology,
         bal: &config::Balance,
+        prefer: Option<&str>,
         in_use: impl Fn(&Candidate) -> usize,
     ) -> Option<Candidate> {
-        let cands = self.eligible(topology, bal);
+        let mut cands = self.eligible(topology, bal);
+        if let Some(i) = prefer.and_then(|p| cands.iter().position(|c| c.addr == p)) {
+            return Some(cands.swap_remove(i));
+        }
         if cands.is_empty() {
             return None;
         }

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BALANCE: &str = "pool_mode = \"transaction\"\nload_balance = true\n";
+/// (reads spread per transaction, so that one connection's reads show
+/// every node; `read_affinity = "connection"`, the default, has a test of
+/// its own)
+const BALANCE: &str =
+    "pool_mode = \"transaction\"\nload_balance = true\nread_affinity = \"transaction\"\n";
 
 /// The port of the server that ran `sql` (its first column), simple protocol.
 async fn ran_on(c: &tokio_postgres::Client, sql: &str) -> u16 {
@@ -45,7 +49,13 @@ async fn three_nodes() -> (PgServer, PgServer, PgServer, TestProxy) {
 /// A proxy with read balancing and `extra` settings over `servers` (a
 /// primary, then two standbys), once it sees both standbys up.
 async fn balanced_proxy(extra: &str, servers: &[&PgServer]) -> TestProxy {
-    let p = start_proxy(&format!("{TRUST}{BALANCE}{extra}"), &backends(servers)).await;
+    proxy_seeing_standbys(&format!("{TRUST}{BALANCE}{extra}"), servers).await
+}
+
+/// A proxy configured with `proxy_toml` over `servers`, once it sees both
+/// standbys up.
+async fn proxy_seeing_standbys(proxy_toml: &str, servers: &[&PgServer]) -> TestProxy {
+    let p = start_proxy(proxy_toml, &backends(servers)).await;
     // both standbys seen up and streaming by the health checks
     wait_for(Duration::from_secs(20), || {
         p.state
@@ -585,6 +595,69 @@ async fn a_lagging_standby_gets_no_reads_until_it_catches_up() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `read_affinity = "connection"` (the default): a connection keeps
+/// reading from the standby it was given, the connections share the
+/// standbys, and a connection whose standby lags behind moves to the other
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_keeps_reading_from_its_standby() {
+    let primary = PgServer::primary();
+    let s1 = PgServer::standby_of(&primary);
+    let s2 = PgServer::standby_of(&primary);
+    let p = proxy_seeing_standbys(
+        &format!(
+            "{TRUST}pool_mode = \"transaction\"\nload_balance = true\nmax_replica_lag = 65536\n"
+        ),
+        &[&primary, &s1, &s2],
+    )
+    .await;
+    let standbys: HashSet<u16> = [s1.port, s2.port].into();
+    let q = "SELECT inet_server_port()";
+    let mut clients = Vec::new();
+    let mut used = HashSet::new();
+    for _ in 0..4 {
+        let c = p.connect("postgres", None, "app").await.unwrap();
+        until_on_standby(&c, q, &standbys).await;
+        let seen = spread(&c, q, 20).await;
+        assert_eq!(seen.len(), 1, "one connection's reads: {seen:?}");
+        let port = *seen.keys().next().unwrap();
+        assert!(standbys.contains(&port), "read on {port}");
+        used.insert(port);
+        clients.push((c, port));
+    }
+    assert_eq!(used, standbys, "the connections share the standbys");
+
+    // the standby of the first connection falls behind: that connection
+    // reads from the other one
+    let (c, port) = &clients[0];
+    let (behind, other) = if *port == s1.port {
+        (&s1, &s2)
+    } else {
+        (&s2, &s1)
+    };
+    behind.sql("postgres", "SELECT pg_wal_replay_pause()");
+    primary.sql(
+        "postgres",
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
+    );
+    let delay = |port: u16| -> u64 {
+        p.state
+            .topology
+            .nodes()
+            .iter()
+            .find(|n| n.port == port)
+            .map_or(0, |n| n.replication_delay)
+    };
+    wait_for(Duration::from_secs(20), || delay(behind.port) > 65536).await;
+    let seen = spread(c, q, 10).await;
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [&other.port],
+        "after the lag"
+    );
+    behind.sql("postgres", "SELECT pg_wal_replay_resume()");
 }
 
 /// kill -9 of a standby while clients read: no read fails. A read whose

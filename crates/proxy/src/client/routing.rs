@@ -109,7 +109,7 @@ pub(super) async fn routed_checkout(
         {
             min_lsn = min_lsn.max(asked);
         }
-        if let Some(co) = standby(state, pool, min_lsn, bal).await {
+        if let Some(co) = standby(state, pool, min_lsn, bal, &mut r.reads_from).await {
             state
                 .router
                 .stats
@@ -154,17 +154,22 @@ async fn wait_for_catalog(state: &Arc<State>, pool: &Arc<Pool>, database: &Arc<s
     }
 }
 
-/// A standby's connection that has replayed `min_lsn`, or None.
+/// A standby's connection that has replayed `min_lsn`, or None. With
+/// `read_affinity = "connection"`, the node in `reads_from` while it may
+/// serve reads, and the node chosen is kept there.
 async fn standby(
     state: &State,
     pool: &Arc<Pool>,
     min_lsn: u64,
     bal: &config::Balance,
+    reads_from: &mut Option<String>,
 ) -> Option<Checkout> {
     if min_lsn == u64::MAX {
         return None;
     }
-    let Some(pick) = state.router.pick(&state.topology, bal, |c| {
+    let sticky = bal.affinity == config::Affinity::Connection;
+    let prefer = reads_from.as_deref().filter(|_| sticky);
+    let Some(pick) = state.router.pick(&state.topology, bal, prefer, |c| {
         let p = if c.primary {
             pool.clone()
         } else {
@@ -176,6 +181,9 @@ async fn standby(
         return None;
     };
     let (node, addr) = (pick.node, pick.addr);
+    if sticky && reads_from.as_deref() != Some(addr.as_str()) {
+        *reads_from = Some(addr.clone());
+    }
     if pick.primary {
         // primary_serves_reads: it has every write
         let co = checkout(state, pool).await.ok()?;
