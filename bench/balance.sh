@@ -129,7 +129,7 @@ EOC
 # SIGINT: a script run in the background starts it with SIGINT ignored.
 stop_pgpool() {
   local main sig
-  main=$(tr -dc 0-9 <"$B/pgpool/pgpool.pid" 2>/dev/null); main=${main:-$PGP_PID}
+  main=$( { tr -dc 0-9 <"$B/pgpool/pgpool.pid"; } 2>/dev/null || true); main=${main:-$PGP_PID}
   for sig in TERM QUIT KILL; do
     [ "$sig" = KILL ] && { pkill -KILL -P "$main" 2>/dev/null || true; }
     kill -"$sig" "$main" "$PGP_PID" 2>/dev/null || true
