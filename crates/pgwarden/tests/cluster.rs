@@ -928,7 +928,8 @@ async fn a_hung_primary_is_fenced_and_replaced() {
     assert_ne!(
         leader.as_deref(),
         Some(format!("n{old}").as_str()),
-        "a standby took over"
+        "a standby took over\n{}",
+        c.logs(40)
     );
     signal_tree(pm, "-CONT");
     for _ in 0..20 {
