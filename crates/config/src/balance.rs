@@ -99,9 +99,9 @@ pub enum Strategy {
 pub enum Affinity {
     /// The strategy chooses a node at a connection's first read; its later
     /// reads go there while it may serve them (as Pgpool-II's load balance
-    /// node per session): a connection's reads never go back in time by
-    /// moving to a standby that replayed less, and each node serves fewer
-    /// clients with fewer server connections.
+    /// node per session): while they stay there a connection's reads never
+    /// go back in time, and each node serves fewer clients with fewer
+    /// server connections.
     Connection,
     /// The strategy chooses anew for every read.
     Transaction,
