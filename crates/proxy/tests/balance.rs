@@ -651,6 +651,9 @@ async fn a_connection_keeps_reading_from_its_standby() {
             .map_or(0, |n| n.replication_delay)
     };
     wait_for(Duration::from_secs(20), || delay(behind.port) > 65536).await;
+    // (the other one replays the same WAL: it may be out for a moment
+    // too, until it is back under half the limit)
+    wait_for(Duration::from_secs(20), || delay(other.port) < 32768).await;
     let seen = spread(c, q, 10).await;
     assert_eq!(
         seen.keys().collect::<Vec<_>>(),
