@@ -95,6 +95,17 @@ async fn spread(c: &tokio_postgres::Client, sql: &str, n: usize) -> HashMap<u16,
     seen
 }
 
+/// The replay lag (bytes) of the standby on `port`, as the proxy's health
+/// checks last measured it.
+fn replication_delay(p: &TestProxy, port: u16) -> u64 {
+    p.state
+        .topology
+        .nodes()
+        .iter()
+        .find(|n| n.port == port)
+        .map_or(0, |n| n.replication_delay)
+}
+
 /// Runs `sql` until it lands on a standby (the function catalog is read
 /// in the background, on first use and after DDL).
 async fn until_on_standby(c: &tokio_postgres::Client, sql: &str, standbys: &HashSet<u16>) {
@@ -548,14 +559,7 @@ async fn a_lagging_standby_gets_no_reads_until_it_catches_up() {
         .await
         .unwrap();
     until_on_standby(&c, q, &standbys).await;
-    let delay = |port: u16| {
-        p.state
-            .topology
-            .nodes()
-            .iter()
-            .find(|n| n.port == port)
-            .map_or(0, |n| n.replication_delay)
-    };
+    let delay = |port: u16| replication_delay(&p, port);
     let wal = "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g";
 
     // s2 stops replaying: 4 MB of WAL later it is left out
@@ -642,14 +646,7 @@ async fn a_connection_keeps_reading_from_its_standby() {
         "postgres",
         "CREATE TABLE filler AS SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
     );
-    let delay = |port: u16| -> u64 {
-        p.state
-            .topology
-            .nodes()
-            .iter()
-            .find(|n| n.port == port)
-            .map_or(0, |n| n.replication_delay)
-    };
+    let delay = |port: u16| replication_delay(&p, port);
     wait_for(Duration::from_secs(20), || delay(behind.port) > 65536).await;
     // (the other one replays the same WAL: it may be out for a moment
     // too, until it is back under half the limit)
